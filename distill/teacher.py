@@ -1,0 +1,287 @@
+"""The teacher: any Hugging Face TF encoder with a linear head, fine-tuned on the task.
+
+- Loads through `TFAutoModel` (or the TF class named by `--pt_teacher`) from a hub id or a
+  local folder, including folders holding only PyTorch `model.safetensors`.
+- Head: linear on [CLS] (position 0) for classification, on every token for tagging.
+- Fine-tuning: AdamW with linear warm-up and decay, early stopping on the dev metric.
+- Saved to `MODEL_DIR/teacher/` (HF encoder folder + head + `teacher.json`), written
+  atomically; a rerun with the same settings reloads it instead of training again.
+- `outputs(...)` gives named outputs, `{"logits", "hidden"}`, for any `teacher_layer`
+  (0 = embeddings, N = last layer).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+import xtremedistil  # noqa: F401  (Keras 2 guard before TensorFlow)
+import tensorflow as tf
+
+from xtremedistil.distill import metrics as metrics_lib
+from xtremedistil.distill.files import atomic_directory, read_json, write_json_atomic
+from xtremedistil.distill.tokenization import (
+    IGNORE_INDEX, Encoded, load_tokenizer, tags_from_piece_predictions,
+)
+from xtremedistil.errors import XtremeDistilError
+
+logger = logging.getLogger(__name__)
+
+TEACHER_DIR = "teacher"
+ENCODER_DIR = "encoder"
+HEAD_FILE = "head.npz"
+SPEC_FILE = "teacher.json"
+METRICS_FILE = "metrics.json"
+
+
+@dataclasses.dataclass
+class TeacherSpec:
+    """What identifies a fine-tuned teacher; a saved teacher is reused only if this matches."""
+
+    checkpoint: str
+    tagging: bool
+    labels: list[str]
+    seq_len: int
+    model_class: str | None = None
+
+    def __post_init__(self):
+        if self.seq_len < 4:
+            raise XtremeDistilError(f"--seq_len {self.seq_len} is too short; use at least 4 (the paper uses 32)")
+        if not self.labels:
+            raise XtremeDistilError("the teacher needs at least one label")
+
+
+def _encoder_class(model_class: str | None):
+    import transformers
+
+    if model_class is None:
+        return transformers.TFAutoModel
+    cls = getattr(transformers, model_class, None)
+    if cls is None or not model_class.startswith("TF"):
+        raise XtremeDistilError(
+            f"--pt_teacher '{model_class}' is not a TensorFlow model class of transformers; "
+            "use e.g. TFBertModel, TFXLMRobertaModel, TFDistilBertModel, TFElectraModel, or omit it for TFAutoModel"
+        )
+    return cls
+
+
+def load_encoder(checkpoint: str, model_class: str | None = None):
+    """A pre-trained TF encoder from a hub id or a local folder (TF .h5 or PyTorch safetensors)."""
+    cls = _encoder_class(model_class)
+    folder = Path(checkpoint)
+    from_pt = (
+        folder.is_dir() and not (folder / "tf_model.h5").exists()
+        and not (folder / "model.safetensors").exists() and (folder / "pytorch_model.bin").exists()
+    )
+    try:
+        return cls.from_pretrained(checkpoint, from_pt=from_pt)
+    except (OSError, ValueError, ImportError) as err:
+        raise XtremeDistilError(
+            f"cannot load teacher '{checkpoint}': {str(err).splitlines()[0]} "
+            "(give a local folder with config.json and weights, or a hub id)"
+        ) from err
+
+
+class TeacherModel(tf.keras.Model):
+    """Encoder + dropout + linear head; call returns logits ([B, C] or [B, T, C])."""
+
+    def __init__(self, encoder, num_labels: int, tagging: bool, dropout: float = 0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.tagging = tagging
+        self.num_labels = num_labels
+        self.head_dropout = tf.keras.layers.Dropout(dropout)
+        init = tf.keras.initializers.TruncatedNormal(stddev=getattr(encoder.config, "initializer_range", 0.02))
+        self.head = tf.keras.layers.Dense(num_labels, kernel_initializer=init, name="head")
+
+    @property
+    def num_layers(self) -> int:
+        config = self.encoder.config
+        return getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers")
+
+    def _encode(self, input_ids, attention_mask, training=False, hidden=False):
+        return self.encoder(
+            input_ids=input_ids, attention_mask=attention_mask,
+            output_hidden_states=hidden, training=training, return_dict=True,
+        )
+
+    def _logits(self, sequence, training=False):
+        features = sequence if self.tagging else sequence[:, 0]
+        return self.head(self.head_dropout(features, training=training))
+
+    def call(self, inputs, training=False):
+        out = self._encode(inputs["input_ids"], inputs["attention_mask"], training=training)
+        return self._logits(out.last_hidden_state, training=training)
+
+    def outputs(self, input_ids, attention_mask, teacher_layer: int | None = None) -> dict:
+        """{"logits", "hidden"}: hidden is layer `teacher_layer` ([CLS] vector for classification)."""
+        want_hidden = teacher_layer is not None
+        if want_hidden and not 0 <= teacher_layer <= self.num_layers:
+            raise XtremeDistilError(
+                f"--teacher_layer {teacher_layer} is out of range: this teacher has layers "
+                f"0 (embeddings) to {self.num_layers}"
+            )
+        out = self._encode(input_ids, attention_mask, hidden=want_hidden)
+        result = {"logits": self._logits(out.last_hidden_state)}
+        if want_hidden:
+            hidden = out.hidden_states[teacher_layer]
+            result["hidden"] = hidden if self.tagging else hidden[:, 0]
+        return result
+
+
+def masked_token_loss(labels, logits):
+    """Mean cross-entropy over tokens whose label is not IGNORE_INDEX (tagging)."""
+    labels = tf.cast(labels, tf.int32)
+    mask = tf.not_equal(labels, IGNORE_INDEX)
+    per_token = tf.keras.losses.sparse_categorical_crossentropy(
+        tf.where(mask, labels, 0), logits, from_logits=True
+    )
+    mask = tf.cast(mask, per_token.dtype)
+    return tf.reduce_sum(per_token * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+
+
+def predict_logits(model, encoded: Encoded, batch_size: int = 64) -> np.ndarray:
+    """Logits for an encoded split, in batches, inference mode."""
+    call = _inference_function(model)
+    chunks = [
+        call(encoded.input_ids[i:i + batch_size], encoded.attention_mask[i:i + batch_size]).numpy()
+        for i in range(0, len(encoded), batch_size)
+    ]
+    return np.concatenate(chunks) if chunks else np.zeros((0,), np.float32)
+
+
+def _inference_function(model):
+    if getattr(model, "_inference_fn", None) is None:
+        model._inference_fn = tf.function(
+            lambda ids, mask: model({"input_ids": ids, "attention_mask": mask}, training=False),
+            reduce_retracing=True,
+        )
+    return model._inference_fn
+
+
+def evaluate(model, encoded: Encoded, examples, labels: list[str], tagging: bool, batch_size: int = 64) -> dict:
+    """Metrics dict (see `metrics`) of `model` on an encoded split; word-level for tagging."""
+    predicted = np.argmax(predict_logits(model, encoded, batch_size), axis=-1)
+    return metrics_from_predictions(predicted, encoded, examples, labels, tagging)
+
+
+def metrics_from_predictions(predicted_ids, encoded: Encoded, examples, labels, tagging) -> dict:
+    languages = [ex.language for ex in examples]
+    if tagging:
+        predicted = tags_from_piece_predictions(predicted_ids, encoded.word_index, encoded.n_words, labels)
+        return metrics_lib.tagging_metrics([list(ex.label) for ex in examples], predicted, languages)
+    return metrics_lib.classification_metrics(
+        [ex.label for ex in examples], [labels[int(i)] for i in predicted_ids], languages,
+    )
+
+
+@dataclasses.dataclass
+class FineTuneConfig:
+    epochs: int = 3
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    warmup_fraction: float = 0.1
+    weight_decay: float = 0.01
+    patience: int = 3
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise XtremeDistilError("--ft_epochs and --ft_batch_size must be at least 1")
+
+
+def build_teacher(spec: TeacherSpec) -> TeacherModel:
+    encoder = load_encoder(spec.checkpoint, spec.model_class)
+    model = TeacherModel(encoder, len(spec.labels), spec.tagging)
+    _build(model, spec.seq_len)
+    return model
+
+
+def _build(model: TeacherModel, seq_len: int) -> None:
+    dummy = np.zeros((1, seq_len), dtype=np.int32)
+    model({"input_ids": dummy, "attention_mask": np.ones_like(dummy)})
+
+
+def fine_tune(model: TeacherModel, train: Encoded, dev: Encoded, dev_examples, labels,
+              config: FineTuneConfig, seed: int = 42) -> list[dict]:
+    """Fine-tunes in place, keeps the weights of the best dev epoch; returns the epoch history."""
+    from transformers import create_optimizer
+
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    optimizer, _ = create_optimizer(
+        init_lr=config.learning_rate, num_train_steps=total_steps,
+        num_warmup_steps=int(config.warmup_fraction * total_steps),
+        weight_decay_rate=config.weight_decay,
+    )
+    loss = masked_token_loss if model.tagging else tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=optimizer, loss=loss)
+    dataset = (
+        tf.data.Dataset.from_tensor_slices(
+            ({"input_ids": train.input_ids, "attention_mask": train.attention_mask}, train.labels)
+        )
+        .shuffle(len(train), seed=seed, reshuffle_each_iteration=True)
+        .batch(config.batch_size)
+    )
+    history, best_score, best_weights, waited = [], -1.0, None, 0
+    for epoch in range(config.epochs):
+        started = time.time()
+        fit = model.fit(dataset, initial_epoch=epoch, epochs=epoch + 1, verbose=2)
+        dev_metrics = evaluate(model, dev, dev_examples, labels, model.tagging)
+        score = metrics_lib.headline(dev_metrics)
+        history.append({"epoch": epoch + 1, "train_loss": float(fit.history["loss"][-1]),
+                        "dev": score, "seconds": round(time.time() - started, 1)})
+        logger.info("teacher epoch %d/%d: loss %.4f, dev %s %.4f",
+                    epoch + 1, config.epochs, history[-1]["train_loss"], dev_metrics["metric"], score)
+        if score > best_score:
+            best_score, best_weights, waited = score, model.get_weights(), 0
+        else:
+            waited += 1
+            if waited >= config.patience:
+                logger.info("early stopping: dev did not improve for %d epochs", waited)
+                break
+    model.set_weights(best_weights)
+    return history
+
+
+def save_teacher(model: TeacherModel, tokenizer, spec: TeacherSpec, folder: Path, extra: dict) -> None:
+    """Writes the teacher folder atomically: HF encoder + tokenizer, head weights, spec."""
+    with atomic_directory(folder) as temp:
+        model.encoder.save_pretrained(temp / ENCODER_DIR)
+        tokenizer.save_pretrained(temp / ENCODER_DIR)
+        kernel, bias = model.head.get_weights()
+        np.savez(temp / HEAD_FILE, kernel=kernel, bias=bias)
+        write_json_atomic(temp / SPEC_FILE, {"spec": dataclasses.asdict(spec), **extra})
+
+
+def load_teacher(folder: str | Path) -> tuple[TeacherModel, TeacherSpec, object]:
+    """Reloads a saved teacher folder: (model, spec, tokenizer)."""
+    folder = Path(folder)
+    if not (folder / SPEC_FILE).exists():
+        raise XtremeDistilError(f"{folder}: not a fine-tuned teacher folder ({SPEC_FILE} missing)")
+    spec = TeacherSpec(**read_json(folder / SPEC_FILE)["spec"])
+    encoder = load_encoder(str(folder / ENCODER_DIR), spec.model_class)
+    model = TeacherModel(encoder, len(spec.labels), spec.tagging)
+    _build(model, spec.seq_len)
+    head = np.load(folder / HEAD_FILE)
+    model.head.set_weights([head["kernel"], head["bias"]])
+    return model, spec, load_tokenizer(str(folder / ENCODER_DIR))
+
+
+def check_reusable(folder: Path, spec: TeacherSpec) -> bool:
+    """True if `folder` holds a teacher fine-tuned with `spec`; an error if it holds another one."""
+    if not (folder / SPEC_FILE).exists():
+        return False
+    saved = read_json(folder / SPEC_FILE)["spec"]
+    wanted = dataclasses.asdict(spec)
+    differing = [key for key in wanted if saved.get(key) != wanted[key]]
+    if differing:
+        details = ", ".join(f"{key}: saved {saved.get(key)!r} vs now {wanted[key]!r}" for key in differing)
+        raise XtremeDistilError(
+            f"{folder} holds a teacher fine-tuned with other settings ({details}); "
+            "use another --model_dir or delete that folder to fine-tune again"
+        )
+    return True

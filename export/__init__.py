@@ -1,0 +1,1 @@
+"""Export stage: bundle artifacts (SavedModel, TFLite/LiteRT, ONNX), quantization, parity."""

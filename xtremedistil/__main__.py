@@ -1,0 +1,3 @@
+from xtremedistil.cli import main
+
+raise SystemExit(main())
