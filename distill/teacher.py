@@ -6,7 +6,7 @@
 - Fine-tuning: AdamW with linear warm-up and decay, early stopping on the dev metric.
 - Saved to `MODEL_DIR/teacher/` (HF encoder folder + head + `teacher.json`), written
   atomically; a rerun with the same settings reloads it instead of training again.
-- `outputs(...)` gives named outputs, `{"logits", "hidden"}`, for any `teacher_layer`
+- `teacher_outputs(...)` gives named outputs, `{"logits", "hidden"}`, for any `teacher_layer`
   (0 = embeddings, N = last layer).
 """
 from __future__ import annotations
@@ -117,7 +117,7 @@ class TeacherModel(tf.keras.Model):
         out = self._encode(inputs["input_ids"], inputs["attention_mask"], training=training)
         return self._logits(out.last_hidden_state, training=training)
 
-    def outputs(self, input_ids, attention_mask, teacher_layer: int | None = None) -> dict:
+    def teacher_outputs(self, input_ids, attention_mask, teacher_layer: int | None = None) -> dict:
         """{"logits", "hidden"}: hidden is layer `teacher_layer` ([CLS] vector for classification)."""
         want_hidden = teacher_layer is not None
         if want_hidden and not 0 <= teacher_layer <= self.num_layers:

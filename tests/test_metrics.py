@@ -1,0 +1,44 @@
+import pytest
+
+from xtremedistil.distill.metrics import classification_metrics, headline, tagging_metrics
+
+
+def test_tagging_metrics_per_language_hand_computed():
+    gold = [
+        ["B-PER", "I-PER", "O", "B-LOC"],   # en: PER, LOC
+        ["B-ORG", "O"],                     # en: ORG
+        ["B-PER", "O", "B-LOC"],            # ru: PER, LOC
+    ]
+    predicted = [
+        ["B-PER", "I-PER", "O", "O"],       # PER right, LOC missed
+        ["B-ORG", "B-LOC"],                 # ORG right, LOC spurious
+        ["I-PER", "O", "B-LOC"],            # strict IOB2: I-PER alone is no entity; LOC right
+    ]
+    m = tagging_metrics(gold, predicted, ["en", "en", "ru"])
+    # en: tp=2, pred=3, gold=3 -> P=R=F1=2/3. ru: tp=1, pred=1, gold=2 -> P=1, R=0.5, F1=2/3.
+    assert m["per_language"]["en"]["precision"] == pytest.approx(2 / 3)
+    assert m["per_language"]["en"]["f1"] == pytest.approx(2 / 3)
+    assert m["per_language"]["ru"]["precision"] == pytest.approx(1.0)
+    assert m["per_language"]["ru"]["recall"] == pytest.approx(0.5)
+    assert m["per_language"]["ru"]["f1"] == pytest.approx(2 / 3)
+    # overall micro: tp=3, pred=4, gold=5 -> P=0.75, R=0.6, F1=2*.75*.6/1.35
+    assert m["overall"]["precision"] == pytest.approx(0.75)
+    assert m["overall"]["recall"] == pytest.approx(0.6)
+    assert m["overall"]["f1"] == pytest.approx(0.9 / 1.35)
+    assert m["macro"]["f1"] == pytest.approx(2 / 3)
+    assert m["macro"]["recall"] == pytest.approx((2 / 3 + 0.5) / 2)
+    assert headline(m) == pytest.approx(2 / 3)
+
+
+def test_classification_accuracy_per_language():
+    m = classification_metrics(["1", "0", "1", "1"], ["1", "1", "1", "0"], ["en", "en", "de", "de"])
+    assert m["overall"]["accuracy"] == pytest.approx(0.5)
+    assert m["per_language"]["en"]["accuracy"] == pytest.approx(0.5)
+    assert m["per_language"]["de"]["accuracy"] == pytest.approx(0.5)
+    assert m["metric"] == "accuracy" and headline(m) == pytest.approx(0.5)
+
+
+def test_no_languages_means_overall_only():
+    m = classification_metrics(["a", "b", "b"], ["a", "b", "a"])
+    assert "per_language" not in m and "macro" not in m
+    assert headline(m) == pytest.approx(2 / 3)
