@@ -73,6 +73,83 @@ def _cmd_teacher(args) -> int:
     return 0
 
 
+DISTILL_FLAGS = [
+    # (flag, type, help) -- defaults come from DistilOptions; `--config` YAML uses the same keys.
+    ("--task", str, "task folder with train/dev/test.tsv, labels.tsv and the transfer file"),
+    ("--model_dir", str, "output folder (teacher/, cache/, student/, bundle/); rerun to resume"),
+    ("--pt_teacher_checkpoint", str, "pre-trained teacher: local HF folder or hub id"),
+    ("--pt_teacher", str, "transformers TF model class, e.g. TFBertModel (default: TFAutoModel)"),
+    ("--transfer_file", str, "unlabeled sentences, one per line; looked up in --task first (default: transfer.txt)"),
+    ("--seq_len", int, "word pieces per sentence (default: 32)"),
+    ("--student", str, "student architecture: bilstm (the paper's) or transformer (default: bilstm)"),
+    ("--word_emb_dim", int, "student word-embedding size; teacher embeddings PCA-reduced to it (default: 300)"),
+    ("--word_emb_file", str, "text file 'piece v1 ... vN' with student embeddings (overrides PCA rows it covers)"),
+    ("--bilstm_hidden_size", int, "BiLSTM units per direction (default: 600)"),
+    ("--recurrent_dropout", float, "LSTM recurrent dropout (default: 0; non-zero disables fused kernels)"),
+    ("--dropout_rate", float, "dropout after embeddings and after the encoder (default: 0.2)"),
+    ("--dense_act_func", str, "projection activation: gelu_tanh, gelu, tanh, relu, linear (default: gelu_tanh)"),
+    ("--transformer_layers", int, "transformer student: layers (default: 2)"),
+    ("--transformer_heads", int, "transformer student: attention heads (default: 4)"),
+    ("--transformer_hidden", int, "transformer student: hidden size (default: 256)"),
+    ("--transformer_ffn", int, "transformer student: feed-forward size (default: 512)"),
+    ("--teacher_layer", int, "teacher layer the student's projection mimics in stage 1; 0 = embeddings (default: 6)"),
+    ("--ft_epochs", int, "teacher fine-tuning epochs (default: 3)"),
+    ("--ft_batch_size", int, "teacher fine-tuning batch size (default: 32)"),
+    ("--ft_learning_rate", float, "teacher peak learning rate (default: 5e-5)"),
+    ("--ft_patience", int, "teacher early-stopping patience in epochs (default: 3)"),
+    ("--distil_epochs", int, "maximum epochs per sub-stage, early-stopped on validation loss (default: 10)"),
+    ("--distil_batch_size", int, "student batch size in every stage (default: 128)"),
+    ("--distil_chunk_size", int, "sentences per teacher-output cache chunk; bounds memory (default: 100000)"),
+    ("--distil_patience", int, "sub-stage early-stopping patience in epochs (default: 2)"),
+    ("--distil_loss", str, "stage-2 logit loss: mse (default) or kl"),
+    ("--temperature", float, "softmax temperature of the kl loss (default: 1)"),
+    ("--score_batch_size", int, "teacher batch size when scoring the transfer set (default: 128)"),
+    ("--seed", int, "seed for Python, NumPy and TensorFlow (default: $PYTHONHASHSEED, else 42)"),
+]
+REQUIRED_DISTILL = ("task", "model_dir", "pt_teacher_checkpoint")
+
+
+def _distill_options(args):
+    import dataclasses
+
+    import yaml
+
+    from xtremedistil.distill.pipeline import DistilOptions
+    from xtremedistil.distill.seeding import resolve_seed
+
+    fields = {f.name for f in dataclasses.fields(DistilOptions)}
+    values = {}
+    if args.config:
+        try:
+            with open(args.config, encoding="utf-8") as handle:
+                loaded = yaml.safe_load(handle) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise XtremeDistilError(f"--config {args.config}: {str(err).splitlines()[0]}") from err
+        if not isinstance(loaded, dict):
+            raise XtremeDistilError(f"--config {args.config}: expected a mapping of flag names to values")
+        unknown = sorted(set(loaded) - fields)
+        if unknown:
+            raise XtremeDistilError(f"--config {args.config}: unknown key(s) {', '.join(unknown)}; "
+                                    f"keys are the distill flag names without dashes")
+        values.update(loaded)
+    values.update({k: v for k, v in vars(args).items() if k in fields})
+    missing = [f"--{k}" for k in REQUIRED_DISTILL if values.get(k) is None]
+    if missing:
+        raise XtremeDistilError(f"missing {', '.join(missing)} (give it as a flag or in --config)")
+    values["seed"] = resolve_seed(values.get("seed"))
+    return DistilOptions(**values)
+
+
+def _cmd_distill(args) -> int:
+    from xtremedistil.distill.pipeline import format_report, run_distill
+
+    options = _distill_options(args)
+    metrics = run_distill(options)
+    print(format_report(metrics))
+    print(f"bundle: {options.model_dir}/bundle")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xtremedistil", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -91,6 +168,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_teacher_flags(teacher)
     _add_run_flags(teacher)
     teacher.set_defaults(handler=_cmd_teacher)
+
+    distill = commands.add_parser(
+        "distill", help="fine-tune the teacher (or reuse it) and distil a student through stages 1-3",
+        description="XtremeDistil end to end: teacher fine-tuning, teacher outputs cached once, student "
+                    "embeddings from the teacher (PCA), stage 1 (projection mimics --teacher_layer), stage 2 "
+                    "(logits mimic the teacher, gradual unfreezing), stage 3 (labeled data, gradual unfreezing); "
+                    "the best sub-stage on dev becomes MODEL_DIR/bundle. Flags match run_xtreme_distil.py. "
+                    "Killed runs resume when the same command is rerun.",
+    )
+    distill.add_argument("--config", metavar="YAML", help="recipe with the same keys as the flags; flags override it")
+    distill.add_argument("--do_NER", action="store_true", default=argparse.SUPPRESS, help="the task is tagging (NER)")
+    for flag, kind, text in DISTILL_FLAGS:
+        distill.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=text)
+    distill.add_argument("--quiet", action="store_true", help="log warnings only")
+    distill.set_defaults(handler=_cmd_distill)
     return parser
 
 

@@ -1,0 +1,105 @@
+"""The student bundle: the output of `distill` and the input of `export`.
+
+    config.json           task kind, labels, seq_len, student config, teacher checkpoint and layer
+    tokenizer/            the teacher's tokenizer files (the student reads the same ids)
+    student.weights.h5    Keras weights, id-remap table included
+    id_remap.npy          teacher id -> student row (also inside the weights), for inspection
+    metrics.json          teacher and student, dev and test, per language; parameters, compression
+
+`load_bundle(path)` rebuilds the student; `.predict(["text", ...])` returns labels, or
+word-level tags (words split on whitespace) for tagging.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from xtremedistil.distill.files import atomic_directory, read_json, write_json_atomic
+from xtremedistil.distill.students import StudentConfig, build_student
+from xtremedistil.distill.tokenization import encode_texts, encode_words, load_tokenizer, tags_from_piece_predictions
+from xtremedistil.errors import XtremeDistilError
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "student.weights.h5"
+REMAP_FILE = "id_remap.npy"
+METRICS_FILE = "metrics.json"
+TOKENIZER_DIR = "tokenizer"
+FORMAT_VERSION = 1
+
+
+def write_bundle(folder: str | Path, model, student_config: StudentConfig, tokenizer, labels: list[str],
+                 metrics: dict, teacher: dict, extra: dict | None = None) -> Path:
+    """Writes the bundle folder atomically (a crash leaves any previous bundle intact)."""
+    folder = Path(folder)
+    with atomic_directory(folder) as temp:
+        model.save_weights(str(temp / WEIGHTS_FILE))
+        np.save(temp / REMAP_FILE, model.get_layer("id_remap").get_weights()[0])
+        tokenizer.save_pretrained(temp / TOKENIZER_DIR)
+        write_json_atomic(temp / CONFIG_FILE, {
+            "format_version": FORMAT_VERSION,
+            "task": {"kind": "tagging" if student_config.tagging else "classification",
+                     "labels": labels, "seq_len": student_config.seq_len},
+            "student": dataclasses.asdict(student_config),
+            "teacher": teacher,
+            **(extra or {}),
+        })
+        write_json_atomic(temp / METRICS_FILE, metrics)
+    return folder
+
+
+class Bundle:
+    """A loaded student bundle."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        if not (self.folder / CONFIG_FILE).exists() or not (self.folder / WEIGHTS_FILE).exists():
+            raise XtremeDistilError(
+                f"{self.folder}: not a student bundle ({CONFIG_FILE} and {WEIGHTS_FILE} expected); "
+                "pass the bundle folder written by `xtremedistil distill`")
+        self.config = read_json(self.folder / CONFIG_FILE)
+        self.student_config = StudentConfig(**self.config["student"])
+        self.labels: list[str] = self.config["task"]["labels"]
+        self.seq_len: int = self.config["task"]["seq_len"]
+        self.tagging: bool = self.student_config.tagging
+        self.model = build_student(self.student_config)
+        self.model.load_weights(str(self.folder / WEIGHTS_FILE))
+        self.tokenizer = load_tokenizer(str(self.folder / TOKENIZER_DIR))
+        self._forward = None
+
+    @property
+    def metrics(self) -> dict:
+        return read_json(self.folder / METRICS_FILE)
+
+    def encode(self, texts):
+        if self.tagging:
+            return encode_words(self.tokenizer, [t.split() for t in texts], self.seq_len)
+        return encode_texts(self.tokenizer, texts, self.seq_len)
+
+    def predict_logits(self, input_ids: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        import tensorflow as tf
+
+        if self._forward is None:
+            self._forward = tf.function(lambda ids: self.model(ids, training=False)["logits"],
+                                        reduce_retracing=True)
+        input_ids = np.asarray(input_ids, dtype=np.int32)
+        return np.concatenate([self._forward(input_ids[i:i + batch_size]).numpy()
+                               for i in range(0, len(input_ids), batch_size)])
+
+    def predict(self, texts: list[str]) -> list:
+        """Labels for classification; lists of word-level tags for tagging."""
+        if isinstance(texts, str):
+            raise XtremeDistilError("predict takes a list of texts, not one string")
+        if not texts:
+            return []
+        encoded = self.encode(list(texts))
+        predicted = np.argmax(self.predict_logits(encoded.input_ids), axis=-1)
+        if self.tagging:
+            return tags_from_piece_predictions(predicted, encoded.word_index, encoded.n_words, self.labels)
+        return [self.labels[int(i)] for i in predicted]
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Rebuilds the student of a bundle folder."""
+    return Bundle(Path(path))

@@ -1,0 +1,208 @@
+"""`xtremedistil distill`, end to end and resumable:
+
+teacher (fine-tune or reuse) -> teacher outputs cached once (transfer + dev) -> student
+vocabulary and PCA embeddings -> stages 1-3 -> best sub-stage on dev -> bundle.
+
+Everything lands in MODEL_DIR: `teacher/`, `cache/`, `student/` (checkpoints, state) and
+`bundle/`. Rerunning the same command continues from what is complete there.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from xtremedistil.distill import data as data_lib
+from xtremedistil.distill import embeddings as emb_lib
+from xtremedistil.distill import metrics as metrics_lib
+from xtremedistil.distill.bundle import write_bundle
+from xtremedistil.distill.cache import build_cache, signature_hash
+from xtremedistil.distill.files import write_json_atomic
+from xtremedistil.distill.runner import encode_split, run_teacher
+from xtremedistil.distill.seeding import seed_everything
+from xtremedistil.distill.stages import StageConfig, StageData, StageRunner, predict_student_logits, schedule
+from xtremedistil.distill.students import StudentConfig, build_student, layer_groups
+from xtremedistil.distill.teacher import SPEC_FILE, TEACHER_DIR, FineTuneConfig, metrics_from_predictions
+from xtremedistil.errors import XtremeDistilError
+
+logger = logging.getLogger(__name__)
+
+BUNDLE_DIR = "bundle"
+STUDENT_DIR = "student"
+CACHE_DIR = "cache"
+
+
+@dataclasses.dataclass
+class DistilOptions:
+    """Every `distill` flag; names follow the original run_xtreme_distil.py."""
+
+    task: str
+    model_dir: str
+    pt_teacher_checkpoint: str
+    pt_teacher: str | None = None
+    do_NER: bool = False
+    transfer_file: str | None = None
+    seq_len: int = 32
+    student: str = "bilstm"
+    word_emb_dim: int = 300
+    word_emb_file: str | None = None
+    bilstm_hidden_size: int = 600
+    recurrent_dropout: float = 0.0
+    dropout_rate: float = 0.2
+    dense_act_func: str = "gelu_tanh"
+    transformer_layers: int = 2
+    transformer_heads: int = 4
+    transformer_hidden: int = 256
+    transformer_ffn: int = 512
+    teacher_layer: int = 6
+    ft_epochs: int = 3
+    ft_batch_size: int = 32
+    ft_learning_rate: float = 5e-5
+    ft_patience: int = 3
+    distil_epochs: int = 10
+    distil_batch_size: int = 128
+    distil_chunk_size: int = 100_000
+    distil_patience: int = 2
+    distil_loss: str = "mse"
+    temperature: float = 1.0
+    score_batch_size: int = 128
+    seed: int = 42
+
+
+def _teacher_layer(options: DistilOptions, num_layers: int) -> int:
+    if not 0 <= options.teacher_layer <= num_layers:
+        raise XtremeDistilError(
+            f"--teacher_layer {options.teacher_layer} is out of range for this teacher: use 0 (embeddings) to {num_layers}")
+    return options.teacher_layer
+
+
+def run_distill(options: DistilOptions, on_batch=None) -> dict:
+    """Runs (or resumes) the whole distillation; returns the bundle's metrics dict."""
+    phases: dict[str, float] = {}
+    started = time.time()
+    StageConfig(distil_loss=options.distil_loss, temperature=options.temperature)  # validate flags early
+    teacher = run_teacher(
+        options.task, options.model_dir, options.pt_teacher_checkpoint, options.do_NER, options.seq_len,
+        FineTuneConfig(options.ft_epochs, options.ft_batch_size, options.ft_learning_rate, patience=options.ft_patience),
+        options.seed, options.pt_teacher, options.transfer_file, require_transfer=True,
+    )
+    phases["teacher"] = round(teacher.seconds, 1)
+    task, tokenizer, model = teacher.task, teacher.tokenizer, teacher.model
+    layer = _teacher_layer(options, model.num_layers)
+    model_dir = Path(options.model_dir)
+
+    # Teacher outputs, once.
+    t0 = time.time()
+    score_fn = tf.function(lambda ids, mask: model.teacher_outputs(ids, mask, layer), reduce_retracing=True)
+
+    def score(ids, mask):
+        return {k: v.numpy() for k, v in score_fn(ids, mask).items()}
+
+    teacher_stamp = (model_dir / TEACHER_DIR / SPEC_FILE).stat().st_mtime_ns
+    caches = {}
+    for name, path, sentences, total in (
+        ("transfer", task.transfer_path, lambda: data_lib.iter_transfer(task.transfer_path), task.transfer_lines),
+        ("dev", task.path / "dev.tsv", lambda: (ex.text for ex in task.splits["dev"]), len(task.splits["dev"])),
+    ):
+        stat = Path(path).stat()
+        signature = {"source": str(Path(path).resolve()), "size": stat.st_size, "mtime": stat.st_mtime_ns,
+                     "teacher": teacher_stamp, "layer": layer, "seq_len": options.seq_len, "tagging": task.is_tagging}
+        caches[name] = build_cache(
+            model_dir / CACHE_DIR / f"{name}-{signature_hash(signature)}", sentences(), score, tokenizer,
+            seq_len=options.seq_len, tagging=task.is_tagging, chunk_size=options.distil_chunk_size,
+            batch_size=options.score_batch_size, signature=signature, total=total,
+            description=f"teacher scoring {name}")
+    phases["teacher_outputs"] = round(time.time() - t0, 1)
+
+    # Student vocabulary, embeddings, model.
+    t0 = time.time()
+    train = encode_split(tokenizer, task, "train", options.seq_len)
+    dev = encode_split(tokenizer, task, "dev", options.seq_len)
+    teacher_emb = emb_lib.teacher_word_embeddings(model.encoder)
+    vocab = emb_lib.build_vocab([train.input_ids, *caches["transfer"].all_input_ids()],
+                                teacher_emb.shape[0], tokenizer.pad_token_id, tokenizer.unk_token_id)
+    embedding = emb_lib.pca_embeddings(teacher_emb, vocab, options.word_emb_dim, options.seed)
+    if options.word_emb_file:
+        embedding = emb_lib.read_embedding_file(options.word_emb_file, vocab, tokenizer, options.word_emb_dim, embedding)
+    student_config = StudentConfig(
+        kind=options.student, tagging=task.is_tagging, num_labels=len(task.labels), seq_len=options.seq_len,
+        teacher_vocab_size=teacher_emb.shape[0], vocab_size=vocab.size, teacher_hidden_size=model.encoder.config.hidden_size,
+        pad_row=emb_lib.PAD_ROW, word_emb_dim=options.word_emb_dim, dropout_rate=options.dropout_rate,
+        dense_act_func=options.dense_act_func, bilstm_hidden_size=options.bilstm_hidden_size,
+        recurrent_dropout=options.recurrent_dropout, transformer_layers=options.transformer_layers,
+        transformer_heads=options.transformer_heads, transformer_hidden=options.transformer_hidden,
+        transformer_ffn=options.transformer_ffn,
+    )
+    seed_everything(options.seed)
+    student = build_student(student_config)
+    student.get_layer("id_remap").set_weights([vocab.remap])
+    student.get_layer("word_embedding").set_weights([embedding])
+    phases["student_init"] = round(time.time() - t0, 1)
+
+    # The stages.
+    t0 = time.time()
+    stage_config = StageConfig(options.distil_epochs, options.distil_batch_size, patience=options.distil_patience,
+                               distil_loss=options.distil_loss, temperature=options.temperature, seed=options.seed)
+    groups = layer_groups(student, student_config)
+    plan = schedule(len(groups))
+    data = StageData(caches["transfer"], caches["dev"], train, dev, task.splits["dev"], task.labels, task.is_tagging)
+    runner = StageRunner(student, groups, data, stage_config, model_dir / STUDENT_DIR, on_batch=on_batch)
+    state = runner.run(plan)
+    best = runner.best(plan)
+    student.load_weights(str(model_dir / STUDENT_DIR / best.checkpoint))
+    phases["stages"] = round(time.time() - t0, 1)
+
+    # Test is only reported, for the sub-stage chosen on dev.
+    test = encode_split(tokenizer, task, "test", options.seq_len)
+    student_test = _student_metrics(runner, student, test, task)
+    student_params = int(student.count_params())
+    teacher_params = int(model.count_params())
+    metrics = {
+        "task": {"kind": task.kind, "languages": task.languages, "metric": student_test["metric"]},
+        "teacher": {"dev": teacher.metrics["dev"], "test": teacher.metrics["test"], "parameters": teacher_params},
+        "student": {"dev": state["completed"][best.name]["dev"], "test": student_test, "parameters": student_params,
+                    "best_substage": best.name},
+        "substages": {name: {k: v[k] for k in ("stage", "dev_metric", "val_loss", "seconds")}
+                      for name, v in state["completed"].items()},
+        "compression": teacher_params / student_params,
+        "retention": {split: _ratio(metrics_lib.headline(student_test if split == "test" else
+                                                         state["completed"][best.name]["dev"]),
+                                    metrics_lib.headline(teacher.metrics[split])) for split in ("dev", "test")},
+        "seconds": {**phases, "total": round(time.time() - started, 1)},
+        "seed": options.seed,
+    }
+    teacher_info = {"checkpoint": options.pt_teacher_checkpoint, "model_class": options.pt_teacher, "layer": layer,
+                    "parameters": teacher_params, "folder": str((model_dir / TEACHER_DIR).resolve())}
+    write_bundle(model_dir / BUNDLE_DIR, student, student_config, tokenizer, task.labels, metrics, teacher_info,
+                 {"options": dataclasses.asdict(options)})
+    write_json_atomic(model_dir / STUDENT_DIR / "metrics.json", metrics)
+    return metrics
+
+
+def _ratio(student: float, teacher: float) -> float | None:
+    """Student metric / teacher metric; None when the teacher scored 0 (no meaningful ratio)."""
+    return student / teacher if teacher > 0 else None
+
+
+def _student_metrics(runner: StageRunner, student, encoded, task) -> dict:
+    logits = predict_student_logits(student, encoded.input_ids, runner.config.batch_size)
+    return metrics_from_predictions(np.argmax(logits, -1), encoded, task.splits["test"], task.labels, task.is_tagging)
+
+
+def format_report(metrics: dict) -> str:
+    name = metrics["task"]["metric"]
+    retention = metrics["retention"]["test"]
+    lines = [
+        f"teacher: {metrics['teacher']['parameters']:,} parameters",
+        metrics_lib.format_metrics(metrics["teacher"]["test"], "  test:"),
+        f"student ({metrics['student']['best_substage']}, chosen on dev): {metrics['student']['parameters']:,} parameters",
+        metrics_lib.format_metrics(metrics["student"]["test"], "  test:"),
+        f"compression: {metrics['compression']:.1f}x fewer parameters; test {name} retention: "
+        + (f"{100 * retention:.1f}%" if retention is not None else "n/a (teacher scored 0)"),
+        "wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in metrics["seconds"].items()),
+    ]
+    return "\n".join(lines)

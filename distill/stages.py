@@ -1,0 +1,283 @@
+"""XtremeDistil's multi-stage schedule, declared as data and run with resumable checkpoints.
+
+- Stage 1: the student's projection mimics teacher layer `teacher_layer` (MSE) on transfer data;
+  every layer below the output layer trains.
+- Stage 2: the student's logits mimic the teacher's (MSE, or KL with a temperature) on transfer
+  data: first only the top layer group trains, then one more group per sub-stage, top-down.
+- Stage 3: cross-entropy on the labeled train set with the same gradual unfreezing.
+
+Each sub-stage: Adam with cosine decay from 1e-3 to 1e-8, early stopping on a validation loss
+(teacher outputs on dev for stages 1-2, dev labels for stage 3), a checkpoint, and the dev metric.
+Every sub-stage starts from the previous checkpoint *file* with an RNG seeded from
+(seed, sub-stage, epoch), so a run killed at any point and rerun gives the same result as an
+uninterrupted one. The best sub-stage is chosen on the dev metric, never on test.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+from xtremedistil.distill import metrics as metrics_lib
+from xtremedistil.distill.files import read_json, write_json_atomic
+from xtremedistil.distill.teacher import masked_token_loss, metrics_from_predictions
+from xtremedistil.distill.tokenization import Encoded
+from xtremedistil.errors import XtremeDistilError
+
+logger = logging.getLogger(__name__)
+
+HIDDEN, LOGITS, LABELS = "hidden", "logits", "labels"
+STATE_FILE = "state.json"
+INIT_CHECKPOINT = "00-init.weights.h5"
+DISTIL_LOSSES = ("mse", "kl")
+
+
+@dataclasses.dataclass(frozen=True)
+class SubStage:
+    """One step of the schedule: which target, which top layer groups train."""
+
+    index: int
+    stage: int
+    name: str
+    target: str
+    trainable_groups: int   # how many groups, counted from the top, train in this sub-stage
+
+    @property
+    def checkpoint(self) -> str:
+        return f"{self.index:02d}-{self.name}.weights.h5"
+
+
+def schedule(n_groups: int, stages=(1, 2, 3)) -> list[SubStage]:
+    """The XtremeDistil-v2 schedule for a student with `n_groups` layer groups (bottom-up)."""
+    plan: list[SubStage] = []
+
+    def add(stage, name, target, groups):
+        plan.append(SubStage(len(plan) + 1, stage, name, target, groups))
+
+    if 1 in stages:
+        add(1, "stage1", HIDDEN, n_groups)   # all but the logits group: see _set_trainable
+    for stage, target in ((2, LOGITS), (3, LABELS)):
+        if stage in stages:
+            for k in range(1, n_groups + 1):
+                add(stage, f"stage{stage}-top{k}", target, k)
+    return plan
+
+
+@dataclasses.dataclass
+class StageConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    final_learning_rate: float = 1e-8
+    patience: int = 2
+    distil_loss: str = "mse"
+    temperature: float = 1.0
+    seed: int = 42
+
+    def __post_init__(self):
+        if self.distil_loss not in DISTIL_LOSSES:
+            raise XtremeDistilError(f"--distil_loss '{self.distil_loss}' is not one of {', '.join(DISTIL_LOSSES)}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise XtremeDistilError("--distil_epochs and --distil_batch_size must be at least 1")
+        if self.temperature <= 0:
+            raise XtremeDistilError("--temperature must be positive")
+
+
+def _distil_loss(config: StageConfig):
+    if config.distil_loss == "mse":
+        return lambda target, output: tf.reduce_mean(tf.square(output - target))
+    t = config.temperature
+
+    def kl(target, output):
+        teacher = tf.nn.softmax(target / t, axis=-1)
+        log_ratio = tf.nn.log_softmax(target / t, axis=-1) - tf.nn.log_softmax(output / t, axis=-1)
+        return tf.reduce_mean(tf.reduce_sum(teacher * log_ratio, axis=-1)) * t * t
+    return kl
+
+
+def _label_loss(tagging: bool):
+    if tagging:
+        return masked_token_loss
+    return lambda labels, logits: tf.reduce_mean(
+        tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+
+
+@dataclasses.dataclass
+class StageData:
+    """Where each target's batches come from. Batches are dicts with `input_ids` and the target."""
+
+    transfer: object          # TeacherCache
+    dev_teacher: object       # TeacherCache over the dev sentences
+    train: Encoded
+    dev: Encoded
+    dev_examples: list
+    labels: list[str]
+    tagging: bool
+
+    def batches(self, target: str, batch_size: int, rng=None, validation=False):
+        if target == LABELS:
+            encoded = self.dev if validation else self.train
+            order = rng.permutation(len(encoded)) if rng is not None else np.arange(len(encoded))
+            for start in range(0, len(order), batch_size):
+                take = order[start:start + batch_size]
+                yield {"input_ids": encoded.input_ids[take], LABELS: encoded.labels[take]}
+        else:
+            cache = self.dev_teacher if validation else self.transfer
+            for batch in cache.batches(batch_size, rng):
+                yield {"input_ids": batch["input_ids"], target: batch[target].astype(np.float32)}
+
+    def steps(self, target: str, batch_size: int) -> int:
+        if target == LABELS:
+            return math.ceil(len(self.train) / batch_size)
+        return sum(math.ceil(c["rows"] / batch_size) for c in self.transfer.chunks)
+
+
+def _set_trainable(groups, sub: SubStage) -> None:
+    n = len(groups)
+    if sub.target == HIDDEN:
+        trainable = set(range(n - 1))              # everything below the logits layer
+    else:
+        trainable = set(range(n - sub.trainable_groups, n))
+    for i, group in enumerate(groups):
+        for layer in group:
+            layer.trainable = i in trainable
+
+
+def _save_weights(model, path: Path) -> None:
+    temp = path.with_name(f".tmp-{path.name}")  # same suffix: it picks the Keras weights format
+    model.save_weights(str(temp))
+    os.replace(temp, path)
+
+
+class StageRunner:
+    """Runs the schedule on `model`, checkpointing into `folder`; resumable."""
+
+    def __init__(self, model, groups, data: StageData, config: StageConfig, folder: str | Path,
+                 on_batch: Callable[[SubStage, int], None] | None = None):
+        self.model, self.groups, self.data, self.config = model, groups, data, config
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.on_batch = on_batch
+        self.state_path = self.folder / STATE_FILE
+        self.state = read_json(self.state_path) if self.state_path.exists() else {"completed": {}}
+
+    def _output_key(self, target):
+        return "projection" if target == HIDDEN else "logits"
+
+    def _loss_fn(self, target):
+        return _label_loss(self.data.tagging) if target == LABELS else _distil_loss(self.config)
+
+    def _validation_loss(self, sub: SubStage, forward) -> float:
+        key, loss_fn, total, count = self._output_key(sub.target), self._loss_fn(sub.target), 0.0, 0
+        for batch in self.data.batches(sub.target, self.config.batch_size, validation=True):
+            out = forward(batch["input_ids"])[key]
+            total += float(loss_fn(tf.constant(batch[sub.target]), out)) * len(batch["input_ids"])
+            count += len(batch["input_ids"])
+        return total / max(count, 1)
+
+    def dev_metrics(self) -> dict:
+        logits = predict_student_logits(self.model, self.data.dev.input_ids, self.config.batch_size)
+        return metrics_from_predictions(np.argmax(logits, -1), self.data.dev, self.data.dev_examples,
+                                        self.data.labels, self.data.tagging)
+
+    def _train(self, sub: SubStage) -> dict:
+        config, model = self.config, self.model
+        _set_trainable(self.groups, sub)
+        steps = self.data.steps(sub.target, config.batch_size)
+        schedule_fn = tf.keras.optimizers.schedules.CosineDecay(
+            config.learning_rate, decay_steps=max(1, steps * config.epochs),
+            alpha=config.final_learning_rate / config.learning_rate)
+        optimizer = tf.keras.optimizers.Adam(schedule_fn)
+        key, loss_fn = self._output_key(sub.target), self._loss_fn(sub.target)
+
+        @tf.function(reduce_retracing=True)
+        def train_step(ids, target):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(target, model(ids, training=True)[key])
+            variables = model.trainable_variables
+            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            return loss
+
+        forward = tf.function(lambda ids: model(ids, training=False), reduce_retracing=True)
+        best_loss, best_weights, waited, history = math.inf, None, 0, []
+        batches_done = 0
+        for epoch in range(config.epochs):
+            tf.keras.utils.set_random_seed(_seed(config.seed, sub.index, epoch))
+            rng = np.random.default_rng([config.seed, sub.index, epoch])
+            total = 0.0
+            bar = tqdm(self.data.batches(sub.target, config.batch_size, rng), total=steps, leave=False,
+                       desc=f"{sub.name} epoch {epoch + 1}/{config.epochs}", unit="batch", mininterval=1.0)
+            for n, batch in enumerate(bar, start=1):
+                total += float(train_step(batch["input_ids"], batch[sub.target]))
+                batches_done += 1
+                if self.on_batch is not None:
+                    self.on_batch(sub, batches_done)
+                if n % 20 == 0:
+                    bar.set_postfix(loss=f"{total / n:.4g}")
+            val = self._validation_loss(sub, forward)
+            history.append({"epoch": epoch + 1, "train_loss": total / max(n, 1), "val_loss": val})
+            logger.info("%s epoch %d: train loss %.5g, validation loss %.5g", sub.name, epoch + 1, total / max(n, 1), val)
+            if val < best_loss:
+                best_loss, best_weights, waited = val, model.get_weights(), 0
+            else:
+                waited += 1
+                if waited >= config.patience:
+                    logger.info("%s: early stop after %d epochs without a better validation loss", sub.name, waited)
+                    break
+        model.set_weights(best_weights)
+        return {"history": history, "val_loss": best_loss}
+
+    def run(self, plan: list[SubStage]) -> dict:
+        """Runs (or resumes) every sub-stage; returns the state with per-sub-stage dev metrics."""
+        init = self.folder / INIT_CHECKPOINT
+        if not init.exists():
+            _save_weights(self.model, init)
+        previous = init
+        for sub in plan:
+            done = self.state["completed"].get(sub.name)
+            if done and (self.folder / sub.checkpoint).exists():
+                logger.info("%s: done in an earlier run (dev %s %.4f), skipping",
+                            sub.name, done["dev_metric_name"], done["dev_metric"])
+                previous = self.folder / sub.checkpoint
+                continue
+            self.model.load_weights(str(previous))
+            started = time.time()
+            result = self._train(sub)
+            dev = self.dev_metrics()
+            _save_weights(self.model, self.folder / sub.checkpoint)
+            self.state["completed"][sub.name] = {
+                "index": sub.index, "stage": sub.stage, "trainable_groups": sub.trainable_groups,
+                "val_loss": result["val_loss"], "history": result["history"],
+                "dev_metric": metrics_lib.headline(dev), "dev_metric_name": dev["metric"], "dev": dev,
+                "seconds": round(time.time() - started, 1), "checkpoint": sub.checkpoint,
+            }
+            write_json_atomic(self.state_path, self.state)
+            logger.info("%s done in %.0f s: dev %s %.4f", sub.name, time.time() - started,
+                        dev["metric"], metrics_lib.headline(dev))
+            previous = self.folder / sub.checkpoint
+        return self.state
+
+    def best(self, plan: list[SubStage]) -> SubStage:
+        """The sub-stage of stages 2-3 with the best dev metric (ties: the earlier one)."""
+        candidates = [sub for sub in plan if sub.stage > 1 and sub.name in self.state["completed"]]
+        if not candidates:
+            raise XtremeDistilError("no completed stage-2/3 sub-stage to choose from")
+        return max(candidates, key=lambda sub: (self.state["completed"][sub.name]["dev_metric"], -sub.index))
+
+
+def _seed(seed: int, index: int, epoch: int) -> int:
+    return (seed * 1_000_003 + index * 1_009 + epoch) % (2 ** 31)
+
+
+def predict_student_logits(model, input_ids: np.ndarray, batch_size: int) -> np.ndarray:
+    forward = tf.function(lambda ids: model(ids, training=False)["logits"], reduce_retracing=True)
+    chunks = [forward(input_ids[i:i + batch_size]).numpy() for i in range(0, len(input_ids), batch_size)]
+    return np.concatenate(chunks)
