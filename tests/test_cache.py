@@ -1,0 +1,71 @@
+import json
+
+import numpy as np
+import pytest
+
+from helpers import bert_tokenizer
+from xtremedistil.distill.cache import INDEX_FILE, build_cache
+
+
+class CountingTeacher:
+    """A fake teacher: logits/hidden derived from ids, counting the sentences it scores."""
+
+    def __init__(self, fail_after=None):
+        self.scored, self.fail_after = 0, fail_after
+
+    def __call__(self, ids, mask):
+        if self.fail_after is not None and self.scored >= self.fail_after:
+            raise RuntimeError("killed")
+        self.scored += len(ids)
+        ids = ids.astype(np.float32)
+        return {"logits": ids[:, :3] / 10.0, "hidden": np.stack([ids, -ids], axis=-1)}
+
+
+SENTENCES = [f"the movie {'very ' * (i % 3)}good ." for i in range(10)]
+
+
+def build(folder, teacher, tokenizer, chunk_size=4):
+    return build_cache(folder, iter(SENTENCES), teacher, tokenizer, seq_len=8, tagging=True,
+                       chunk_size=chunk_size, batch_size=3, signature={"v": 1}, total=len(SENTENCES))
+
+
+@pytest.fixture()
+def tokenizer(tmp_path):
+    return bert_tokenizer(tmp_path / "tok")
+
+
+def test_cache_stores_chunks_and_is_reused_without_the_teacher(tmp_path, tokenizer):
+    teacher = CountingTeacher()
+    cache = build(tmp_path / "c", teacher, tokenizer)
+    assert teacher.scored == 10 and len(cache) == 10
+    assert [c["rows"] for c in cache.chunks] == [4, 4, 2]
+    first = cache.chunk(0)
+    assert first["hidden"].dtype == np.float16 and first["hidden"].shape == (4, 8, 2)
+    np.testing.assert_allclose(first["logits"], first["input_ids"][:, :3] / 10.0, rtol=1e-3)
+    again = CountingTeacher()
+    reused = build(tmp_path / "c", again, tokenizer)
+    assert again.scored == 0  # the teacher is never called on a complete cache
+    batches = list(reused.batches(3, np.random.default_rng(0)))
+    assert sum(len(b["input_ids"]) for b in batches) == 10
+
+
+def test_incomplete_chunk_is_recomputed_and_complete_ones_kept(tmp_path, tokenizer):
+    with pytest.raises(RuntimeError, match="killed"):
+        build(tmp_path / "c", CountingTeacher(fail_after=6), tokenizer)  # dies inside chunk 2
+    index = json.loads((tmp_path / "c" / INDEX_FILE).read_text())
+    assert [c["name"] for c in index["chunks"]] == ["chunk-00000"] and not index["complete"]
+    resumed_teacher = CountingTeacher()
+    cache = build(tmp_path / "c", resumed_teacher, tokenizer)
+    assert resumed_teacher.scored == 6  # chunks 2 and 3 only
+    reference = build(tmp_path / "ref", CountingTeacher(), tokenizer)
+    for k in range(3):
+        for name in ("input_ids", "logits", "hidden"):
+            np.testing.assert_array_equal(cache.chunk(k)[name], reference.chunk(k)[name])
+
+
+def test_changed_signature_rebuilds(tmp_path, tokenizer):
+    build(tmp_path / "c", CountingTeacher(), tokenizer)
+    teacher = CountingTeacher()
+    build_cache(tmp_path / "c", iter(SENTENCES), teacher, tokenizer, seq_len=8, tagging=True,
+                chunk_size=4, batch_size=3, signature={"v": 2})
+    assert teacher.scored == 10

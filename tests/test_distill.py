@@ -1,0 +1,159 @@
+import json
+
+import numpy as np
+import pytest
+
+from helpers import classification_task, tagging_task
+from xtremedistil.cli import main
+from xtremedistil.distill import load_bundle
+from xtremedistil.distill.pipeline import DistilOptions, run_distill
+from xtremedistil.distill.stages import SubStage, StageRunner, schedule
+from xtremedistil.distill.students import StudentConfig, build_student, layer_groups
+
+TINY_FLAGS = dict(seq_len=16, ft_epochs=1, ft_batch_size=2, word_emb_dim=8, bilstm_hidden_size=8,
+                  teacher_layer=1, distil_epochs=2, distil_batch_size=2, distil_chunk_size=3, distil_patience=2,
+                  seed=3)
+
+
+def options(task, model_dir, checkpoint, tagging, **extra):
+    return DistilOptions(task=str(task), model_dir=str(model_dir), pt_teacher_checkpoint=str(checkpoint),
+                         do_NER=tagging, **{**TINY_FLAGS, **extra})
+
+
+@pytest.fixture(scope="module")
+def tagging_run(tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tag")
+    task = tagging_task(root / "task")
+    opts = options(task, root / "out", tiny_models("bert"), True)
+    return opts, run_distill(opts)
+
+
+def _weights_by_layer(model):
+    return {layer.name: [w.copy() for w in layer.get_weights()] for layer in model.layers if layer.get_weights()}
+
+
+def test_each_substage_trains_what_it_should_and_freezes_the_rest(tagging_run):
+    opts, _ = tagging_run
+    bundle = load_bundle(f"{opts.model_dir}/bundle")
+    model = build_student(bundle.student_config)
+    names = [g[0].name for g in layer_groups(model, bundle.student_config)]   # bottom-up
+    plan = schedule(len(names))
+    folder = f"{opts.model_dir}/student"
+    model.load_weights(f"{folder}/00-init.weights.h5")
+    previous = _weights_by_layer(model)
+    for sub in plan:
+        model.load_weights(f"{folder}/{sub.checkpoint}")
+        current = _weights_by_layer(model)
+        if sub.stage == 1:
+            expected = set(names[:-1])
+        else:
+            expected = set(names[len(names) - sub.trainable_groups:])
+        changed = {name for name in names
+                   if any(not np.array_equal(a, b) for a, b in zip(previous[name], current[name]))}
+        assert changed == expected, (sub.name, changed, expected)
+        assert all(np.array_equal(a, b) for a, b in zip(previous["id_remap"], current["id_remap"]))
+        previous = current
+
+
+def test_stage1_loss_decreases_and_every_substage_is_logged(tagging_run):
+    opts, metrics = tagging_run
+    state = json.loads(open(f"{opts.model_dir}/student/state.json").read())
+    history = state["completed"]["stage1"]["history"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert set(metrics["substages"]) == {s.name for s in schedule(4)}
+    assert all("dev_metric" in v for v in metrics["substages"].values())
+
+
+def test_best_substage_is_chosen_on_dev(tagging_run):
+    opts, metrics = tagging_run
+    dev = {name: v["dev_metric"] for name, v in metrics["substages"].items() if v["stage"] > 1}
+    assert metrics["student"]["best_substage"] == max(dev, key=dev.get)
+
+
+def test_best_ignores_test_even_when_test_would_pick_another(tmp_path):
+    runner = StageRunner.__new__(StageRunner)
+    plan = schedule(2)
+    runner.state = {"completed": {
+        "stage1": {"dev_metric": 0.99, "test_metric": 0.99},           # stage 1 is never a candidate
+        "stage2-top1": {"dev_metric": 0.80, "test_metric": 0.50},
+        "stage2-top2": {"dev_metric": 0.70, "test_metric": 0.95},       # test would pick this one
+        "stage3-top1": {"dev_metric": 0.75, "test_metric": 0.60},
+    }}
+    assert runner.best(plan).name == "stage2-top1"
+
+
+def test_tagging_bundle_reports_languages_and_predicts_words(tagging_run):
+    opts, metrics = tagging_run
+    assert set(metrics["student"]["test"]["per_language"]) == {"ar", "en", "ru"}
+    assert set(metrics["teacher"]["test"]["per_language"]) == {"ar", "en", "ru"}
+    assert metrics["compression"] == pytest.approx(metrics["teacher"]["parameters"] / metrics["student"]["parameters"])
+    bundle = load_bundle(f"{opts.model_dir}/bundle")
+    tags = bundle.predict(["john lives in paris .", "иван живет в москва"])
+    assert [len(t) for t in tags] == [5, 4]
+    assert all(tag in bundle.labels for sentence in tags for tag in sentence)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_run_resumes_to_the_same_result(tagging_run, tiny_models, tmp_path):
+    reference_opts, reference = tagging_run
+    task = tagging_task(tmp_path / "task")
+    opts = options(task, tmp_path / "out", tiny_models("bert"), True)
+
+    def kill(sub: SubStage, batches: int):
+        if sub.name == "stage2-top2" and batches == 3:
+            raise Killed()
+
+    with pytest.raises(Killed):
+        run_distill(opts, on_batch=kill)
+    state = json.loads((tmp_path / "out" / "student" / "state.json").read_text())
+    assert set(state["completed"]) == {"stage1", "stage2-top1"}
+    assert not (tmp_path / "out" / "bundle").exists()
+    resumed = run_distill(opts)
+    assert resumed["student"]["best_substage"] == reference["student"]["best_substage"]
+    assert resumed["student"]["test"] == reference["student"]["test"]
+    assert resumed["substages"].keys() == reference["substages"].keys()
+    for name, sub in reference["substages"].items():
+        assert resumed["substages"][name]["dev_metric"] == sub["dev_metric"]
+        assert resumed["substages"][name]["val_loss"] == pytest.approx(sub["val_loss"], rel=1e-6)
+    a = load_bundle(tmp_path / "out" / "bundle").model.get_weights()
+    b = load_bundle(f"{reference_opts.model_dir}/bundle").model.get_weights()
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_classification_end_to_end_through_the_cli_with_a_recipe(tiny_models, tmp_path, capsys):
+    task = classification_task(tmp_path / "task")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("".join(f"{k}: {v}\n" for k, v in TINY_FLAGS.items()) + "student: transformer\n"
+                      "transformer_layers: 1\ntransformer_hidden: 8\ntransformer_heads: 2\ntransformer_ffn: 8\n"
+                      "distil_epochs: 5\n")
+    code = main(["distill", "--config", str(recipe), "--task", str(task), "--model_dir", str(tmp_path / "out"),
+                 "--pt_teacher_checkpoint", str(tiny_models("bert")), "--distil_epochs", "1", "--quiet"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "chosen on dev" in out and "compression" in out
+    bundle = load_bundle(tmp_path / "out" / "bundle")
+    assert bundle.config["options"]["distil_epochs"] == 1          # the flag beat the recipe
+    assert bundle.student_config.kind == "transformer"
+    assert bundle.predict(["a great film .", "a bad film"])[0] in {"0", "1"}
+    assert json.loads((tmp_path / "out" / "bundle" / "metrics.json").read_text())["task"]["kind"] == "classification"
+
+
+def test_recipe_and_flag_errors_are_one_line(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("task: x\nbogus_flag: 1\n")
+    assert main(["distill", "--config", str(recipe)]) == 2
+    assert "unknown key(s) bogus_flag" in capsys.readouterr().err
+    recipe.write_text("task: x\n")
+    assert main(["distill", "--config", str(recipe)]) == 2
+    assert "missing --model_dir, --pt_teacher_checkpoint" in capsys.readouterr().err
+
+
+def test_student_config_round_trips_through_the_bundle(tagging_run):
+    opts, _ = tagging_run
+    bundle = load_bundle(f"{opts.model_dir}/bundle")
+    assert StudentConfig(**bundle.config["student"]) == bundle.student_config
+    assert bundle.config["teacher"]["layer"] == 1

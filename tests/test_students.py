@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+
+from xtremedistil.distill.embeddings import UNK_ROW, build_vocab, pca_embeddings
+from xtremedistil.distill.students import StudentConfig, build_student, layer_groups
+from xtremedistil.errors import XtremeDistilError
+
+
+def config(kind="bilstm", tagging=True, **overrides):
+    base = dict(kind=kind, tagging=tagging, num_labels=5, seq_len=12, teacher_vocab_size=50, vocab_size=10,
+                teacher_hidden_size=16, word_emb_dim=8, bilstm_hidden_size=6, transformer_hidden=8,
+                transformer_heads=2, transformer_ffn=16)
+    return StudentConfig(**{**base, **overrides})
+
+
+def test_unknown_student_lists_valid_names():
+    with pytest.raises(XtremeDistilError, match="unknown student 'gru'; valid students: bilstm, transformer"):
+        config(kind="gru")
+
+
+@pytest.mark.parametrize("kind", ["bilstm", "transformer"])
+@pytest.mark.parametrize("tagging", [True, False])
+def test_students_take_teacher_ids_and_give_named_outputs(kind, tagging):
+    model = build_student(config(kind, tagging))
+    out = model(np.ones((3, 12), np.int32))
+    assert out["logits"].shape == ((3, 12, 5) if tagging else (3, 5))
+    assert out["projection"].shape == ((3, 12, 16) if tagging else (3, 16))
+    groups = layer_groups(model, config(kind, tagging))
+    assert groups[0][0].name == "word_embedding" and groups[-1][0].name == "logits"
+    assert not model.get_layer("id_remap").trainable_weights
+
+
+def test_bilstm_is_the_papers_shape_with_fused_kernel_defaults():
+    model = build_student(config())
+    lstm = model.get_layer("bilstm").forward_layer
+    assert lstm.units == 6 and lstm.recurrent_dropout == 0.0
+    assert model.get_layer("projection").units == 16
+    with_dropout = build_student(config(recurrent_dropout=0.1))
+    assert with_dropout.get_layer("bilstm").forward_layer.recurrent_dropout == 0.1
+
+
+def test_id_remap_maps_seen_ids_and_sends_unknown_to_unk():
+    vocab = build_vocab([np.array([[2, 7, 7, 0]]), np.array([[9, 3]])], teacher_vocab_size=12, pad_id=0, unk_id=1)
+    assert vocab.teacher_ids.tolist() == [0, 1, 2, 3, 7, 9]
+    assert vocab.remap[[0, 1, 2, 3, 7, 9]].tolist() == [0, 1, 2, 3, 4, 5]
+    assert vocab.remap[[4, 5, 11]].tolist() == [UNK_ROW] * 3
+    model = build_student(config(teacher_vocab_size=12, vocab_size=vocab.size))
+    model.get_layer("id_remap").set_weights([vocab.remap])
+    assert model.get_layer("id_remap")(np.array([[9, 4, 0]], np.int32)).numpy().tolist() == [[5, 1, 0]]
+
+
+def test_pca_keeps_geometry_of_teacher_rows():
+    rng = np.random.default_rng(0)
+    teacher = rng.normal(size=(30, 4)) @ rng.normal(size=(4, 16))  # rank 4 in 16 dims
+    vocab = build_vocab([np.arange(2, 20)], 30, pad_id=0, unk_id=1)
+    reduced = pca_embeddings(teacher, vocab, dim=4)
+    assert reduced.shape == (vocab.size, 4)
+    rows = teacher[vocab.teacher_ids[2:]]
+    original = np.linalg.norm(rows[:, None] - rows[None], axis=-1)
+    kept = np.linalg.norm(reduced[2:, None] - reduced[None, 2:], axis=-1)
+    np.testing.assert_allclose(kept, original, rtol=1e-4, atol=1e-4)
+    assert np.all(reduced[0] == 0)  # padding row
+    assert pca_embeddings(teacher, vocab, dim=40).shape == (vocab.size, 40)
