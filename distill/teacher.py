@@ -193,6 +193,27 @@ class FineTuneConfig:
             raise XtremeDistilError("--ft_epochs and --ft_batch_size must be at least 1")
 
 
+class _ProgressBar(tf.keras.callbacks.Callback):
+    """A tqdm bar over one epoch's batches, with the running loss."""
+
+    def __init__(self, steps: int, description: str):
+        super().__init__()
+        self.steps, self.description, self.bar = steps, description, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=self.steps, desc=self.description, unit="batch", leave=False, mininterval=1.0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.bar.update(1)
+        if logs and batch % 10 == 0:
+            self.bar.set_postfix(loss=f"{logs.get('loss', 0.0):.4f}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.bar.close()
+
+
 def build_teacher(spec: TeacherSpec) -> TeacherModel:
     encoder = load_encoder(spec.checkpoint, spec.model_class)
     model = TeacherModel(encoder, len(spec.labels), spec.tagging)
@@ -229,7 +250,8 @@ def fine_tune(model: TeacherModel, train: Encoded, dev: Encoded, dev_examples, l
     history, best_score, best_weights, waited = [], -1.0, None, 0
     for epoch in range(config.epochs):
         started = time.time()
-        fit = model.fit(dataset, initial_epoch=epoch, epochs=epoch + 1, verbose=2)
+        progress = _ProgressBar(steps_per_epoch, f"teacher epoch {epoch + 1}/{config.epochs}")
+        fit = model.fit(dataset, initial_epoch=epoch, epochs=epoch + 1, verbose=0, callbacks=[progress])
         dev_metrics = evaluate(model, dev, dev_examples, labels, model.tagging)
         score = metrics_lib.headline(dev_metrics)
         history.append({"epoch": epoch + 1, "train_loss": float(fit.history["loss"][-1]),
