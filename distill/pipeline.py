@@ -48,16 +48,16 @@ class DistilOptions:
     transfer_file: str | None = None
     seq_len: int = 32
     student: str = "bilstm"
-    word_emb_dim: int = 300
+    word_emb_dim: int = StudentConfig.word_emb_dim
     word_emb_file: str | None = None
-    bilstm_hidden_size: int = 600
-    recurrent_dropout: float = 0.0
-    dropout_rate: float = 0.2
-    dense_act_func: str = "gelu_tanh"
-    transformer_layers: int = 2
-    transformer_heads: int = 4
-    transformer_hidden: int = 256
-    transformer_ffn: int = 512
+    bilstm_hidden_size: int = StudentConfig.bilstm_hidden_size
+    recurrent_dropout: float = StudentConfig.recurrent_dropout
+    dropout_rate: float = StudentConfig.dropout_rate
+    dense_act_func: str = StudentConfig.dense_act_func
+    transformer_layers: int = StudentConfig.transformer_layers
+    transformer_heads: int = StudentConfig.transformer_heads
+    transformer_hidden: int = StudentConfig.transformer_hidden
+    transformer_ffn: int = StudentConfig.transformer_ffn
     teacher_layer: int = 6
     ft_epochs: int = 3
     ft_batch_size: int = 32
@@ -128,14 +128,12 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     embedding = emb_lib.pca_embeddings(teacher_emb, vocab, options.word_emb_dim, options.seed)
     if options.word_emb_file:
         embedding = emb_lib.read_embedding_file(options.word_emb_file, vocab, tokenizer, options.word_emb_dim, embedding)
+    architecture = {f.name: getattr(options, f.name) for f in dataclasses.fields(StudentConfig)
+                    if hasattr(options, f.name) and f.name != "kind"}
     student_config = StudentConfig(
-        kind=options.student, tagging=task.is_tagging, num_labels=len(task.labels), seq_len=options.seq_len,
-        teacher_vocab_size=teacher_emb.shape[0], vocab_size=vocab.size, teacher_hidden_size=model.encoder.config.hidden_size,
-        pad_row=emb_lib.PAD_ROW, word_emb_dim=options.word_emb_dim, dropout_rate=options.dropout_rate,
-        dense_act_func=options.dense_act_func, bilstm_hidden_size=options.bilstm_hidden_size,
-        recurrent_dropout=options.recurrent_dropout, transformer_layers=options.transformer_layers,
-        transformer_heads=options.transformer_heads, transformer_hidden=options.transformer_hidden,
-        transformer_ffn=options.transformer_ffn,
+        kind=options.student, tagging=task.is_tagging, num_labels=len(task.labels),
+        teacher_vocab_size=teacher_emb.shape[0], vocab_size=vocab.size,
+        teacher_hidden_size=model.encoder.config.hidden_size, pad_row=emb_lib.PAD_ROW, **architecture,
     )
     seed_everything(options.seed)
     student = build_student(student_config)
