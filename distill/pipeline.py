@@ -59,16 +59,16 @@ class DistilOptions:
     transformer_hidden: int = StudentConfig.transformer_hidden
     transformer_ffn: int = StudentConfig.transformer_ffn
     teacher_layer: int = 6
-    ft_epochs: int = 3
-    ft_batch_size: int = 32
-    ft_learning_rate: float = 5e-5
-    ft_patience: int = 3
-    distil_epochs: int = 10
-    distil_batch_size: int = 128
+    ft_epochs: int = FineTuneConfig.epochs
+    ft_batch_size: int = FineTuneConfig.batch_size
+    ft_learning_rate: float = FineTuneConfig.learning_rate
+    ft_patience: int = FineTuneConfig.patience
+    distil_epochs: int = StageConfig.epochs
+    distil_batch_size: int = StageConfig.batch_size
     distil_chunk_size: int = 100_000
-    distil_patience: int = 2
-    distil_loss: str = "mse"
-    temperature: float = 1.0
+    distil_patience: int = StageConfig.patience
+    distil_loss: str = StageConfig.distil_loss
+    temperature: float = StageConfig.temperature
     score_batch_size: int = 128
     seed: int = 42
 
