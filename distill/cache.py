@@ -71,7 +71,8 @@ class TeacherCache:
                 yield {name: np.asarray(array[take]) for name, array in arrays.items()}
 
 
-def _encode(tokenizer, sentences: list[str], seq_len: int, tagging: bool):
+def encode_sentences(tokenizer, sentences: list[str], seq_len: int, tagging: bool):
+    """Unlabeled sentences -> ids; for tagging, words split on whitespace (as at prediction time)."""
     if tagging:
         return encode_words(tokenizer, [s.split() for s in sentences], seq_len)
     return encode_texts(tokenizer, sentences, seq_len)
@@ -83,7 +84,7 @@ def _write_chunk(folder: Path, sentences: list[str], score: Callable, tokenizer,
     folder.mkdir(parents=True)
     n, arrays, truncated = len(sentences), {}, 0
     for start in range(0, n, TOKENIZE_BATCH):
-        encoded = _encode(tokenizer, sentences[start:start + TOKENIZE_BATCH], seq_len, tagging)
+        encoded = encode_sentences(tokenizer, sentences[start:start + TOKENIZE_BATCH], seq_len, tagging)
         truncated += encoded.truncated
         for offset in range(0, len(encoded), batch_size):
             ids = encoded.input_ids[offset:offset + batch_size]

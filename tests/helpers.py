@@ -133,3 +133,31 @@ def classification_task(folder: Path) -> Path:
 def tagging_task(folder: Path) -> Path:
     return write_task(folder, TAGGING_ROWS, labels=TAGGING_LABELS,
                       transfer=[r.split("\t")[0] for r in TAGGING_ROWS])
+
+
+def tiny_bundle(root: Path, checkpoint: Path, tagging: bool, kind: str = "bilstm", seed: int = 0,
+                seq_len: int = 16) -> Path:
+    """A student bundle built directly (random weights, identity id-remap) with its task folder."""
+    import numpy as np
+    import tensorflow as tf
+
+    from xtremedistil.distill.bundle import write_bundle
+    from xtremedistil.distill.students import StudentConfig, build_student
+    from xtremedistil.distill.tokenization import load_tokenizer
+
+    task = (tagging_task if tagging else classification_task)(root / "task")
+    tokenizer = load_tokenizer(str(checkpoint))
+    labels = TAGGING_LABELS if tagging else ["0", "1"]
+    config = StudentConfig(kind=kind, tagging=tagging, num_labels=len(labels), seq_len=seq_len,
+                           teacher_vocab_size=len(tokenizer), vocab_size=len(tokenizer), teacher_hidden_size=16,
+                           word_emb_dim=8, bilstm_hidden_size=8, transformer_layers=1, transformer_heads=2,
+                           transformer_hidden=8, transformer_ffn=16)
+    tf.keras.utils.set_random_seed(seed)
+    model = build_student(config)
+    model.get_layer("id_remap").set_weights([np.arange(len(tokenizer), dtype=np.int32)])
+    # Larger logits weights: decisive predictions, so parity tests are not decided by near-ties.
+    kernel, bias = model.get_layer("logits").get_weights()
+    model.get_layer("logits").set_weights([kernel * 8, bias])
+    write_bundle(root / "bundle", model, config, tokenizer, labels, metrics={}, teacher={},
+                 extra={"options": {"task": str(task), "transfer_file": None}})
+    return root / "bundle"

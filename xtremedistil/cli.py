@@ -150,6 +150,82 @@ def _cmd_distill(args) -> int:
     return 0
 
 
+EXPORT_EPILOG = """\
+formats (format:quantization; a bare format means all of its quantizations):
+  savedmodel:fp32   TF Serving layout artifacts/savedmodel/student/1, signature serving_default(input_ids)
+  tflite:fp32|fp16|dynamic|int8
+                    LiteRT flatbuffers, one per --tflite_batch_sizes (static batch: it is what gives the
+                    fused LSTM kernel); int8 is full-integer, calibrated on transfer sentences
+  onnx:fp32|dynamic|static
+                    tf2onnx opset 17, dynamic batch; dynamic = int8 weights, static = QDQ int8 calibrated
+                    on transfer sentences (per-channel weights, logits layer kept float)
+
+parity (always): every artifact is reloaded through its runtime and compared with the Keras student on
+the task's dev split. fp32 must match within 1e-4 with 100% argmax agreement; fp16/int8 may lose at most
+1 point of dev accuracy / entity F1 (--max_metric_drop). A miss exits with code 3 after writing the
+figures to BUNDLE/manifest.json.
+
+tensorflow-model-optimization:
+  --prune and --cluster wrap the Embedding, Dense and Bidirectional-LSTM layers, fine-tune on transfer
+  sentences against the teacher's cached logits (or the student's own when the cache is gone), then strip.
+  QAT is not offered: tfmot has no quantize config for LSTM/Bidirectional, so the BiLSTM student uses
+  post-training int8 (tflite:int8, onnx:static) instead. Pruned/clustered weights are stored dense: they
+  shrink after compression (gzip), not in raw size, and run at dense speed.
+
+A teacher folder (MODEL_DIR/teacher) exports to ONNX too (fp32 and dynamic int8), for latency baselines.
+"""
+
+
+def _cmd_export(args) -> int:
+    from pathlib import Path
+
+    from xtremedistil.distill.teacher import SPEC_FILE
+
+    if (Path(args.bundle) / SPEC_FILE).exists():
+        return _export_teacher(args)
+    from xtremedistil.export.pipeline import ExportOptions, format_manifest, run_export
+    from xtremedistil.export.parity import ParityError
+
+    options = ExportOptions(**{k: v for k, v in vars(args).items() if k not in ("command", "handler", "quiet")})
+    try:
+        manifest = run_export(options)
+    except ParityError:
+        from xtremedistil.distill.files import read_json
+
+        manifest_path = Path(options.bundle) / "manifest.json"
+        if manifest_path.exists():
+            print(format_manifest(read_json(manifest_path)))
+        raise
+    print(format_manifest(manifest))
+    print(f"manifest: {Path(options.bundle) / 'manifest.json'}")
+    return 0
+
+
+def _export_teacher(args) -> int:
+    from pathlib import Path
+
+    from xtremedistil.distill.files import write_json_atomic
+    from xtremedistil.distill.teacher import load_teacher
+    from xtremedistil.export.base import Quantization, parse_formats
+    from xtremedistil.export.pipeline import versions
+    from xtremedistil.export.teacher import TEACHER_QUANTIZATIONS, export_teacher_onnx
+
+    requests = parse_formats(args.formats or "onnx:fp32,onnx:dynamic")
+    wrong = [r.name for r in requests if r.format != "onnx" or r.quantization not in TEACHER_QUANTIZATIONS]
+    if wrong:
+        raise XtremeDistilError(f"a teacher exports to onnx:fp32 and onnx:dynamic only, not {', '.join(wrong)}")
+    model, spec, tokenizer = load_teacher(args.bundle)
+    folder = Path(args.bundle) / "artifacts"
+    rows = export_teacher_onnx(model, tokenizer.pad_token_id or 0, len(tokenizer), folder, spec.seq_len,
+                               [Quantization(r.quantization) for r in requests])
+    write_json_atomic(Path(args.bundle) / "manifest.json", {"teacher": str(Path(args.bundle).resolve()),
+                                                            "versions": versions(), "artifacts": rows})
+    for row in rows:
+        print(f"{row['name']}: {row['size_bytes'] / 1e6:.1f} MB, max |Δlogit| vs TF "
+              f"{row['parity']['max_abs_logit_delta']:.2e}, argmax agreement {row['parity']['argmax_agreement']:.2%}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xtremedistil", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -183,6 +259,29 @@ def build_parser() -> argparse.ArgumentParser:
         distill.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=text)
     distill.add_argument("--quiet", action="store_true", help="log warnings only")
     distill.set_defaults(handler=_cmd_distill)
+
+    export = commands.add_parser(
+        "export", help="export a bundle to SavedModel / TFLite / ONNX, quantized, parity-checked",
+        description="Write BUNDLE/artifacts/* and BUNDLE/manifest.json: each artifact with its size, parity "
+                    "figures against the Keras student and library versions.",
+        epilog=EXPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("bundle", metavar="BUNDLE", help="a bundle folder (MODEL_DIR/bundle) or a teacher folder")
+    export.add_argument("--formats", help="comma-separated format[:quantization] (default: every one)")
+    export.add_argument("--task", help="task folder whose dev split checks parity (default: the one distilled on)")
+    export.add_argument("--representative_file", help="unlabeled sentences for calibration and tfmot fine-tuning "
+                        "(default: the bundle's transfer file)")
+    export.add_argument("--calibration_size", type=int, default=512, help="sentences read from it (default: 512)")
+    export.add_argument("--tflite_batch_sizes", default="1", help="static batch sizes of TFLite artifacts (default: 1)")
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    export.add_argument("--max_metric_drop", type=float, help="points of dev metric fp16/int8 may lose (default: 1)")
+    export.add_argument("--max_logit_delta", type=float, help="max |Δlogit| allowed for fp32 (default: 1e-4)")
+    export.add_argument("--prune", type=float, metavar="SPARSITY", help="magnitude pruning to this sparsity, e.g. 0.5")
+    export.add_argument("--cluster", type=int, metavar="N", help="weight clustering into N clusters per weight")
+    export.add_argument("--optimize_steps", type=int, default=200, help="fine-tune steps for --prune/--cluster (default: 200)")
+    export.add_argument("--threads", type=int, help="runtime threads for the parity runs (default: the runtime's)")
+    export.add_argument("--quiet", action="store_true", help="log warnings only")
+    export.set_defaults(handler=_cmd_export)
     return parser
 
 
@@ -192,7 +291,7 @@ def _configure_logging(quiet: bool) -> None:
         level=logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
     )
-    for noisy in ("tensorflow", "absl", "transformers", "h5py"):
+    for noisy in ("tensorflow", "absl", "transformers", "h5py", "tf2onnx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 

@@ -22,6 +22,7 @@ def register_student(name: str, groups: Callable):
     return wrap
 
 
+@tf.keras.utils.register_keras_serializable(package="xtremedistil")
 def gelu_tanh(x):
     """GELU, tanh approximation: exports to ONNX (exact GELU lowers to Erfc, which tf2onnx lacks)."""
     return tf.keras.activations.gelu(x, approximate=True)
@@ -73,6 +74,7 @@ class StudentConfig:
         return ACTIVATIONS[self.dense_act_func]
 
 
+@tf.keras.utils.register_keras_serializable(package="xtremedistil")
 class IdRemap(tf.keras.layers.Layer):
     """Maps teacher token ids to student vocabulary rows with a fixed (non-trainable) table."""
 
@@ -91,8 +93,10 @@ class IdRemap(tf.keras.layers.Layer):
         return {**super().get_config(), "teacher_vocab_size": self.teacher_vocab_size}
 
 
-def student_inputs(config: StudentConfig):
-    ids = tf.keras.Input(shape=(config.seq_len,), dtype=tf.int32, name="input_ids")
+def student_inputs(config: StudentConfig, batch_size: int | None = None):
+    """`input_ids` [batch, seq_len] and their student rows; a fixed `batch_size` gives static shapes
+    (what TFLite needs to emit its fused LSTM kernel)."""
+    ids = tf.keras.Input(shape=(config.seq_len,), batch_size=batch_size, dtype=tf.int32, name="input_ids")
     return ids, IdRemap(config.teacher_vocab_size, name="id_remap")(ids)
 
 
@@ -103,8 +107,9 @@ def student_outputs(config: StudentConfig, features):
     return {"projection": projection, "logits": logits}
 
 
-def build_student(config: StudentConfig) -> tf.keras.Model:
-    return STUDENTS[config.kind](config)
+def build_student(config: StudentConfig, batch_size: int | None = None) -> tf.keras.Model:
+    """A fresh student; `batch_size` fixes the batch dimension (weights are shape-compatible)."""
+    return STUDENTS[config.kind](config, batch_size=batch_size)
 
 
 def layer_groups(model: tf.keras.Model, config: StudentConfig) -> list[list[tf.keras.layers.Layer]]:

@@ -9,12 +9,12 @@ def _groups(config: StudentConfig):
 
 
 @register_student("bilstm", _groups)
-def build_bilstm(config: StudentConfig) -> tf.keras.Model:
+def build_bilstm(config: StudentConfig, batch_size: int | None = None) -> tf.keras.Model:
     """BiLSTM student; sequence output for tagging, final states for classification.
 
     `recurrent_dropout` is 0 by default: any other value disables the fused LSTM kernels.
     """
-    ids, rows = student_inputs(config)
+    ids, rows = student_inputs(config, batch_size)
     x = tf.keras.layers.Embedding(config.vocab_size, config.word_emb_dim, name="word_embedding")(rows)
     x = tf.keras.layers.Dropout(config.dropout_rate, name="embedding_dropout")(x)
     lstm = tf.keras.layers.LSTM(config.bilstm_hidden_size, return_sequences=config.tagging,

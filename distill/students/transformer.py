@@ -13,6 +13,7 @@ def _groups(config: StudentConfig):
             + [["projection"], ["logits"]])
 
 
+@tf.keras.utils.register_keras_serializable(package="xtremedistil")
 class PositionEmbedding(tf.keras.layers.Layer):
     def __init__(self, seq_len, dim, **kwargs):
         super().__init__(**kwargs)
@@ -28,8 +29,8 @@ class PositionEmbedding(tf.keras.layers.Layer):
 
 
 @register_student("transformer", _groups)
-def build_transformer(config: StudentConfig) -> tf.keras.Model:
-    ids, rows = student_inputs(config)
+def build_transformer(config: StudentConfig, batch_size: int | None = None) -> tf.keras.Model:
+    ids, rows = student_inputs(config, batch_size)
     hidden, drop = config.transformer_hidden, config.dropout_rate
     padding = tf.keras.layers.Lambda(lambda r: tf.not_equal(r, config.pad_row), name="padding_mask")(rows)
     mask = tf.keras.layers.Lambda(lambda m: m[:, tf.newaxis, :], name="attention_mask")(padding)

@@ -1,0 +1,194 @@
+import json
+import sys
+import subprocess
+
+import numpy as np
+import pytest
+
+from helpers import tiny_bundle
+from xtremedistil.cli import main
+from xtremedistil.export.base import parse_formats, Quantization
+from xtremedistil.export.pipeline import ExportOptions, run_export
+from xtremedistil.export.parity import ParityError
+from xtremedistil.export.predictor import load_predictor
+from xtremedistil.errors import XtremeDistilError
+
+# Tiny random students make near-tie predictions, so a 1-point metric rule is meaningless on 4-8 dev
+# sentences; quantized variants are checked on logits here, the metric rule on real students.
+LOOSE = dict(max_metric_drop=100.0)
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["classification", "tagging"])
+def exported(request, tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    bundle = tiny_bundle(root, tiny_models("bert"), tagging=request.param)
+    manifest = run_export(ExportOptions(bundle=str(bundle), tflite_batch_sizes="1,3", **LOOSE))
+    return bundle, manifest
+
+
+def test_every_format_is_written_and_recorded(exported):
+    bundle, manifest = exported
+    names = {row["name"] for row in manifest["artifacts"]}
+    assert names == {"savedmodel-fp32", "onnx-fp32", "onnx-dynamic", "onnx-static",
+                     *(f"tflite-{q}-b{b}" for q in ("fp32", "fp16", "dynamic", "int8") for b in (1, 3))}
+    on_disk = json.loads((bundle / "manifest.json").read_text())
+    assert on_disk["artifacts"] == manifest["artifacts"]
+    for row in manifest["artifacts"]:
+        path = bundle / row["path"]
+        assert path.exists() and row["size_bytes"] > 0
+        assert row["passed"], row
+    assert (bundle / "artifacts/savedmodel/student/1/saved_model.pb").exists()
+    assert manifest["versions"]["tensorflow"].startswith("2.21")
+    assert manifest["versions"]["onnxruntime"]
+
+
+def test_fp32_artifacts_match_keras_and_reload_through_load_predictor(exported):
+    bundle, manifest = exported
+    keras = load_predictor(bundle)
+    ids = np.random.default_rng(0).integers(0, 40, (7, keras.bundle.seq_len)).astype(np.int32)
+    expected = keras.predict(ids)
+    for row in manifest["artifacts"]:
+        if row["quantization"] != "fp32":
+            continue
+        assert row["parity"]["max_abs_logit_delta"] <= 1e-4 and row["parity"]["argmax_agreement"] == 1.0
+        got = load_predictor(bundle / row["path"]).predict(ids)   # 7 rows: pads the static batch of 3
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_quantized_artifacts_stay_close_in_logits(exported):
+    _, manifest = exported
+    for row in manifest["artifacts"]:
+        assert row["parity"]["finite"]
+        if row["quantization"] == "fp16":
+            assert row["parity"]["max_abs_logit_delta"] < 1e-2
+        elif row["quantization"] != "fp32":
+            assert row["parity"]["max_abs_logit_delta"] < 0.5, row["name"]
+
+
+def test_golden_op_counts(exported):
+    _, manifest = exported
+    rows = {row["name"]: row for row in manifest["artifacts"]}
+    for name, row in rows.items():
+        ops = row["details"].get("op_counts") or {}
+        assert not [op for op in ops if op.startswith(("Erfc", "Erf", "CUSTOM", "FlexOp"))], name
+    # The BiLSTM becomes ONNX's LSTM op (bidirectional) and TFLite's fused kernel, one per direction.
+    assert rows["onnx-fp32"]["details"]["op_counts"]["LSTM"] == 1
+    assert rows["onnx-dynamic"]["details"]["op_counts"]["DynamicQuantizeLSTM"] == 1
+    assert rows["onnx-static"]["details"]["op_counts"]["QuantizeLinear"] >= 1
+    for batch in (1, 3):
+        ops = rows[f"tflite-fp32-b{batch}"]["details"]["op_counts"]
+        assert ops["UNIDIRECTIONAL_SEQUENCE_LSTM"] == 2
+        assert "WHILE" not in ops
+
+
+def test_litert_state_does_not_leak_between_batches(exported):
+    bundle, manifest = exported
+    row = next(r for r in manifest["artifacts"] if r["name"] == "tflite-fp32-b1")
+    predictor = load_predictor(bundle / row["path"])
+    ids = np.random.default_rng(1).integers(1, 40, (3, 16)).astype(np.int32)
+    first = predictor.predict(ids[:1])
+    predictor.predict(ids[1:])
+    np.testing.assert_array_equal(predictor.predict(ids[:1]), first)
+
+
+def test_savedmodel_signature_is_servable(exported):
+    import tensorflow as tf
+
+    bundle, _ = exported
+    loaded = tf.saved_model.load(str(bundle / "artifacts/savedmodel/student/1"))
+    signature = loaded.signatures["serving_default"]
+    spec = signature.structured_input_signature[1]["input_ids"]
+    assert spec.dtype == tf.int32 and spec.shape[0] is None
+    labels = (bundle / "artifacts/savedmodel/student/1/assets/labels.txt").read_text().split()
+    assert labels == json.loads((bundle / "config.json").read_text())["task"]["labels"]
+
+
+def test_broken_artifact_fails_parity_with_nonzero_exit(tiny_models, tmp_path, monkeypatch, capsys):
+    from xtremedistil.export.onnx import convert as onnx_convert
+
+    bundle = tiny_bundle(tmp_path, tiny_models("bert"), tagging=False)
+    original = onnx_convert.convert_function
+
+    def perturbed(function, signature, path, **kwargs):
+        model = original(function, signature, path, **kwargs)
+        import onnx
+        from onnx import numpy_helper
+
+        for init in model.graph.initializer:   # perturb every float weight
+            array = numpy_helper.to_array(init)
+            if array.dtype == np.float32 and array.size > 8:
+                init.CopyFrom(numpy_helper.from_array(array + 0.05, init.name))
+        onnx.save(model, str(path))
+        return model
+
+    monkeypatch.setattr(onnx_convert, "convert_function", perturbed)
+    code = main(["export", str(bundle), "--formats", "onnx:fp32", "--quiet"])
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "parity check failed" in err and "max |Δlogit|" in err
+    row = json.loads((bundle / "manifest.json").read_text())["artifacts"][0]
+    assert row["passed"] is False and row["parity"]["max_abs_logit_delta"] > 1e-4
+
+
+def test_bad_inputs_are_one_line_errors(tiny_models, tmp_path, capsys):
+    bundle = tiny_bundle(tmp_path, tiny_models("bert"), tagging=False)
+    (tmp_path / "empty.txt").write_text("\n\n")
+    cases = [
+        (["export", str(tmp_path)], "not a student bundle"),
+        (["export", str(bundle), "--formats", "onnx:fp8"], "unknown quantization 'fp8' for onnx; valid: onnx:fp32"),
+        (["export", str(bundle), "--formats", "coreml"], "unknown format 'coreml'; valid: onnx:fp32"),
+        (["export", str(bundle), "--formats", "savedmodel:dynamic"], "not supported"),
+        (["export", str(bundle), "--formats", "onnx:static", "--representative_file", str(tmp_path / "empty.txt")],
+         "empty; give unlabeled sentences"),
+        (["export", str(bundle), "--tflite_batch_sizes", "0"], "--tflite_batch_sizes"),
+        (["export", str(bundle), "--prune", "1.5"], "--prune must be a sparsity"),
+        (["export", str(bundle), "--task", str(tmp_path / "nowhere")], "dev.tsv: not found"),
+    ]
+    for argv, expected in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert expected in err, (argv, err)
+        assert len(err.splitlines()) == 1, err
+    assert not (bundle / "artifacts").exists() or not any((bundle / "artifacts").iterdir())
+
+
+def test_parse_formats_defaults_and_bare_names():
+    everything = parse_formats(None)
+    assert len(everything) == 8
+    assert [r.name for r in parse_formats("onnx")] == ["onnx-fp32", "onnx-dynamic", "onnx-static"]
+    assert parse_formats("tflite:int8,tflite:int8")[0].quantization is Quantization.INT8
+    with pytest.raises(XtremeDistilError):
+        parse_formats(" , ")
+
+
+def test_missing_representative_data_is_an_error_only_when_needed(tiny_models, tmp_path):
+    bundle = tiny_bundle(tmp_path, tiny_models("bert"), tagging=False)
+    (tmp_path / "task" / "transfer.txt").unlink()
+    run_export(ExportOptions(bundle=str(bundle), formats="onnx:fp32"))
+    with pytest.raises(XtremeDistilError, match="needs representative data"):
+        run_export(ExportOptions(bundle=str(bundle), formats="onnx:static"))
+
+
+def test_pruning_and_clustering_give_sparse_and_clustered_weights(tiny_models, tmp_path):
+    from xtremedistil.export.optimize import max_unique_values, sparsity_of
+
+    bundle = tiny_bundle(tmp_path, tiny_models("bert"), tagging=False)
+    manifest = run_export(ExportOptions(bundle=str(bundle), formats="onnx:fp32,tflite:fp32", prune=0.5,
+                                        optimize_steps=20, **LOOSE))
+    assert manifest["optimization"]["prune"]["measured_sparsity"] >= 0.45
+    assert all(row["passed"] for row in manifest["artifacts"])   # parity is against the pruned student
+    manifest = run_export(ExportOptions(bundle=str(bundle), formats="onnx:fp32", cluster=4, optimize_steps=10))
+    assert manifest["optimization"]["cluster"]["max_unique_values"] <= 4
+    assert sparsity_of is not None and max_unique_values is not None
+
+
+def test_litert_predictor_does_not_need_tensorflow(exported):
+    bundle, _ = exported
+    code = ("import sys, numpy as np\n"
+            "from xtremedistil.export.tflite.predictor import LiteRTPredictor\n"
+            f"p = LiteRTPredictor(r'{bundle / 'artifacts/tflite-fp32-b1.tflite'}')\n"
+            "print(p.predict(np.ones((2, 16), np.int32)).shape)\n"
+            "assert 'tensorflow' not in sys.modules, [m for m in sys.modules if 'tensorflow' in m][:3]\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
