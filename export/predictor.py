@@ -47,6 +47,18 @@ class Predictor:
         return f"{type(self).__name__}({self.path})"
 
 
+def set_tf_threads(threads: int) -> None:
+    """Caps TensorFlow's intra-op threads (only possible before TensorFlow runs its first op)."""
+    import xtremedistil  # noqa: F401
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass  # already initialised in this process: the first setting stays
+
+
 class KerasPredictor(Predictor):
     """The Keras student of a bundle: the reference every artifact is compared with."""
 
@@ -57,10 +69,7 @@ class KerasPredictor(Predictor):
 
         super().__init__(path)
         if threads:
-            from xtremedistil.export.savedmodel.predictor import _set_tf_threads
-            import tensorflow as tf
-
-            _set_tf_threads(tf, threads)
+            set_tf_threads(threads)
         self.bundle = load_bundle(path)
         if model is not None:
             self.bundle.model = model

@@ -76,10 +76,13 @@ def test_golden_op_counts(exported):
     assert rows["onnx-fp32"]["details"]["op_counts"]["LSTM"] == 1
     assert rows["onnx-dynamic"]["details"]["op_counts"]["DynamicQuantizeLSTM"] == 1
     assert rows["onnx-static"]["details"]["op_counts"]["QuantizeLinear"] >= 1
-    for batch in (1, 3):
-        ops = rows[f"tflite-fp32-b{batch}"]["details"]["op_counts"]
-        assert ops["UNIDIRECTIONAL_SEQUENCE_LSTM"] == 2
-        assert "WHILE" not in ops
+    # Batch 1: the fused LSTM kernel, one per direction. Larger static batches: unrolled into
+    # FULLY_CONNECTED steps (XNNPACK-friendly). Never a WHILE loop of unfused ops.
+    for quantization in ("fp32", "fp16", "dynamic", "int8"):
+        assert rows[f"tflite-{quantization}-b1"]["details"]["op_counts"]["UNIDIRECTIONAL_SEQUENCE_LSTM"] == 2
+        ops = rows[f"tflite-{quantization}-b3"]["details"]["op_counts"]
+        assert "UNIDIRECTIONAL_SEQUENCE_LSTM" not in ops and "WHILE" not in ops
+        assert ops["FULLY_CONNECTED"] > 2 * 16
 
 
 def test_litert_state_does_not_leak_between_batches(exported):

@@ -107,9 +107,10 @@ def student_outputs(config: StudentConfig, features):
     return {"projection": projection, "logits": logits}
 
 
-def build_student(config: StudentConfig, batch_size: int | None = None) -> tf.keras.Model:
-    """A fresh student; `batch_size` fixes the batch dimension (weights are shape-compatible)."""
-    return STUDENTS[config.kind](config, batch_size=batch_size)
+def build_student(config: StudentConfig, batch_size: int | None = None, unroll: bool = False) -> tf.keras.Model:
+    """A fresh student; `batch_size` fixes the batch dimension and `unroll` unrolls recurrent layers
+    over the (static) sequence; weights are the same shapes either way."""
+    return STUDENTS[config.kind](config, batch_size=batch_size, unroll=unroll)
 
 
 def layer_groups(model: tf.keras.Model, config: StudentConfig) -> list[list[tf.keras.layers.Layer]]:

@@ -9,7 +9,7 @@ def _groups(config: StudentConfig):
 
 
 @register_student("bilstm", _groups)
-def build_bilstm(config: StudentConfig, batch_size: int | None = None) -> tf.keras.Model:
+def build_bilstm(config: StudentConfig, batch_size: int | None = None, unroll: bool = False) -> tf.keras.Model:
     """BiLSTM student; sequence output for tagging, final states for classification.
 
     `recurrent_dropout` is 0 by default: any other value disables the fused LSTM kernels.
@@ -18,7 +18,7 @@ def build_bilstm(config: StudentConfig, batch_size: int | None = None) -> tf.ker
     x = tf.keras.layers.Embedding(config.vocab_size, config.word_emb_dim, name="word_embedding")(rows)
     x = tf.keras.layers.Dropout(config.dropout_rate, name="embedding_dropout")(x)
     lstm = tf.keras.layers.LSTM(config.bilstm_hidden_size, return_sequences=config.tagging,
-                                recurrent_dropout=config.recurrent_dropout)
+                                recurrent_dropout=config.recurrent_dropout, unroll=unroll)
     x = tf.keras.layers.Bidirectional(lstm, name="bilstm")(x)
     x = tf.keras.layers.Dropout(config.dropout_rate, name="bilstm_dropout")(x)
     return tf.keras.Model(ids, student_outputs(config, x), name="bilstm_student")

@@ -29,7 +29,7 @@ class PositionEmbedding(tf.keras.layers.Layer):
 
 
 @register_student("transformer", _groups)
-def build_transformer(config: StudentConfig, batch_size: int | None = None) -> tf.keras.Model:
+def build_transformer(config: StudentConfig, batch_size: int | None = None, unroll: bool = False) -> tf.keras.Model:
     ids, rows = student_inputs(config, batch_size)
     hidden, drop = config.transformer_hidden, config.dropout_rate
     padding = tf.keras.layers.Lambda(lambda r: tf.not_equal(r, config.pad_row), name="padding_mask")(rows)

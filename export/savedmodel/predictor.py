@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xtremedistil.export.predictor import Predictor
+from xtremedistil.export.predictor import Predictor, set_tf_threads
 
 
 class SavedModelPredictor(Predictor):
@@ -16,7 +16,7 @@ class SavedModelPredictor(Predictor):
         import tensorflow as tf
 
         if threads:
-            _set_tf_threads(tf, threads)
+            set_tf_threads(threads)
         super().__init__(path)
         self._loaded = tf.saved_model.load(str(path))
         self._signature = self._loaded.signatures["serving_default"]
@@ -24,10 +24,3 @@ class SavedModelPredictor(Predictor):
     def _run(self, input_ids: np.ndarray) -> np.ndarray:
         return self._signature(input_ids=input_ids)["logits"].numpy()
 
-
-def _set_tf_threads(tf, threads: int) -> None:
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    except RuntimeError:
-        pass  # already initialised in this process: the first setting stays
