@@ -1,8 +1,9 @@
 """Latency of one predictor: warm-up, then timed batches; numbers stay numeric.
 
 `python -m xtremedistil.bench.latency BUNDLE [--batch-sizes 1,32] [--queries 320] [--threads 2]` times
-the Keras student and every artifact in BUNDLE/manifest.json on the bundle's dev inputs, one
-subprocess per artifact so runtimes do not share threads or memory, and prints a table.
+the Keras student and every artifact in BUNDLE/manifest.json on two fixed sentences padded to the
+bundle's seq_len (the students' cost does not depend on the words), one subprocess per artifact so
+runtimes do not share threads or memory, and prints a table.
 """
 from __future__ import annotations
 

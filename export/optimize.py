@@ -23,7 +23,7 @@ import numpy as np
 import xtremedistil  # noqa: F401
 import tensorflow as tf
 
-from xtremedistil.distill.students import build_student
+from xtremedistil.distill.students import build_student, copy_student_weights
 from xtremedistil.errors import XtremeDistilError
 
 logger = logging.getLogger(__name__)
@@ -55,12 +55,7 @@ class OptimizeOptions:
 
 def copy_model(model, config) -> tf.keras.Model:
     """A fresh student with `model`'s weights, copied layer by layer by name."""
-    fresh = build_student(config)
-    for layer in fresh.layers:
-        weights = model.get_layer(layer.name).get_weights()
-        if weights:
-            layer.set_weights(weights)
-    return fresh
+    return copy_student_weights(model, build_student(config))
 
 
 def _wrap(model, wrap_layer):

@@ -153,8 +153,9 @@ def run_export(options: ExportOptions) -> dict:
         return headline(metrics_from_predictions(np.argmax(logits, -1), dev, task.splits["dev"], bundle.labels,
                                                  bundle.tagging))
 
-    original_logits = bundle.predict_logits(dev.input_ids)
+    unoptimized_metric = None
     if optimized:
+        unoptimized_metric = dev_metric(bundle.predict_logits(dev.input_ids))
         bundle.model, bundle._forward = model, None
     reference = bundle.predict_logits(dev.input_ids)
     reference_metric = dev_metric(reference)
@@ -172,7 +173,7 @@ def run_export(options: ExportOptions) -> dict:
         "artifacts": [],
     }
     if optimized:
-        manifest["optimization"] = {**optimized, "unoptimized_dev_metric": dev_metric(original_logits)}
+        manifest["optimization"] = {**optimized, "unoptimized_dev_metric": unoptimized_metric}
     previous = read_json(manifest_path)["artifacts"] if manifest_path.exists() else []
     keep = {row["name"]: row for row in previous}
     artifacts_dir = bundle.folder / ARTIFACTS_DIR

@@ -64,16 +64,13 @@ class KerasPredictor(Predictor):
 
     format = "keras"
 
-    def __init__(self, path: Path, threads: int | None = None, model=None):
+    def __init__(self, path: Path, threads: int | None = None):
         from xtremedistil.distill.bundle import load_bundle
 
         super().__init__(path)
         if threads:
             set_tf_threads(threads)
         self.bundle = load_bundle(path)
-        if model is not None:
-            self.bundle.model = model
-            self.bundle._forward = None
 
     def _run(self, input_ids: np.ndarray) -> np.ndarray:
         return self.bundle.predict_logits(input_ids, batch_size=len(input_ids))

@@ -113,6 +113,15 @@ def build_student(config: StudentConfig, batch_size: int | None = None, unroll: 
     return STUDENTS[config.kind](config, batch_size=batch_size, unroll=unroll)
 
 
+def copy_student_weights(source: tf.keras.Model, target: tf.keras.Model) -> tf.keras.Model:
+    """Copies weights layer by layer, by name (the two may differ in batch size, unrolling or wrappers)."""
+    for layer in target.layers:
+        weights = source.get_layer(layer.name).get_weights()
+        if weights:
+            layer.set_weights(weights)
+    return target
+
+
 def layer_groups(model: tf.keras.Model, config: StudentConfig) -> list[list[tf.keras.layers.Layer]]:
     """Trainable layer groups bottom-up (embedding first, logits last)."""
     return [[model.get_layer(name) for name in group] for group in GROUPS[config.kind](config)]

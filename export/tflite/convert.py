@@ -20,7 +20,7 @@ import numpy as np
 import xtremedistil  # noqa: F401
 import tensorflow as tf
 
-from xtremedistil.distill.students import build_student
+from xtremedistil.distill.students import build_student, copy_student_weights
 from xtremedistil.errors import XtremeDistilError
 from xtremedistil.export.base import Artifact, ExportContext, Quantization
 
@@ -29,11 +29,8 @@ CALIBRATION_EXAMPLES = 512
 
 def static_logits_model(ctx: ExportContext, batch_size: int) -> tf.keras.Model:
     """A copy of the student with a fixed batch size (LSTM unrolled above batch 1), logits only."""
-    static = build_student(ctx.student_config, batch_size=batch_size, unroll=batch_size > 1)
-    for layer in static.layers:
-        weights = ctx.model.get_layer(layer.name).get_weights()
-        if weights:
-            layer.set_weights(weights)
+    static = copy_student_weights(ctx.model, build_student(ctx.student_config, batch_size=batch_size,
+                                                           unroll=batch_size > 1))
     return tf.keras.Model(static.input, static.output["logits"], name=f"{static.name}_b{batch_size}")
 
 
@@ -93,7 +90,6 @@ def convert(ctx: ExportContext, quantization: Quantization) -> list[Artifact]:
 
 def op_counts(flatbuffer: bytes) -> dict[str, int]:
     """Builtin op names of a TFLite model, with counts (golden checks: the fused LSTM must be there)."""
-    from tensorflow.lite.tools import flatbuffer_utils  # noqa: F401  (ensures the schema is importable)
     from tensorflow.lite.python import schema_py_generated as schema
 
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(flatbuffer, 0))
