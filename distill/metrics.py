@@ -10,6 +10,8 @@ import warnings
 from collections import defaultdict
 from typing import Sequence
 
+from xtremedistil.distill.tokenization import tags_from_piece_predictions
+
 ACCURACY = "accuracy"
 F1 = "f1"
 
@@ -69,6 +71,15 @@ def tagging_metrics(gold, predicted, languages=None) -> dict:
                           ["precision", "recall", F1])
     result["metric"] = F1
     return result
+
+
+def metrics_from_predictions(predicted_ids, encoded, examples, labels, tagging) -> dict:
+    """Metrics of argmax ids over an encoded split: word-level tags (first pieces) for tagging."""
+    languages = [ex.language for ex in examples]
+    if tagging:
+        predicted = tags_from_piece_predictions(predicted_ids, encoded.word_index, encoded.n_words, labels)
+        return tagging_metrics([list(ex.label) for ex in examples], predicted, languages)
+    return classification_metrics([ex.label for ex in examples], [labels[int(i)] for i in predicted_ids], languages)
 
 
 def headline(metrics: dict) -> float:

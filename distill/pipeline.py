@@ -26,7 +26,8 @@ from xtremedistil.distill.runner import encode_split, run_teacher
 from xtremedistil.distill.seeding import seed_everything
 from xtremedistil.distill.stages import StageConfig, StageData, StageRunner, predict_student_logits, schedule
 from xtremedistil.distill.students import StudentConfig, build_student, layer_groups
-from xtremedistil.distill.teacher import SPEC_FILE, TEACHER_DIR, FineTuneConfig, metrics_from_predictions
+from xtremedistil.distill.metrics import metrics_from_predictions
+from xtremedistil.distill.teacher import SPEC_FILE, TEACHER_DIR, FineTuneConfig
 from xtremedistil.errors import XtremeDistilError
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from xtremedistil.distill import metrics as metrics_lib
 from xtremedistil.distill.files import read_json, write_json_atomic
-from xtremedistil.distill.teacher import masked_token_loss, metrics_from_predictions
+from xtremedistil.distill.metrics import metrics_from_predictions
+from xtremedistil.distill.teacher import masked_token_loss
 from xtremedistil.distill.tokenization import Encoded
 from xtremedistil.errors import XtremeDistilError
 

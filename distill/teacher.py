@@ -25,7 +25,7 @@ import tensorflow as tf
 from xtremedistil.distill import metrics as metrics_lib
 from xtremedistil.distill.files import atomic_directory, read_json, write_json_atomic
 from xtremedistil.distill.tokenization import (
-    IGNORE_INDEX, Encoded, load_tokenizer, tags_from_piece_predictions,
+    IGNORE_INDEX, Encoded, load_tokenizer,
 )
 from xtremedistil.errors import XtremeDistilError
 
@@ -166,17 +166,7 @@ def _inference_function(model):
 def evaluate(model, encoded: Encoded, examples, labels: list[str], tagging: bool, batch_size: int = 64) -> dict:
     """Metrics dict (see `metrics`) of `model` on an encoded split; word-level for tagging."""
     predicted = np.argmax(predict_logits(model, encoded, batch_size), axis=-1)
-    return metrics_from_predictions(predicted, encoded, examples, labels, tagging)
-
-
-def metrics_from_predictions(predicted_ids, encoded: Encoded, examples, labels, tagging) -> dict:
-    languages = [ex.language for ex in examples]
-    if tagging:
-        predicted = tags_from_piece_predictions(predicted_ids, encoded.word_index, encoded.n_words, labels)
-        return metrics_lib.tagging_metrics([list(ex.label) for ex in examples], predicted, languages)
-    return metrics_lib.classification_metrics(
-        [ex.label for ex in examples], [labels[int(i)] for i in predicted_ids], languages,
-    )
+    return metrics_lib.metrics_from_predictions(predicted, encoded, examples, labels, tagging)
 
 
 @dataclasses.dataclass

@@ -17,7 +17,7 @@ from xtremedistil.distill.cache import encode_sentences
 from xtremedistil.distill.files import read_json, write_json_atomic
 from xtremedistil.distill.metrics import headline
 from xtremedistil.distill.runner import encode_split
-from xtremedistil.distill.teacher import metrics_from_predictions
+from xtremedistil.distill.metrics import metrics_from_predictions
 from xtremedistil.errors import XtremeDistilError
 from xtremedistil.export.base import ExportContext, Quantization, Tolerance, parse_formats
 from xtremedistil.export.optimize import OptimizeOptions, optimize

@@ -24,6 +24,23 @@ TEACHER_QUANTIZATIONS = (Quantization.FP32, Quantization.DYNAMIC)
 FP32_MAX_DELTA = 1e-3   # 12 layers of float32 accumulate ~1e-6..1e-5 here; 1e-3 still catches a broken graph
 
 
+def erf_gelu(model) -> int:
+    """Swaps exact GELU (`tf.nn.gelu`, which lowers to `Erfc`: no ONNX/TFLite kernel) for the same
+    function written with `Erf` (transformers' `_gelu`) in every feed-forward block; returns the count.
+
+    Same formula, 0.5·x·(1 + erf(x/√2)), so outputs agree to float rounding (~1e-7)."""
+    from transformers import activations_tf
+
+    exact = {tf.nn.gelu, tf.keras.activations.gelu, activations_tf.ACT2FN["gelu"]}
+    swapped = 0
+    for module in model.submodules:
+        for attribute in ("intermediate_act_fn", "activation"):
+            if getattr(module, attribute, None) in exact:
+                setattr(module, attribute, activations_tf._gelu)
+                swapped += 1
+    return swapped
+
+
 def teacher_function(model, pad_id: int):
     """input_ids [batch, seq] -> {"logits"}; the attention mask is derived from the pad id inside the graph."""
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="input_ids")])
@@ -50,6 +67,7 @@ def export_teacher_onnx(model, pad_id: int, vocab_size: int, folder: str | Path,
     fp32 must match TensorFlow within FP32_MAX_DELTA on sample ids; int8 rows record the figures.
     """
     folder = Path(folder)
+    erf_gelu(model)
     function = teacher_function(model, pad_id)
     ids = sample_ids(vocab_size, pad_id, check_rows, seq_len)
     reference = function(ids)["logits"].numpy()

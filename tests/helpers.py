@@ -158,6 +158,22 @@ def tiny_bundle(root: Path, checkpoint: Path, tagging: bool, kind: str = "bilstm
     # Larger logits weights: decisive predictions, so parity tests are not decided by near-ties.
     kernel, bias = model.get_layer("logits").get_weights()
     model.get_layer("logits").set_weights([kernel * 8, bias])
-    write_bundle(root / "bundle", model, config, tokenizer, labels, metrics={}, teacher={},
+    write_bundle(root / "bundle", model, config, tokenizer, labels,
+                 metrics={"student": {"parameters": int(model.count_params())}}, teacher={},
                  extra={"options": {"task": str(task), "transfer_file": None}})
     return root / "bundle"
+
+
+def tiny_teacher(root: Path, checkpoint: Path, tagging: bool, seq_len: int = 16, seed: int = 0) -> Path:
+    """An (unfine-tuned) teacher folder at root/teacher, as `distill` writes it beside root/bundle."""
+    import tensorflow as tf
+
+    from xtremedistil.distill import teacher as teacher_lib
+    from xtremedistil.distill.tokenization import load_tokenizer
+
+    labels = TAGGING_LABELS if tagging else ["0", "1"]
+    spec = teacher_lib.TeacherSpec(str(checkpoint), tagging, labels, seq_len)
+    tf.keras.utils.set_random_seed(seed)
+    model = teacher_lib.build_teacher(spec)
+    teacher_lib.save_teacher(model, load_tokenizer(str(checkpoint)), spec, root / "teacher", {})
+    return root / "teacher"

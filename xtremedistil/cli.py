@@ -186,7 +186,7 @@ def _cmd_export(args) -> int:
     from xtremedistil.export.pipeline import ExportOptions, format_manifest, run_export
     from xtremedistil.export.parity import ParityError
 
-    options = ExportOptions(**{k: v for k, v in vars(args).items() if k not in ("command", "handler", "quiet")})
+    options = ExportOptions(**{k: v for k, v in vars(args).items() if k not in ("command", "handler", "quiet", "raw_argv")})
     try:
         manifest = run_export(options)
     except ParityError:
@@ -224,6 +224,79 @@ def _export_teacher(args) -> int:
         print(f"{row['name']}: {row['size_bytes'] / 1e6:.1f} MB, max |Δlogit| vs TF "
               f"{row['parity']['max_abs_logit_delta']:.2e}, argmax agreement {row['parity']['argmax_agreement']:.2%}")
     return 0
+
+
+BENCH_EPILOG = """\
+what is measured (the paper's protocol by default: batch 32, sequence 32, 1000 sentences, after warm-up):
+  every artifact in each BUNDLE's manifest.json (run `xtremedistil export BUNDLE` first) and the Keras
+  student, and the teacher in the same runtimes, each in its own process per thread count:
+  p50/p90/p99 ms per batch, ms per sentence, sentences/s, peak RSS, size, parameters, and accuracy /
+  entity F1 on the task's test split (per language where the data has languages).
+
+teacher (--teacher):
+  mbert-shape, bert-base-shape, xlmr-large-shape   random weights of that shape: latency does not
+                    depend on weights, so these reproduce the paper's comparison without downloads
+  MODEL_DIR or MODEL_DIR/teacher                    a fine-tuned teacher: latency and accuracy
+  default: the fine-tuned teacher beside the first bundle, else mbert-shape.
+  The teacher is converted once per --out folder (SavedModel, ONNX fp32/int8, TFLite fp32/int8 per batch
+  size; several minutes and up to ~8 GB of memory for a BERT-base-sized model) and reused on rerun.
+
+outputs in --out: report.json (every figure numeric, environment, versions, commit), report.md,
+accuracy_vs_latency.png, speedup_by_batch.png, measurements.jsonl (raw; a rerun skips what it holds).
+
+regression gate (ratios from one run, never absolute times):
+  xtremedistil bench gate REPORT --baseline BASELINE.json [--max-speedup-drop 10%] [--max-metric-drop 0.5]
+  exit 0: nothing regressed; 1: a table of what regressed; 2: unusable input or another protocol.
+"""
+
+
+def _cmd_bench(args) -> int:
+    from xtremedistil.bench.harness import BenchOptions, run_bench
+
+    options = BenchOptions(**{k: v for k, v in vars(args).items() if k not in ("command", "handler", "quiet", "raw_argv")},
+                           command="xtremedistil bench " + " ".join(args.raw_argv))
+    report = run_bench(options, progress=not args.quiet)
+    from xtremedistil.bench.report import headline_rows
+
+    for row in headline_rows(report):
+        same = f"{row['speedup_same_runtime']:.1f}x" if row["speedup_same_runtime"] else "n/a"
+        best = f"{row['speedup_best']:.1f}x" if row["speedup_best"] else "n/a"
+        print(f"batch {row['batch_size']:>3}: {row['model']} fastest as {row['artifact']}: "
+              f"{row['ms_per_sentence']:.3f} ms/sentence, {same} vs teacher same runtime, {best} vs teacher's best")
+    print(f"report: {options.out}/report.md")
+    if report["failures"]:
+        for failure in report["failures"]:
+            print(f"xtremedistil bench: failed: {failure['model']} {failure['artifact']} "
+                  f"({failure['threads']} threads): {failure['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_gate(args) -> int:
+    from xtremedistil.bench.gate import Regression, run_gate
+
+    try:
+        print(run_gate(args.report, args.baseline, args.max_speedup_drop, args.max_metric_drop))
+    except Regression as regression:
+        print(regression)
+        return regression.exit_code
+    return 0
+
+
+def build_gate_parser() -> argparse.ArgumentParser:
+    gate = argparse.ArgumentParser(
+        prog="xtremedistil bench gate",
+        description="Compare a bench report with a baseline report: exit 0 when no speedup, compression "
+                    "or test metric regressed beyond the tolerances, 1 with a table of what regressed, "
+                    "2 on unusable input (missing keys, another protocol, missing rows).")
+    gate.add_argument("report", metavar="REPORT", help="report.json of the run to check")
+    gate.add_argument("--baseline", required=True, metavar="BASELINE", help="report.json recorded as the baseline")
+    gate.add_argument("--max-speedup-drop", default="10%",
+                      help="largest allowed relative drop of a speedup or compression ratio (default: 10%%)")
+    gate.add_argument("--max-metric-drop", type=float, default=0.5,
+                      help="largest allowed drop of a test metric, in points (default: 0.5)")
+    gate.set_defaults(handler=_cmd_gate, command="bench gate")
+    return gate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -282,6 +355,34 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--threads", type=int, help="runtime threads for the parity runs (default: the runtime's)")
     export.add_argument("--quiet", action="store_true", help="log warnings only")
     export.set_defaults(handler=_cmd_export)
+
+    bench = commands.add_parser(
+        "bench", help="latency x accuracy x size of students vs the teacher; `bench gate` checks regressions",
+        description="Measure the teacher and every student artifact in every runtime on one machine in one run, "
+                    "and write report.json, report.md and plots. Several bundles (e.g. students of different "
+                    "sizes) give one report of the accuracy/latency trade-off.",
+        epilog=BENCH_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench.add_argument("bundles", nargs="+", metavar="BUNDLE", help="student bundle folders (MODEL_DIR/bundle)")
+    bench.add_argument("--out", required=True, metavar="DIR", help="report folder (created; a rerun resumes)")
+    bench.add_argument("--teacher", metavar="PRESET_OR_DIR", help="a shape preset or a fine-tuned teacher folder (see below)")
+    bench.add_argument("--runtimes", default="keras,savedmodel,litert,onnxruntime",
+                       help="comma-separated runtimes (default: all four)")
+    bench.add_argument("--batch-sizes", dest="batch_sizes", default="1,32", help="batch sizes (default: 1,32)")
+    bench.add_argument("--seq-len", dest="seq_len", type=int, default=32,
+                       help="word pieces per sentence; must be the students' (default: 32)")
+    bench.add_argument("--threads", default="1,2", help="intra-op thread counts (default: 1,2)")
+    bench.add_argument("--queries", type=int, default=1000, help="sentences timed per measurement (default: 1000)")
+    bench.add_argument("--repeats", type=int, default=1, help="timed passes over the queries (default: 1)")
+    bench.add_argument("--warmup", type=int, default=5, help="untimed batches first (default: 5)")
+    bench.add_argument("--names", help="comma-separated names of the bundles in the report (default: folder names)")
+    bench.add_argument("--task", help="task folder whose test split gives accuracy (default: the one distilled on)")
+    bench.add_argument("--eval-limit", dest="eval_limit", type=int,
+                       help="score only the first N test sentences (default: all)")
+    bench.add_argument("--timeout", type=int, default=3600, help="seconds one measurement may take (default: 3600)")
+    bench.add_argument("--fresh", action="store_true", help="measure everything again instead of resuming")
+    bench.add_argument("--quiet", action="store_true", help="no progress bar")
+    bench.set_defaults(handler=_cmd_bench)
     return parser
 
 
@@ -296,7 +397,12 @@ def _configure_logging(quiet: bool) -> None:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["bench", "gate"]:
+        args = build_gate_parser().parse_args(argv[2:])
+    else:
+        args = build_parser().parse_args(argv)
+    args.raw_argv = argv[1:]
     _configure_logging(getattr(args, "quiet", False))
     try:
         return args.handler(args)

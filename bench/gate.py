@@ -1,0 +1,124 @@
+"""`xtremedistil bench gate REPORT --baseline BASELINE`: did a ratio or a metric regress?
+
+Machines are noisy, so only ratios measured within one run are compared (speedups against the
+teacher, compression), plus test metrics, which do not depend on the machine. Rows are matched by
+(model, runtime, precision, batch size, threads). Exit codes: 0 nothing regressed beyond the
+tolerances, 1 something did (a table says what), 2 unusable input (unreadable file, missing keys,
+a baseline row absent from the report, or another protocol).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from xtremedistil.errors import XtremeDistilError
+
+RATIOS = ("speedup_same_runtime", "speedup_best", "compression_params")
+PROTOCOL_KEYS = ("seq_len", "teacher", "queries", "repeats", "eval_limit")
+REQUIRED_ROW_KEYS = ("model", "role", "runtime", "quantization", "batch_size", "threads", "metric") + RATIOS
+
+
+class GateInputError(XtremeDistilError):
+    exit_code = 2
+
+
+class Regression(XtremeDistilError):
+    exit_code = 1
+
+
+def parse_fraction(text: str | float, flag: str) -> float:
+    """'10%' or '0.1' -> 0.1."""
+    raw = str(text).strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise GateInputError(f"{flag} {text!r}: give a fraction like 0.1 or a percentage like 10%") from None
+    if not 0 <= value < 1:
+        raise GateInputError(f"{flag} {text!r}: must be between 0% and 100%")
+    return value
+
+
+def _load(path: str, what: str) -> dict:
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise GateInputError(f"{what} {path}: cannot read: {err.strerror}") from None
+    except ValueError as err:
+        raise GateInputError(f"{what} {path}: not JSON ({err})") from None
+    if not isinstance(report, dict) or not isinstance(report.get("rows"), list) or not isinstance(
+            report.get("protocol"), dict):
+        raise GateInputError(f"{what} {path}: not a bench report (needs 'protocol' and 'rows'); "
+                             "pass report.json written by `xtremedistil bench`")
+    for number, row in enumerate(report["rows"], 1):
+        missing = [key for key in REQUIRED_ROW_KEYS if not isinstance(row, dict) or key not in row]
+        if missing:
+            raise GateInputError(f"{what} {path}: row {number} lacks {', '.join(missing)}")
+    return report
+
+
+def row_key(row: dict) -> str:
+    return f"{row['model']} {row['runtime']}:{row['quantization']} b{row['batch_size']} t{row['threads']}"
+
+
+def compare(report: dict, baseline: dict, max_speedup_drop: float, max_metric_drop: float) -> list[dict]:
+    """The regressions (empty when none). Raises GateInputError when the two cannot be compared."""
+    different = [f"{key}: baseline {baseline['protocol'].get(key)!r} vs report {report['protocol'].get(key)!r}"
+                 for key in PROTOCOL_KEYS if baseline["protocol"].get(key) != report["protocol"].get(key)]
+    if different:
+        raise GateInputError("the report used another protocol than the baseline (" + "; ".join(different)
+                             + "); rerun the bench with the baseline's settings or record a new baseline")
+    current = {row_key(r): r for r in report["rows"]}
+    missing = [key for key in (row_key(r) for r in baseline["rows"] if r["role"] == "student") if key not in current]
+    if missing:
+        raise GateInputError(f"the report has no row for {len(missing)} baseline row(s), e.g. {missing[0]}; "
+                             "bench the same bundles, runtimes, batch sizes and threads")
+    found = []
+    for old in baseline["rows"]:
+        if old["role"] != "student":
+            continue
+        new = current[row_key(old)]
+        for field in RATIOS:
+            before, now = old.get(field), new.get(field)
+            if before is None:
+                continue
+            if now is None or now < before * (1 - max_speedup_drop):
+                change = None if now is None else now / before - 1
+                found.append({"row": row_key(old), "measure": field, "baseline": before, "now": now,
+                              "change": change, "limit": f"-{max_speedup_drop:.0%}"})
+        if old["metric"] is not None:
+            now = new["metric"]
+            if now is None or (old["metric"] - now) * 100 > max_metric_drop:
+                found.append({"row": row_key(old), "measure": "metric", "baseline": old["metric"], "now": now,
+                              "change": None if now is None else (now - old["metric"]) * 100,
+                              "limit": f"-{max_metric_drop:g} points"})
+    return found
+
+
+def format_regressions(found: list[dict]) -> str:
+    lines = [f"{'row':<44} {'measure':<22} {'baseline':>10} {'now':>10} {'change':>10}  limit"]
+    for item in found:
+        now = "missing" if item["now"] is None else f"{item['now']:.4g}"
+        if item["change"] is None:
+            change = "–"
+        elif item["measure"] == "metric":
+            change = f"{item['change']:+.2f} pt"
+        else:
+            change = f"{item['change']:+.1%}"
+        lines.append(f"{item['row']:<44} {item['measure']:<22} {item['baseline']:>10.4g} {now:>10} {change:>10}  "
+                     f"{item['limit']}")
+    return "\n".join(lines)
+
+
+def run_gate(report_path: str, baseline_path: str, max_speedup_drop="10%", max_metric_drop: float = 0.5) -> str:
+    """A summary line when nothing regressed; raises Regression (exit 1) with the table otherwise."""
+    speedup_drop = parse_fraction(max_speedup_drop, "--max-speedup-drop")
+    if max_metric_drop < 0:
+        raise GateInputError(f"--max-metric-drop {max_metric_drop}: must be 0 or more (points)")
+    report = _load(report_path, "report")
+    baseline = _load(baseline_path, "baseline")
+    found = compare(report, baseline, speedup_drop, max_metric_drop)
+    checked = sum(1 for r in baseline["rows"] if r["role"] == "student")
+    if found:
+        raise Regression(f"{len(found)} regression(s) against {baseline_path}:\n" + format_regressions(found))
+    return (f"gate passed: {checked} student rows within -{speedup_drop:.0%} on speedups/compression and "
+            f"-{max_metric_drop:g} points on the metric")

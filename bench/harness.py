@@ -1,0 +1,439 @@
+"""`xtremedistil bench`: latency × accuracy × size of a teacher and its students, in one run.
+
+Flow: read the bundles (and their manifest.json) -> prepare the teacher's artifacts in a child
+process (`OUT/teacher/`, reused on rerun) -> plan one measurement per (model, runtime, precision,
+batch size, thread count) -> run each artifact in its own process, per thread count, appending
+every result to `OUT/measurements.jsonl` as it arrives (a rerun skips what is there) -> ratios
+against the teacher from this same run -> `report.json`, then `report.md` and the PNG plots from it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from xtremedistil.distill.files import read_json, write_json_atomic
+from xtremedistil.errors import XtremeDistilError
+
+RUNTIMES = ("keras", "savedmodel", "litert", "onnxruntime")
+FORMAT_RUNTIME = {"savedmodel": "savedmodel", "tflite": "litert", "onnx": "onnxruntime"}
+REPORT_SCHEMA = 1
+MEASUREMENTS = "measurements.jsonl"
+
+
+@dataclasses.dataclass
+class BenchOptions:
+    bundles: list[str]
+    out: str
+    teacher: str | None = None
+    runtimes: str = ",".join(RUNTIMES)
+    batch_sizes: str = "1,32"
+    seq_len: int = 32
+    threads: str = "1,2"
+    queries: int = 1000
+    repeats: int = 1
+    warmup: int = 5
+    names: str | None = None
+    task: str | None = None
+    eval_limit: int | None = None
+    timeout: int = 3600
+    fresh: bool = False
+    command: str | None = None      # how the run was started, recorded in the report
+
+
+@dataclasses.dataclass
+class Model:
+    name: str
+    role: str                       # "teacher" | "student"
+    parameters: int
+    labels: list[str]
+    tagging: bool
+    tokenizer: str | None           # tokenizer folder (None: a preset, no text)
+    description: str = ""
+    bundle: str | None = None
+
+
+@dataclasses.dataclass
+class Target:
+    """One artifact of one model in one runtime, measured at `batch_sizes`."""
+
+    model: str
+    role: str
+    runtime: str
+    quantization: str
+    artifact: str
+    path: str
+    size_bytes: int
+    static_batch: int | None
+    batch_sizes: list[int] = dataclasses.field(default_factory=list)
+    sliced: list[int] = dataclasses.field(default_factory=list)   # batches fed to a smaller static batch
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise XtremeDistilError(f"{flag} {text!r}: give comma-separated positive integers, e.g. 1,32")
+    return sorted(set(values))
+
+
+def _runtimes(text: str) -> list[str]:
+    chosen = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [r for r in chosen if r not in RUNTIMES]
+    if unknown or not chosen:
+        raise XtremeDistilError(f"--runtimes {text!r}: unknown {', '.join(unknown) or 'empty list'}; "
+                                f"choose from {','.join(RUNTIMES)}")
+    return [r for r in RUNTIMES if r in chosen]
+
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def _student_name(bundle: Path, taken: set[str]) -> str:
+    base = bundle.parent.name if bundle.name == "bundle" else bundle.name
+    name, n = base, 2
+    while name in taken:
+        name, n = f"{base}-{n}", n + 1
+    return name
+
+
+def _describe_student(config: dict) -> str:
+    student = config["student"]
+    if student.get("kind", "bilstm") == "transformer":
+        return f"transformer {student.get('transformer_layers')}x{student.get('transformer_hidden')}"
+    return f"BiLSTM {student.get('word_emb_dim')}/{student.get('bilstm_hidden_size')}"
+
+
+def _read_students(options: BenchOptions, seq_len: int, runtimes: list[str]):
+    from xtremedistil.distill.bundle import CONFIG_FILE, METRICS_FILE, TOKENIZER_DIR, WEIGHTS_FILE
+
+    names = [n.strip() for n in options.names.split(",")] if options.names else []
+    if names and len(names) != len(options.bundles):
+        raise XtremeDistilError(f"--names gives {len(names)} names for {len(options.bundles)} bundles")
+    students, targets, taken = [], [], set()
+    for index, raw in enumerate(options.bundles):
+        folder = Path(raw)
+        if not (folder / CONFIG_FILE).exists() or not (folder / WEIGHTS_FILE).exists():
+            raise XtremeDistilError(f"{folder}: not a student bundle ({CONFIG_FILE} and {WEIGHTS_FILE} expected); "
+                                    "pass MODEL_DIR/bundle written by `xtremedistil distill`")
+        config = read_json(folder / CONFIG_FILE)
+        if config["task"]["seq_len"] != seq_len:
+            raise XtremeDistilError(
+                f"{folder}: the student was distilled with seq_len {config['task']['seq_len']} but --seq-len is "
+                f"{seq_len}; one report needs one protocol: pass --seq-len {config['task']['seq_len']}")
+        metrics = read_json(folder / METRICS_FILE) if (folder / METRICS_FILE).exists() else {}
+        name = names[index] if names else _student_name(folder, taken)
+        if name in taken:
+            raise XtremeDistilError(f"--names: {name!r} is given twice")
+        taken.add(name)
+        parameters = metrics.get("student", {}).get("parameters") or 0
+        model = Model(name, "student", int(parameters), config["task"]["labels"], config["task"]["kind"] == "tagging",
+                      str(folder / TOKENIZER_DIR), _describe_student(config), str(folder.resolve()))
+        students.append(model)
+        if "keras" in runtimes:
+            targets.append(Target(name, "student", "keras", "fp32", "keras", str(folder),
+                                  (folder / WEIGHTS_FILE).stat().st_size, None))
+        exported = [r for r in runtimes if r != "keras"]
+        if not exported:
+            continue
+        manifest_path = folder / "manifest.json"
+        if not manifest_path.exists():
+            raise XtremeDistilError(f"{folder}: no manifest.json, so no artifacts for --runtimes "
+                                    f"{','.join(exported)}; run `xtremedistil export {folder}` first "
+                                    "or bench with --runtimes keras")
+        for row in read_json(manifest_path).get("artifacts", []):
+            runtime = FORMAT_RUNTIME.get(row["format"])
+            if runtime in exported and row.get("passed", True):
+                path = folder / row["path"]
+                if path.exists():
+                    targets.append(Target(name, "student", runtime, row["quantization"], row["name"], str(path),
+                                          int(row["size_bytes"]), row.get("batch_size")))
+    return students, targets
+
+
+def assign_batches(targets: list[Target], batch_sizes: list[int]) -> list[Target]:
+    """Each (model, runtime, precision, batch) gets one artifact: the one compiled for that batch, else a
+    dynamic-batch one, else the largest smaller static one fed in slices (recorded as `sliced`)."""
+    families: dict[tuple, list[Target]] = {}
+    for target in targets:
+        families.setdefault((target.model, target.runtime, target.quantization), []).append(target)
+    for members in families.values():
+        for batch in batch_sizes:
+            exact = [t for t in members if t.static_batch == batch]
+            dynamic = [t for t in members if t.static_batch is None]
+            smaller = sorted((t for t in members if t.static_batch and t.static_batch < batch),
+                             key=lambda t: t.static_batch)
+            chosen = (exact or dynamic or smaller[-1:] or [None])[0]
+            if chosen is None:
+                continue
+            chosen.batch_sizes.append(batch)
+            if chosen.static_batch and chosen.static_batch != batch:
+                chosen.sliced.append(batch)
+    return [t for t in targets if t.batch_sizes]
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(threads: list[int]) -> dict:
+    import platform
+
+    from xtremedistil.export.pipeline import versions
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": cpu, "cores": affinity, "threads": threads, "platform": platform.platform(),
+            "python": platform.python_version(), "versions": versions(), "git_commit": _git_commit()}
+
+
+class Runner:
+    """Runs worker processes; results are appended to measurements.jsonl and reused by key."""
+
+    def __init__(self, out: Path, timeout: int, fresh: bool):
+        self.out = out
+        self.timeout = timeout
+        self.path = out / MEASUREMENTS
+        self.done: dict[str, dict] = {}
+        if self.path.exists() and not fresh:
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                    self.done[record["key"]] = record
+                except (ValueError, KeyError):
+                    continue   # a line cut by a crash: measured again
+        elif self.path.exists():
+            self.path.unlink()
+
+    def run(self, mode: str, spec: dict, key: str, threads: int | None = None) -> dict:
+        if key in self.done and "error" not in self.done[key]:
+            return self.done[key]
+        env = dict(os.environ)
+        if threads:
+            env.update(OMP_NUM_THREADS=str(threads), TF_NUM_INTRAOP_THREADS=str(threads))
+        with tempfile.NamedTemporaryFile("w", suffix=".json", dir=self.out, delete=False) as handle:
+            json.dump(spec, handle)
+        started = time.time()
+        try:
+            out = subprocess.run([sys.executable, "-m", "xtremedistil.bench.worker", mode, handle.name],
+                                 capture_output=True, text=True, timeout=self.timeout, env=env)
+            if out.returncode == 0:
+                record = {"key": key, **json.loads(out.stdout.strip().splitlines()[-1])}
+            else:
+                lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
+                reason = "killed (out of memory?)" if out.returncode in (-9, 137) else (lines[-1] if lines else "")
+                record = {"key": key, "error": f"exit {out.returncode}: {reason}"[:500]}
+        except subprocess.TimeoutExpired:
+            record = {"key": key, "error": f"timed out after {self.timeout} s (--timeout)"}
+        finally:
+            os.unlink(handle.name)
+        record["wall_seconds"] = round(time.time() - started, 1)
+        with self.path.open("a", encoding="utf-8") as log:
+            log.write(json.dumps(record) + "\n")
+        self.done[key] = record
+        return record
+
+
+def _latency_inputs(model: Model, out: Path, seq_len: int, task, teacher_manifest: dict | None) -> Path:
+    """Token ids the model is timed on: the test split's sentences (a preset: random full-length ids)."""
+    path = out / "inputs" / f"{model.role}-{model.name}.npy"
+    path.parent.mkdir(exist_ok=True)
+    if model.tokenizer and task is not None:
+        from xtremedistil.distill.tokenization import encode_examples, load_tokenizer
+
+        examples = task.splits["test"][:1024]
+        ids = encode_examples(load_tokenizer(model.tokenizer), examples, model.labels, seq_len, model.tagging).input_ids
+    else:
+        rng = np.random.default_rng(0)
+        vocab = teacher_manifest["vocab_size"]
+        ids = rng.integers(min(1000, vocab // 2), vocab, (1024, seq_len)).astype(np.int32)
+    np.save(path, ids)
+    return path
+
+
+def _metric_of(record: dict) -> tuple[float | None, dict | None]:
+    from xtremedistil.distill.metrics import headline
+
+    metrics = record.get("metrics")
+    return (headline(metrics), metrics) if metrics else (None, None)
+
+
+def compute_ratios(rows: list[dict], teacher_metric: float | None, teacher_parameters: int) -> None:
+    """Adds speedups, compression and retention to every row, from teacher rows of the same report."""
+    teacher_rows = [r for r in rows if r["role"] == "teacher" and r.get("p50_ms")]
+    teacher_sizes = [r["size_bytes"] for r in teacher_rows if r.get("size_bytes")]
+    for row in rows:
+        if not row.get("p50_ms"):
+            continue
+        peers = [t for t in teacher_rows if t["batch_size"] == row["batch_size"] and t["threads"] == row["threads"]]
+        same = next((t for t in peers if t["runtime"] == row["runtime"] and t["quantization"] == "fp32"), None)
+        best = min(peers, key=lambda t: t["p50_ms"], default=None)
+        row["teacher_same_runtime"] = same["artifact"] if same else None
+        row["teacher_best"] = best["artifact"] if best else None
+        row["speedup_same_runtime"] = same["p50_ms"] / row["p50_ms"] if same else None
+        row["speedup_best"] = best["p50_ms"] / row["p50_ms"] if best else None
+        row["compression_params"] = teacher_parameters / row["parameters"] if row["parameters"] else None
+        row["size_ratio_same_runtime"] = same["size_bytes"] / row["size_bytes"] if same and row["size_bytes"] else None
+        row["size_ratio_smallest"] = min(teacher_sizes) / row["size_bytes"] if teacher_sizes and row["size_bytes"] else None
+        row["retention"] = row["metric"] / teacher_metric if row.get("metric") is not None and teacher_metric else None
+
+
+def run_bench(options: BenchOptions, progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    from xtremedistil.bench.teachers import resolve_teacher
+
+    runtimes = _runtimes(options.runtimes)
+    batch_sizes = _int_list(options.batch_sizes, "--batch-sizes")
+    threads_list = _int_list(options.threads, "--threads")
+    for flag, value in (("--queries", options.queries), ("--repeats", options.repeats), ("--seq-len", options.seq_len)):
+        if value < 1:
+            raise XtremeDistilError(f"{flag} {value}: must be at least 1")
+    if options.warmup < 0:
+        raise XtremeDistilError(f"--warmup {options.warmup}: must be 0 or more")
+    if not options.bundles:
+        raise XtremeDistilError("give at least one student bundle (MODEL_DIR/bundle)")
+    out = Path(options.out)
+    if out.exists() and not out.is_dir():
+        raise XtremeDistilError(f"--out {out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+
+    students, targets = _read_students(options, options.seq_len, runtimes)
+    first = students[0]
+    mixed = [s.name for s in students if s.labels != first.labels or s.tagging != first.tagging]
+    if mixed:
+        raise XtremeDistilError(f"bundles {', '.join(mixed)} solve another task than {first.name}; "
+                                "bench students of one task together")
+    source = resolve_teacher(options.teacher, [Path(b) for b in options.bundles])
+    task_folder = options.task or read_json(Path(options.bundles[0]) / "config.json").get("options", {}).get("task")
+    task = None
+    if task_folder:
+        from xtremedistil.distill import data as data_lib
+
+        if not Path(task_folder).is_dir():
+            raise XtremeDistilError(f"task folder {task_folder} not found; pass --task with the folder the "
+                                    "students were distilled on (accuracy is measured on its test split)")
+        task = data_lib.load_task(task_folder, first.tagging)
+    protocol = {"seq_len": options.seq_len, "batch_sizes": batch_sizes, "threads": threads_list,
+                "queries": options.queries, "repeats": options.repeats, "warmup": options.warmup,
+                "runtimes": runtimes, "teacher": source.name if source.preset else "fine-tuned teacher",
+                "eval_limit": options.eval_limit}
+    runner = Runner(out, options.timeout, options.fresh)
+
+    # The teacher: converted once, in its own process.
+    teacher_dir = out / "teacher"
+    prepare_spec = {"teacher": dataclasses.asdict(source), "labels": first.labels, "tagging": first.tagging,
+                    "folder": str(teacher_dir.resolve()), "runtimes": runtimes, "batch_sizes": batch_sizes,
+                    "seq_len": options.seq_len}
+    key = "prepare:" + hashlib.sha1(json.dumps(prepare_spec, sort_keys=True).encode()).hexdigest()[:12]
+    if progress:
+        print(f"preparing teacher {source.name} for {', '.join(runtimes)} (first run converts it; minutes for "
+              f"a BERT-sized model) ...", file=sys.stderr, flush=True)
+    prepared = runner.run("prepare", prepare_spec, key)
+    if "error" in prepared:
+        raise XtremeDistilError(f"teacher {source.name}: preparation failed: {prepared['error']}")
+    teacher_manifest = prepared["manifest"]
+    teacher_tokenizer = None
+    if source.folder:
+        from xtremedistil.distill.teacher import ENCODER_DIR
+
+        teacher_tokenizer = str(Path(source.folder) / ENCODER_DIR)
+    teacher = Model(source.name, "teacher", int(teacher_manifest["parameters"]), first.labels, first.tagging,
+                    teacher_tokenizer, source.preset or "fine-tuned")
+    if "keras" in runtimes:
+        targets.insert(0, Target(teacher.name, "teacher", "keras", "fp32", "teacher-keras",
+                                 source.folder or source.preset, 4 * teacher.parameters, None))
+    for position, row in enumerate(teacher_manifest["artifacts"]):
+        if row["runtime"] in runtimes:
+            targets.insert(position + 1, Target(teacher.name, "teacher", row["runtime"], row["quantization"],
+                                                row["name"], str(teacher_dir / row["path"]), row["size_bytes"],
+                                                row.get("batch_size")))
+    targets = assign_batches(targets, batch_sizes)
+    models = {m.name + m.role: m for m in [teacher] + students}
+    inputs = {key: _latency_inputs(m, out, options.seq_len, task, teacher_manifest) for key, m in models.items()}
+
+    jobs = [(target, threads) for target in targets for threads in threads_list]
+    bar = tqdm(jobs, desc="bench", unit="run", disable=not progress, file=sys.stderr)
+    records = []
+    for target, threads in bar:
+        model = models[target.model + target.role]
+        bar.set_postfix_str(f"{target.model}:{target.artifact} t{threads}")
+        spec = {"role": target.role, "runtime": target.runtime, "path": target.path, "threads": threads,
+                "batch_sizes": target.batch_sizes, "queries": options.queries, "warmup": options.warmup,
+                "repeats": options.repeats, "inputs": str(inputs[target.model + target.role]),
+                "labels": model.labels, "tagging": model.tagging, "seq_len": options.seq_len,
+                "teacher": dataclasses.asdict(source), "task": task_folder, "tokenizer": model.tokenizer,
+                "eval_limit": options.eval_limit,
+                # accuracy does not depend on threads: measured once per artifact
+                "evaluate": bool(task is not None and model.tokenizer and threads == threads_list[0])}
+        key = hashlib.sha1(json.dumps({**spec, "protocol": protocol}, sort_keys=True).encode()).hexdigest()[:16]
+        records.append((target, threads, runner.run("measure", spec, key, threads)))
+
+    rows, failures, metric_by_artifact = [], [], {}
+    for target, threads, record in records:
+        if "metrics" in record:
+            metric_by_artifact[(target.model, target.role, target.artifact)] = _metric_of(record)
+    for target, threads, record in records:
+        model = models[target.model + target.role]
+        metric, metrics = metric_by_artifact.get((target.model, target.role, target.artifact), (None, None))
+        base = {"model": target.model, "role": target.role, "description": model.description,
+                "runtime": target.runtime, "quantization": target.quantization, "artifact": target.artifact,
+                "threads": threads, "size_bytes": target.size_bytes, "parameters": model.parameters,
+                "metric": metric, "metrics": metrics}
+        if "error" in record:
+            failures.append({**base, "error": record["error"]})
+            continue
+        for latency in record["latency"]:
+            rows.append({**base, **latency, "sliced": latency["batch_size"] in target.sliced,
+                         "peak_rss_mb": record["peak_rss_mb"], "load_seconds": record["load_seconds"]})
+    teacher_metric = next((r["metric"] for r in rows if r["role"] == "teacher" and r["runtime"] == "keras"
+                           and r["metric"] is not None), None)
+    if teacher_metric is None:
+        teacher_metric = next((r["metric"] for r in rows if r["role"] == "teacher" and r["quantization"] == "fp32"
+                               and r["metric"] is not None), None)
+    compute_ratios(rows, teacher_metric, teacher.parameters)
+    metric_name = ("f1" if first.tagging else "accuracy") if task is not None else None
+    report = {
+        "schema": REPORT_SCHEMA,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": options.command,
+        "protocol": protocol,
+        "environment": environment(threads_list),
+        "task": {"folder": str(Path(task_folder).resolve()) if task_folder else None, "metric": metric_name,
+                 "test_examples": len(task.splits["test"]) if task else None},
+        "teacher": {"name": teacher.name, "preset": source.preset, "folder": source.folder,
+                    "parameters": teacher.parameters, "metric": teacher_metric,
+                    "artifacts": teacher_manifest["artifacts"]},
+        "students": [{"name": s.name, "bundle": s.bundle, "description": s.description, "parameters": s.parameters}
+                     for s in students],
+        "rows": rows,
+        "failures": failures,
+    }
+    write_json_atomic(out / "report.json", report)
+    from xtremedistil.bench.report import render
+
+    render(report, out)
+    return report

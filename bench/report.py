@@ -1,0 +1,217 @@
+"""report.json -> report.md (tables a person reads in ten seconds) and PNG plots (matplotlib, Agg).
+
+Plots:
+- `accuracy_vs_latency.png`: test metric against ms per sentence (log scale), one panel per batch
+  size at the largest thread count; every artifact of every model, the Pareto front (no other point
+  is both faster and more accurate) drawn as a line. A teacher without accuracy (a shape preset) is a
+  vertical line at its latency per runtime.
+- `speedup_by_batch.png`: speedup of each student artifact against the teacher in the same runtime
+  and against the teacher's fastest runtime, per batch size (log scale).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+PLOTS = ("accuracy_vs_latency.png", "speedup_by_batch.png")
+
+
+def _fmt(value, spec: str = ".2f", suffix: str = "") -> str:
+    return "–" if value is None else f"{value:{spec}}{suffix}"
+
+
+def _label(row: dict) -> str:
+    precision = "" if row["runtime"] == "keras" else f" {row['quantization']}"
+    return f"{row['model']} · {row['runtime']}{precision}"
+
+
+def _main_threads(report: dict) -> int:
+    return max(report["protocol"]["threads"])
+
+
+def headline_rows(report: dict) -> list[dict]:
+    """Per batch size (largest thread count): the fastest artifact of each student."""
+    threads = _main_threads(report)
+    best = {}
+    for row in report["rows"]:
+        if row["role"] != "student" or row["threads"] != threads:
+            continue
+        key = (row["model"], row["batch_size"])
+        if key not in best or row["p50_ms"] < best[key]["p50_ms"]:
+            best[key] = row
+    return sorted(best.values(), key=lambda r: (r["batch_size"], r["model"]))
+
+
+def render_markdown(report: dict) -> str:
+    protocol, env, teacher = report["protocol"], report["environment"], report["teacher"]
+    metric_name = report["task"]["metric"] or "metric"
+    lines = [
+        "# Benchmark: teacher vs students",
+        "",
+        f"Teacher **{teacher['name']}** ({teacher['parameters']:,} parameters"
+        + (f", test {metric_name} {teacher['metric']:.4f}" if teacher["metric"] is not None else ", random weights: latency only")
+        + "). Students: " + "; ".join(f"**{s['name']}** ({s['description']}, {s['parameters']:,} parameters)"
+                                      for s in report["students"]) + ".",
+        "",
+        f"Protocol: sequence length {protocol['seq_len']}, batch sizes {protocol['batch_sizes']}, threads "
+        f"{protocol['threads']}, {protocol['queries']} sentences per measurement after {protocol['warmup']} warm-up "
+        f"batches, x{protocol['repeats']}; one process per artifact and thread count. Machine: {env['cpu']}, "
+        f"{env['cores']} cores, commit {str(env.get('git_commit'))[:10]}.",
+        "",
+    ]
+    if report.get("command"):
+        lines += [f"Reproduce: `{report['command']}`", ""]
+    threads = _main_threads(report)
+    heads = headline_rows(report)
+    if heads:
+        lines += [f"## Headline ({threads} threads): each student's fastest artifact", "",
+                  "| batch | student | artifact | ms/sentence | speedup vs teacher, same runtime | speedup vs teacher's "
+                  "best runtime | size MB | compression (params) | " + metric_name + " | retention |",
+                  "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for row in heads:
+            lines.append(
+                f"| {row['batch_size']} | {row['model']} | {row['artifact']} | {row['ms_per_sentence']:.3f} | "
+                f"{_fmt(row['speedup_same_runtime'], '.1f', 'x')} ({row['teacher_same_runtime'] or 'n/a'}) | "
+                f"{_fmt(row['speedup_best'], '.1f', 'x')} ({row['teacher_best']}) | {row['size_bytes'] / 1e6:.1f} | "
+                f"{_fmt(row['compression_params'], '.1f', 'x')} | {_fmt(row['metric'], '.4f')} | "
+                f"{_fmt(row['retention'], '.1%')} |")
+        lines.append("")
+    for batch in protocol["batch_sizes"]:
+        for threads in sorted(protocol["threads"], reverse=True):
+            subset = [r for r in report["rows"] if r["batch_size"] == batch and r["threads"] == threads]
+            if not subset:
+                continue
+            lines += [f"## Batch {batch}, {threads} thread{'s' if threads > 1 else ''}", "",
+                      "| model | runtime | precision | p50 ms | p90 ms | p99 ms | ms/sentence | sentences/s | "
+                      "speedup same runtime | speedup vs best teacher | size MB | peak RSS MB | " + metric_name
+                      + " | retention |",
+                      "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            for row in sorted(subset, key=lambda r: (r["role"] != "teacher", r["model"], r["p50_ms"])):
+                sliced = " (sliced)" if row.get("sliced") else ""
+                lines.append(
+                    f"| {row['model']} | {row['runtime']} | {row['quantization']}{sliced} | {row['p50_ms']:.2f} | "
+                    f"{row['p90_ms']:.2f} | {row['p99_ms']:.2f} | {row['ms_per_sentence']:.3f} | "
+                    f"{row['sentences_per_s']:.0f} | {_fmt(row['speedup_same_runtime'], '.1f', 'x')} | "
+                    f"{_fmt(row['speedup_best'], '.1f', 'x')} | {row['size_bytes'] / 1e6:.1f} | "
+                    f"{row['peak_rss_mb']:.0f} | {_fmt(row['metric'], '.4f')} | {_fmt(row['retention'], '.1%')} |")
+            lines.append("")
+    languages = _per_language(report)
+    if languages:
+        lines += languages
+    if report["failures"]:
+        lines += ["## Failed measurements", ""]
+        lines += [f"- {f['model']} {f['artifact']} ({f['threads']} threads): {f['error']}" for f in report["failures"]]
+        lines.append("")
+    lines += ["Speedup = teacher p50 / student p50 at the same batch size and thread count, measured in this run. "
+              "'Same runtime' compares with the teacher's fp32 artifact in that runtime; 'best' with the teacher's "
+              "fastest artifact (any runtime or precision). Size of a Keras model is its weights file "
+              "(for the teacher, 4 bytes per parameter). '(sliced)': a static-batch artifact fed in slices.",
+              "", "![accuracy vs latency](accuracy_vs_latency.png)", "", "![speedup by batch](speedup_by_batch.png)", ""]
+    return "\n".join(lines)
+
+
+def _per_language(report: dict) -> list[str]:
+    """Per-language test metric of each model's reference artifact, when the task has languages."""
+    seen = {}
+    for row in report["rows"]:
+        metrics = row.get("metrics") or {}
+        if metrics.get("per_language") and (row["model"], row["role"]) not in seen and row["runtime"] == "keras":
+            seen[(row["model"], row["role"])] = metrics
+    if not seen:
+        return []
+    name = next(iter(seen.values()))["metric"]
+    languages = sorted({lang for m in seen.values() for lang in m["per_language"]})
+    models = list(seen)
+    lines = ["## Test " + name + " per language (Keras / TensorFlow)", "",
+             "| language | " + " | ".join(m for m, _ in models) + " |",
+             "| --- |" + " ---: |" * len(models)]
+    for lang in languages:
+        cells = [_fmt(seen[m]["per_language"].get(lang, {}).get(name), ".4f") for m in models]
+        lines.append(f"| {lang} | " + " | ".join(cells) + " |")
+    macro = [_fmt((seen[m].get("macro") or {}).get(name), ".4f") for m in models]
+    lines += ["| macro | " + " | ".join(macro) + " |", ""]
+    return lines
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points not dominated by a faster-and-at-least-as-accurate one, sorted by latency."""
+    front, best = [], float("-inf")
+    for latency, metric in sorted(points, key=lambda p: (p[0], -p[1])):
+        if metric > best:
+            front.append((latency, metric))
+            best = metric
+    return front
+
+
+def plot(report: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    threads = _main_threads(report)
+    batches = report["protocol"]["batch_sizes"]
+    paths = []
+
+    figure, axes = plt.subplots(1, len(batches), figsize=(6.5 * len(batches), 5), squeeze=False)
+    for axis, batch in zip(axes[0], batches):
+        rows = [r for r in report["rows"] if r["batch_size"] == batch and r["threads"] == threads]
+        points = []
+        for row in rows:
+            if row["metric"] is None:
+                if row["role"] == "teacher":
+                    axis.axvline(row["ms_per_sentence"], color="grey", linestyle=":", linewidth=1)
+                    axis.annotate(_label(row), (row["ms_per_sentence"], 0.02), xycoords=("data", "axes fraction"),
+                                  rotation=90, fontsize=6, color="grey")
+                continue
+            marker = "s" if row["role"] == "teacher" else "o"
+            axis.scatter(row["ms_per_sentence"], row["metric"], marker=marker, s=22)
+            axis.annotate(_label(row), (row["ms_per_sentence"], row["metric"]), fontsize=6,
+                          xytext=(3, 2), textcoords="offset points")
+            points.append((row["ms_per_sentence"], row["metric"]))
+        front = pareto_front(points)
+        if front:
+            axis.plot([p[0] for p in front], [p[1] for p in front], color="tab:red", linewidth=1.2,
+                      label="Pareto front", drawstyle="steps-post")
+            axis.legend(fontsize=7, loc="lower right")
+        axis.set_xscale("log")
+        axis.set_xlabel("ms per sentence (p50, log scale)")
+        axis.set_ylabel(f"test {report['task']['metric'] or 'metric'}")
+        axis.set_title(f"batch {batch}, {threads} threads")
+        axis.grid(True, which="both", alpha=0.3)
+    figure.tight_layout()
+    paths.append(out / PLOTS[0])
+    figure.savefig(paths[-1], dpi=110)
+    plt.close(figure)
+
+    students = [r for r in report["rows"] if r["role"] == "student" and r["threads"] == threads]
+    labels = sorted({_label(r) for r in students})
+    figure, axes = plt.subplots(1, 2, figsize=(13, 5), squeeze=False)
+    for axis, field, title in ((axes[0][0], "speedup_same_runtime", "vs teacher in the same runtime (fp32)"),
+                               (axes[0][1], "speedup_best", "vs teacher in its fastest runtime")):
+        width = 0.8 / max(1, len(labels))
+        for i, label in enumerate(labels):
+            values = [next((r[field] for r in students if _label(r) == label and r["batch_size"] == b
+                            and r[field] is not None), 0) for b in batches]
+            axis.bar([x + i * width for x in range(len(batches))], values, width, label=label)
+        axis.axhline(1, color="black", linewidth=0.8)
+        axis.set_xticks([x + width * (len(labels) - 1) / 2 for x in range(len(batches))])
+        axis.set_xticklabels([f"batch {b}" for b in batches])
+        axis.set_yscale("log")
+        axis.set_ylabel("speedup (teacher p50 / student p50)")
+        axis.set_title(title)
+        axis.grid(True, axis="y", which="both", alpha=0.3)
+    axes[0][1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    figure.tight_layout()
+    paths.append(out / PLOTS[1])
+    figure.savefig(paths[-1], dpi=110)
+    plt.close(figure)
+    return paths
+
+
+def render(report: dict, out: str | Path) -> None:
+    out = Path(out)
+    text = render_markdown(report)
+    temp = out / ".report.md.tmp"
+    temp.write_text(text, encoding="utf-8")
+    temp.replace(out / "report.md")
+    plot(report, out)

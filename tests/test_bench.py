@@ -1,0 +1,218 @@
+"""The bench harness on tiny bundles in every runtime, the report's arithmetic, the plots, and the gate."""
+import copy
+import json
+
+import numpy as np
+import pytest
+
+from helpers import tiny_bundle, tiny_teacher
+from xtremedistil.bench.gate import compare, run_gate, GateInputError, Regression
+from xtremedistil.bench.harness import BenchOptions, run_bench
+from xtremedistil.bench.report import pareto_front
+from xtremedistil.cli import main
+from xtremedistil.export.pipeline import ExportOptions, run_export
+
+PROTOCOL = dict(batch_sizes="1,4", seq_len=16, threads="1", queries=12, warmup=1)
+
+
+@pytest.fixture(scope="module")
+def benched(tiny_models, tmp_path_factory):
+    """Two students of one task (a BiLSTM with every format, a transformer with ONNX only) against a
+    tiny teacher folder beside the first bundle (the default teacher), in all four runtimes."""
+    root = tmp_path_factory.mktemp("bench")
+    checkpoint = tiny_models("bert")
+    first = tiny_bundle(root / "a", checkpoint, tagging=False)
+    tiny_teacher(root / "a", checkpoint, tagging=False)
+    run_export(ExportOptions(bundle=str(first), tflite_batch_sizes="1,4",
+                             formats="savedmodel,onnx:fp32,onnx:dynamic,tflite:fp32,tflite:dynamic",
+                             max_metric_drop=100.0))
+    second = tiny_bundle(root / "b", checkpoint, tagging=False, kind="transformer", seed=1)
+    run_export(ExportOptions(bundle=str(second), formats="onnx:fp32", max_metric_drop=100.0))
+    out = root / "report"
+    report = run_bench(BenchOptions(bundles=[str(first), str(second)], out=str(out), names="bilstm,transformer",
+                                    **PROTOCOL), progress=False)
+    return report, out, first, second
+
+
+def _rows(report, **match):
+    return [r for r in report["rows"] if all(r[k] == v for k, v in match.items())]
+
+
+def test_every_runtime_is_measured_for_teacher_and_students(benched):
+    report, _, _, _ = benched
+    assert report["failures"] == []
+    for runtime in ("keras", "savedmodel", "litert", "onnxruntime"):
+        for batch in (1, 4):
+            assert _rows(report, role="teacher", runtime=runtime, batch_size=batch), (runtime, batch)
+            assert _rows(report, model="bilstm", runtime=runtime, batch_size=batch), (runtime, batch)
+    assert {r["runtime"] for r in _rows(report, model="transformer")} == {"keras", "onnxruntime"}
+    # A static-batch TFLite artifact is timed at its own batch size.
+    assert {r["artifact"] for r in _rows(report, model="bilstm", runtime="litert", batch_size=4)} == {
+        "tflite-fp32-b4", "tflite-dynamic-b4"}
+    for row in report["rows"]:
+        assert row["p50_ms"] > 0 and row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+        assert row["peak_rss_mb"] > 10 and row["size_bytes"] > 0 and row["parameters"] > 0
+
+
+def test_report_numbers_are_consistent(benched):
+    report, _, _, _ = benched
+    teacher_metric = report["teacher"]["metric"]
+    assert teacher_metric is not None
+    for row in report["rows"]:
+        assert row["sentences_per_s"] == pytest.approx(row["batch_size"] * 1000 / row["p50_ms"])
+        assert row["ms_per_sentence"] == pytest.approx(row["p50_ms"] / row["batch_size"])
+        peers = _rows(report, role="teacher", batch_size=row["batch_size"], threads=row["threads"])
+        same = [t for t in peers if t["runtime"] == row["runtime"] and t["quantization"] == "fp32"]
+        assert row["speedup_same_runtime"] == pytest.approx(same[0]["p50_ms"] / row["p50_ms"])
+        assert row["speedup_best"] == pytest.approx(min(t["p50_ms"] for t in peers) / row["p50_ms"])
+        assert row["compression_params"] == pytest.approx(report["teacher"]["parameters"] / row["parameters"])
+        assert row["retention"] == pytest.approx(row["metric"] / teacher_metric)
+    fastest_teacher = min(_rows(report, role="teacher", batch_size=4), key=lambda r: r["p50_ms"])
+    assert fastest_teacher["speedup_best"] == pytest.approx(1.0)
+
+
+def test_accuracy_is_the_test_split_metric_of_each_artifact(benched):
+    from xtremedistil.distill import data as data_lib
+    from xtremedistil.distill.bundle import load_bundle
+
+    report, _, first, _ = benched
+    bundle = load_bundle(first)
+    task = data_lib.load_task(bundle.config["options"]["task"], False)
+    examples = task.splits["test"]
+    expected = np.mean([p == e.label for p, e in zip(bundle.predict([e.text for e in examples]), examples)])
+    for row in _rows(report, model="bilstm"):
+        if row["quantization"] == "fp32":
+            assert row["metric"] == pytest.approx(expected), row["artifact"]
+        assert row["metrics"]["overall"]["n"] == len(examples)
+
+
+def test_litert_and_onnx_measurements_never_load_tensorflow(benched):
+    _, out, _, _ = benched
+    records = [json.loads(line) for line in (out / "measurements.jsonl").read_text().splitlines()]
+    measured = [r for r in records if "latency" in r]
+    assert measured and all("error" not in r for r in records)
+    spec_free = [r for r in measured if not r["tensorflow_loaded"]]
+    assert len(spec_free) >= 8   # teacher: 4 tflite + 2 onnx; students: 4 tflite + 3 onnx
+
+
+def test_report_files_and_plots_are_written(benched):
+    import matplotlib.image
+
+    report, out, _, _ = benched
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(report["rows"]))
+    assert saved["environment"]["cores"] >= 1 and saved["environment"]["versions"]["onnxruntime"]
+    text = (out / "report.md").read_text()
+    assert "## Batch 4, 1 thread" in text and "speedup vs best teacher" in text and "| bilstm |" in text
+    for name in ("accuracy_vs_latency.png", "speedup_by_batch.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        image = matplotlib.image.imread(out / name)
+        assert image.shape[0] > 200 and image.shape[1] > 400
+
+
+def test_a_rerun_resumes_without_measuring_again(benched):
+    report, out, first, second = benched
+    before = (out / "measurements.jsonl").read_text()
+    again = run_bench(BenchOptions(bundles=[str(first), str(second)], out=str(out), names="bilstm,transformer",
+                                   **PROTOCOL), progress=False)
+    assert (out / "measurements.jsonl").read_text() == before
+    assert [r["p50_ms"] for r in again["rows"]] == [r["p50_ms"] for r in report["rows"]]
+
+
+def test_gate_passes_on_identical_reports_and_catches_regressions(benched, tmp_path, capsys):
+    report, out, _, _ = benched
+    baseline = out / "report.json"
+    assert main(["bench", "gate", str(baseline), "--baseline", str(baseline)]) == 0
+    assert "gate passed" in capsys.readouterr().out
+
+    slower = copy.deepcopy(report)
+    row = next(r for r in slower["rows"] if r["role"] == "student" and r["batch_size"] == 4)
+    row["speedup_best"] *= 0.8
+    path = tmp_path / "slower.json"
+    path.write_text(json.dumps(slower))
+    assert main(["bench", "gate", str(path), "--baseline", str(baseline)]) == 1
+    table = capsys.readouterr().out
+    assert "speedup_best" in table and "-20.0%" in table and f"b4 t1" in table
+    # within a looser tolerance it passes
+    assert main(["bench", "gate", str(path), "--baseline", str(baseline), "--max-speedup-drop", "25%"]) == 0
+
+    worse = copy.deepcopy(report)
+    row = next(r for r in worse["rows"] if r["role"] == "student")
+    row["metric"] -= 0.01
+    path.write_text(json.dumps(worse))
+    assert main(["bench", "gate", str(path), "--baseline", str(baseline)]) == 1
+    assert "-1.00 pt" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda r: r.pop("rows"), "not a bench report"),
+    (lambda r: r["rows"][0].pop("speedup_best"), "lacks speedup_best"),
+    (lambda r: r["protocol"].update(seq_len=64), "another protocol"),
+    (lambda r: r["rows"].append({**r["rows"][-1], "model": "ghost", "role": "student"}), "no row for"),
+])
+def test_gate_exits_2_on_unusable_baselines(benched, tmp_path, capsys, mutate, message):
+    report, out, _, _ = benched
+    baseline = copy.deepcopy(report)
+    mutate(baseline)
+    path = tmp_path / "baseline.json"
+    path.write_text(json.dumps(baseline))
+    assert main(["bench", "gate", str(out / "report.json"), "--baseline", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_gate_input_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert main(["bench", "gate", str(bad), "--baseline", str(bad)]) == 2
+    assert "not JSON" in capsys.readouterr().err
+    assert main(["bench", "gate", str(tmp_path / "missing.json"), "--baseline", str(bad)]) == 2
+    with pytest.raises(GateInputError, match="percentage"):
+        run_gate(str(bad), str(bad), max_speedup_drop="ten")
+
+
+def test_gate_compare_unit():
+    row = {"model": "s", "role": "student", "runtime": "onnxruntime", "quantization": "dynamic", "batch_size": 32,
+           "threads": 2, "metric": 0.9, "speedup_same_runtime": 50.0, "speedup_best": 10.0, "compression_params": 30.0}
+    baseline = {"protocol": {"seq_len": 32, "teacher": "mbert-shape"}, "rows": [row]}
+    assert compare(baseline, baseline, 0.1, 0.5) == []
+    current = copy.deepcopy(baseline)
+    current["rows"][0].update(speedup_same_runtime=45.5, metric=0.896)   # -9%, -0.4 points: within
+    assert compare(current, baseline, 0.1, 0.5) == []
+    current["rows"][0].update(speedup_same_runtime=44.0, metric=0.89)    # -12%, -1 point
+    assert {f["measure"] for f in compare(current, baseline, 0.1, 0.5)} == {"speedup_same_runtime", "metric"}
+    with pytest.raises(Regression):
+        raise Regression("x")
+
+
+def test_pareto_front():
+    points = [(1.0, 0.80), (2.0, 0.85), (3.0, 0.84), (0.5, 0.70), (4.0, 0.90), (2.0, 0.60)]
+    assert pareto_front(points) == [(0.5, 0.70), (1.0, 0.80), (2.0, 0.85), (4.0, 0.90)]
+
+
+def test_bench_bad_inputs_are_one_line_errors(benched, tmp_path, capsys):
+    _, _, first, second = benched
+    cases = [
+        ([str(tmp_path)], "not a student bundle"),
+        ([str(first), "--runtimes", "keras,tensorrt"], "unknown tensorrt"),
+        ([str(first), "--batch-sizes", "0,32"], "positive integers"),
+        ([str(first), "--seq-len", "32"], "pass --seq-len 16"),
+        ([str(first), "--teacher", "gpt-shape"], "not a preset"),
+        ([str(first), "--queries", "0"], "--queries 0"),
+        ([str(first), str(second), "--names", "one"], "--names gives 1 names for 2 bundles"),
+    ]
+    for args, message in cases:
+        seq_len = [] if "--seq-len" in args else ["--seq-len", "16"]
+        code = main(["bench", *args, *seq_len, "--out", str(tmp_path / "out"), "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 2, (args, err)
+        assert message in err and len(err.strip().splitlines()) == 1, (args, err)
+
+
+def test_bench_without_exported_artifacts_says_to_export(tiny_models, tmp_path, capsys):
+    bundle = tiny_bundle(tmp_path, tiny_models("bert"), tagging=False)
+    code = main(["bench", str(bundle), "--out", str(tmp_path / "out"), "--seq-len", "16", "--quiet",
+                 "--runtimes", "keras,onnxruntime"])
+    err = capsys.readouterr().err
+    assert code == 2 and "run `xtremedistil export" in err and len(err.strip().splitlines()) == 1
