@@ -1,6 +1,7 @@
 """Export stage: bundle artifacts (SavedModel, TFLite/LiteRT, ONNX), quantization, parity.
 
-Public API: `run_export(ExportOptions(...))`, `load_predictor(path)`, `parse_formats(spec)`.
+Public API: `run_export(ExportOptions(...))`, `load_predictor(path)`, `parse_formats(spec)`, and
+`serving.TextPipeline(bundle, artifact)` (text in, labels/entities out; used by serve_examples/).
 """
 import xtremedistil  # noqa: F401  (Keras 2 guard before TensorFlow)
 
