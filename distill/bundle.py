@@ -31,10 +31,15 @@ FORMAT_VERSION = 1
 
 def write_bundle(folder: str | Path, model, student_config: StudentConfig, tokenizer, labels: list[str],
                  metrics: dict, teacher: dict, extra: dict | None = None) -> Path:
-    """Writes the bundle folder atomically (a crash leaves any previous bundle intact)."""
+    """Writes the bundle folder atomically (a crash leaves any previous bundle intact).
+
+    When the folder already holds this very student (byte-identical weights: a resumed `distill` rerun),
+    the exported `artifacts/` and `manifest.json` are carried over; for a different student they would be
+    stale, so they go (a warning says so)."""
     folder = Path(folder)
     with atomic_directory(folder) as temp:
         model.save_weights(str(temp / WEIGHTS_FILE))
+        _carry_over_exports(folder, temp)
         np.save(temp / REMAP_FILE, model.get_layer("id_remap").get_weights()[0])
         tokenizer.save_pretrained(temp / TOKENIZER_DIR)
         write_json_atomic(temp / CONFIG_FILE, {
@@ -47,6 +52,27 @@ def write_bundle(folder: str | Path, model, student_config: StudentConfig, token
         })
         write_json_atomic(temp / METRICS_FILE, metrics)
     return folder
+
+
+EXPORTS = ("artifacts", "manifest.json")
+
+
+def _carry_over_exports(old: Path, new: Path) -> None:
+    import logging
+    import shutil
+
+    if not (old / "manifest.json").exists():
+        return
+    same = (old / WEIGHTS_FILE).exists() and (old / WEIGHTS_FILE).read_bytes() == (new / WEIGHTS_FILE).read_bytes()
+    if not same:
+        logging.getLogger(__name__).warning("%s: the student changed; its exported artifacts are removed "
+                                            "(run `xtremedistil export` again)", old)
+        return
+    for name in EXPORTS:
+        if (old / name).is_dir():
+            shutil.copytree(old / name, new / name)
+        elif (old / name).exists():
+            shutil.copy2(old / name, new / name)
 
 
 class Bundle:

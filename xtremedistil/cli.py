@@ -283,6 +283,15 @@ def _cmd_gate(args) -> int:
     return 0
 
 
+def _cmd_recipe(args) -> int:
+    from xtremedistil.bench.recipe import run_recipe, summary
+
+    steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    out = run_recipe(args.recipe, steps, args.model_dir, args.results, progress=not args.quiet)
+    print(summary(out))
+    return 0
+
+
 def build_gate_parser() -> argparse.ArgumentParser:
     gate = argparse.ArgumentParser(
         prog="xtremedistil bench gate",
@@ -383,6 +392,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--fresh", action="store_true", help="measure everything again instead of resuming")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(handler=_cmd_bench)
+
+    recipe = commands.add_parser(
+        "recipe", help="distill -> export -> bench from one YAML recipe (bench/recipes/*.yaml), resumable",
+        description="Run a recipe: YAML with a 'distill', 'export' and 'bench' section whose keys are those "
+                    "commands' flag names. ${VAR} is expanded (XD_DATA defaults to ../shared/data); a checkpoint "
+                    "'pip:MODULE' is MODULE.get_model_path(). Rerun the same command to resume: distill continues "
+                    "from its last sub-stage, export is skipped when nothing changed, bench skips what it measured. "
+                    "The report's small files are copied to the recipe's results folder (bench/results/NAME).",
+    )
+    recipe.add_argument("recipe", metavar="RECIPE", help="a recipe file, e.g. bench/recipes/sst2.yaml")
+    recipe.add_argument("--steps", default="distill,export,bench", help="steps to run (default: all three)")
+    recipe.add_argument("--model_dir", help="override the recipe's model_dir")
+    recipe.add_argument("--results", help="override the recipe's results folder")
+    recipe.add_argument("--quiet", action="store_true", help="log warnings only, no progress bars")
+    recipe.set_defaults(handler=_cmd_recipe)
     return parser
 
 

