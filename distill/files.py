@@ -17,6 +17,9 @@ def write_json_atomic(path: str | Path, payload) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(payload, handle, indent=2, sort_keys=True)
         handle.write("\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temp, 0o666 & ~umask)   # mkstemp makes 0600; give the file the permissions open() would
     os.replace(temp, path)
 
 
