@@ -392,7 +392,9 @@ def run_bench(options: BenchOptions, progress: bool = True) -> dict:
         key = hashlib.sha1(json.dumps({**spec, "protocol": protocol}, sort_keys=True).encode()).hexdigest()[:16]
         records.append((target, threads, runner.run("measure", spec, key, threads)))
 
-    rows, failures, metric_by_artifact = [], [], {}
+    rows, metric_by_artifact = [], {}
+    failures = [{"model": teacher.name, "role": "teacher", "artifact": name, "threads": None,
+                 "error": f"conversion failed: {reason}"} for name, reason in teacher_manifest.get("failures", {}).items()]
     for target, threads, record in records:
         if "metrics" in record:
             metric_by_artifact[(target.model, target.role, target.artifact)] = _metric_of(record)

@@ -99,7 +99,8 @@ def render_markdown(report: dict) -> str:
         lines += languages
     if report["failures"]:
         lines += ["## Failed measurements", ""]
-        lines += [f"- {f['model']} {f['artifact']} ({f['threads']} threads): {f['error']}" for f in report["failures"]]
+        lines += [f"- {f['model']} {f['artifact']}" + (f" ({f['threads']} threads)" if f.get("threads") else "")
+                  + f": {f['error']}" for f in report["failures"]]
         lines.append("")
     lines += ["Speedup = teacher p50 / student p50 at the same batch size and thread count, measured in this run. "
               "'Same runtime' compares with the teacher's fp32 artifact in that runtime; 'best' with the teacher's "

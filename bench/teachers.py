@@ -178,16 +178,25 @@ def prepare_teacher(source: TeacherSource, num_labels: int, tagging: bool, folde
                 if name in done:
                     continue
                 started = time.time()
-                flatbuffer = _tflite_teacher(model, function, batch_size, seq_len, quantization == "dynamic")
                 target = folder / f"{name}.tflite"
                 temp = target.with_name(f".{target.name}.tmp")
-                temp.write_bytes(flatbuffer)
-                del flatbuffer
-                parity = _parity(temp, function, vocab_size, pad_id, batch_size, seq_len)
-                if quantization == "fp32" and not parity["max_abs_logit_delta"] <= FP32_MAX_DELTA:
-                    raise XtremeDistilError(f"{name}: LiteRT logits differ from TensorFlow by "
-                                            f"{parity['max_abs_logit_delta']:.3g}; the conversion is broken")
+                try:
+                    flatbuffer = _tflite_teacher(model, function, batch_size, seq_len, quantization == "dynamic")
+                    temp.write_bytes(flatbuffer)
+                    del flatbuffer
+                    parity = _parity(temp, function, vocab_size, pad_id, batch_size, seq_len)
+                    if quantization == "fp32" and not parity["max_abs_logit_delta"] <= FP32_MAX_DELTA:
+                        raise XtremeDistilError(f"LiteRT logits differ from TensorFlow by "
+                                                f"{parity['max_abs_logit_delta']:.3g}; the conversion is broken")
+                except Exception as err:  # noqa: BLE001 - e.g. > 2 GB flatbuffer (xlmr-large fp32): skip, report
+                    temp.unlink(missing_ok=True)
+                    reason = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:300] if str(err).strip() else ''}"
+                    manifest.setdefault("failures", {})[name] = reason
+                    write_json_atomic(manifest_path, manifest)
+                    log(f"{name}: conversion failed, not measured ({reason})")
+                    continue
                 os.replace(temp, target)
+                manifest.get("failures", {}).pop(name, None)
                 add({"name": name, "runtime": "litert", "quantization": quantization, "path": target.name,
                      "size_bytes": target.stat().st_size, "batch_size": batch_size, "parity": parity,
                      "seconds": round(time.time() - started, 1)})

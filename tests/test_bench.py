@@ -216,3 +216,22 @@ def test_bench_without_exported_artifacts_says_to_export(tiny_models, tmp_path, 
                  "--runtimes", "keras,onnxruntime"])
     err = capsys.readouterr().err
     assert code == 2 and "run `xtremedistil export" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_teacher_conversion_failure_is_reported_not_fatal(tiny_models, tmp_path, monkeypatch):
+    from xtremedistil.bench import teachers
+
+    folder = tiny_teacher(tmp_path, tiny_models("bert"), tagging=False)
+    real = teachers._tflite_teacher
+
+    def fail_fp32(model, function, batch_size, seq_len, dynamic):
+        if not dynamic:
+            raise ValueError("Flatbuffer size is above 2 GB\nthe model is too large")
+        return real(model, function, batch_size, seq_len, dynamic)
+
+    monkeypatch.setattr(teachers, "_tflite_teacher", fail_fp32)
+    source = teachers.TeacherSource(name="teacher", folder=str(folder))
+    manifest = teachers.prepare_teacher(source, 2, False, tmp_path / "out", ["litert"], [1], 16, log=lambda _: None)
+    assert [row["name"] for row in manifest["artifacts"]] == ["teacher-tflite-dynamic-b1"]
+    assert "too large" in manifest["failures"]["teacher-tflite-fp32-b1"]
+    assert not list((tmp_path / "out").glob(".*.tmp"))

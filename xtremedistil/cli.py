@@ -266,8 +266,9 @@ def _cmd_bench(args) -> int:
     print(f"report: {options.out}/report.md")
     if report["failures"]:
         for failure in report["failures"]:
-            print(f"xtremedistil bench: failed: {failure['model']} {failure['artifact']} "
-                  f"({failure['threads']} threads): {failure['error']}", file=sys.stderr)
+            where = f" ({failure['threads']} threads)" if failure.get("threads") else ""
+            print(f"xtremedistil bench: failed: {failure['model']} {failure['artifact']}{where}: {failure['error']}",
+                  file=sys.stderr)
         return 1
     return 0
 
