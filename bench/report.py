@@ -154,31 +154,41 @@ def plot(report: dict, out: Path) -> list[Path]:
     paths = []
 
     figure, axes = plt.subplots(1, len(batches), figsize=(6.5 * len(batches), 5), squeeze=False)
+    models = list(dict.fromkeys(r["model"] for r in report["rows"]))
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
+    markers = {"keras": "o", "savedmodel": "D", "litert": "^", "onnxruntime": "s"}
     for axis, batch in zip(axes[0], batches):
         rows = [r for r in report["rows"] if r["batch_size"] == batch and r["threads"] == threads]
-        points = []
+        measured = [r for r in rows if r["metric"] is not None]
         for row in rows:
-            if row["metric"] is None:
-                if row["role"] == "teacher":
-                    axis.axvline(row["ms_per_sentence"], color="grey", linestyle=":", linewidth=1)
-                    axis.annotate(_label(row), (row["ms_per_sentence"], 0.02), xycoords=("data", "axes fraction"),
-                                  rotation=90, fontsize=6, color="grey")
-                continue
-            marker = "s" if row["role"] == "teacher" else "o"
-            axis.scatter(row["ms_per_sentence"], row["metric"], marker=marker, s=22)
-            axis.annotate(_label(row), (row["ms_per_sentence"], row["metric"]), fontsize=6,
-                          xytext=(3, 2), textcoords="offset points")
-            points.append((row["ms_per_sentence"], row["metric"]))
-        front = pareto_front(points)
+            if row["metric"] is None and row["role"] == "teacher":
+                axis.axvline(row["ms_per_sentence"], color="grey", linestyle=":", linewidth=1)
+                axis.annotate(f"teacher {row['runtime']} {row['quantization']}", (row["ms_per_sentence"], 0.02),
+                              xycoords=("data", "axes fraction"), rotation=90, fontsize=6, color="grey")
+        for row in measured:
+            axis.scatter(row["ms_per_sentence"], row["metric"], color=colours[row["model"]],
+                         marker=markers.get(row["runtime"], "o"), s=28, alpha=0.85)
+        front = pareto_front([(r["ms_per_sentence"], r["metric"]) for r in measured])
         if front:
             axis.plot([p[0] for p in front], [p[1] for p in front], color="tab:red", linewidth=1.2,
-                      label="Pareto front", drawstyle="steps-post")
-            axis.legend(fontsize=7, loc="lower right")
+                      drawstyle="steps-post", zorder=0)
+            for row in measured:
+                if (row["ms_per_sentence"], row["metric"]) in front:
+                    axis.scatter(row["ms_per_sentence"], row["metric"], s=110, facecolors="none",
+                                 edgecolors="tab:red", linewidths=1.2)
+                    axis.annotate(f"{row['model']} {row['artifact']}", (row["ms_per_sentence"], row["metric"]),
+                                  fontsize=7, xytext=(6, -10), textcoords="offset points", color="tab:red")
         axis.set_xscale("log")
         axis.set_xlabel("ms per sentence (p50, log scale)")
         axis.set_ylabel(f"test {report['task']['metric'] or 'metric'}")
-        axis.set_title(f"batch {batch}, {threads} threads")
+        axis.set_title(f"batch {batch}, {threads} threads (red: Pareto front)")
         axis.grid(True, which="both", alpha=0.3)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colours[m], marker="o", linestyle="", label=m) for m in models]
+    handles += [Line2D([], [], color="black", marker=k, linestyle="", label=r, markerfacecolor="none")
+                for r, k in markers.items()]
+    axes[0][-1].legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.tight_layout()
     paths.append(out / PLOTS[0])
     figure.savefig(paths[-1], dpi=110)
