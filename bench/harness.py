@@ -197,16 +197,19 @@ def environment(threads: list[int]) -> dict:
 
     from xtremedistil.export.pipeline import versions
 
-    cpu = platform.processor() or "unknown"
+    cpu, flags = platform.processor() or "unknown", []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                # the instruction sets int8/fp16 kernels depend on (AMX and VNNI change int8 speed several-fold)
+                flags = sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx", "fma")))
                 break
     except OSError:
         pass
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu, "cores": affinity, "threads": threads, "platform": platform.platform(),
+    return {"cpu": cpu, "cpu_flags": flags, "cores": affinity, "threads": threads, "platform": platform.platform(),
             "python": platform.python_version(), "versions": versions(), "git_commit": _git_commit()}
 
 

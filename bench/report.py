@@ -24,6 +24,13 @@ def _label(row: dict) -> str:
     return f"{row['model']} · {row['runtime']}{precision}"
 
 
+def _int8_units(env: dict) -> str:
+    flags = set(env.get("cpu_flags") or [])
+    units = [name for flag, name in (("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX512-VNNI"),
+                                     ("avx_vnni", "AVX-VNNI")) if flag in flags]
+    return f" ({', '.join(units)}: int8 kernels gain most here)" if units else ""
+
+
 def _main_threads(report: dict) -> int:
     return max(report["protocol"]["threads"])
 
@@ -55,7 +62,7 @@ def render_markdown(report: dict) -> str:
         f"Protocol: sequence length {protocol['seq_len']}, batch sizes {protocol['batch_sizes']}, threads "
         f"{protocol['threads']}, {protocol['queries']} sentences per measurement after {protocol['warmup']} warm-up "
         f"batches, x{protocol['repeats']}; one process per artifact and thread count. Machine: {env['cpu']}, "
-        f"{env['cores']} cores, commit {str(env.get('git_commit'))[:10]}.",
+        f"{env['cores']} cores" + _int8_units(env) + f", commit {str(env.get('git_commit'))[:10]}.",
         "",
     ]
     if report.get("command"):
