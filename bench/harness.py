@@ -260,6 +260,20 @@ class Runner:
         return record
 
 
+def _stamp(path: str) -> list | None:
+    """Size and modification time of what a measurement loads: a rerun after a new export measures again."""
+    target = Path(path)
+    if target.is_dir():
+        from xtremedistil.distill.bundle import WEIGHTS_FILE
+
+        files = [target / WEIGHTS_FILE] if (target / WEIGHTS_FILE).exists() else [
+            p for p in target.rglob("*") if p.is_file()]
+        return [sum(f.stat().st_size for f in files), max((f.stat().st_mtime_ns for f in files), default=0)]
+    if target.is_file():
+        return [target.stat().st_size, target.stat().st_mtime_ns]
+    return None   # a shape preset
+
+
 def _latency_inputs(model: Model, out: Path, seq_len: int, task, teacher_manifest: dict | None) -> Path:
     """Token ids the model is timed on: the test split's sentences (a preset: random full-length ids)."""
     path = out / "inputs" / f"{model.role}-{model.name}.npy"
@@ -350,7 +364,7 @@ def run_bench(options: BenchOptions, progress: bool = True) -> dict:
     teacher_dir = out / "teacher"
     prepare_spec = {"teacher": dataclasses.asdict(source), "labels": first.labels, "tagging": first.tagging,
                     "folder": str(teacher_dir.resolve()), "runtimes": runtimes, "batch_sizes": batch_sizes,
-                    "seq_len": options.seq_len}
+                    "seq_len": options.seq_len, "stamp": _stamp(source.folder) if source.folder else None}
     key = "prepare:" + hashlib.sha1(json.dumps(prepare_spec, sort_keys=True).encode()).hexdigest()[:12]
     if progress:
         print(f"preparing teacher {source.name} for {', '.join(runtimes)} (first run converts it; minutes for "
@@ -389,7 +403,7 @@ def run_bench(options: BenchOptions, progress: bool = True) -> dict:
                 "repeats": options.repeats, "inputs": str(inputs[target.model + target.role]),
                 "labels": model.labels, "tagging": model.tagging, "seq_len": options.seq_len,
                 "teacher": dataclasses.asdict(source), "task": task_folder, "tokenizer": model.tokenizer,
-                "eval_limit": options.eval_limit,
+                "eval_limit": options.eval_limit, "stamp": _stamp(target.path),
                 # accuracy does not depend on threads: measured once per artifact
                 "evaluate": bool(task is not None and model.tokenizer and threads == threads_list[0])}
         key = hashlib.sha1(json.dumps({**spec, "protocol": protocol}, sort_keys=True).encode()).hexdigest()[:16]

@@ -130,8 +130,9 @@ def _tflite_teacher(model, function, batch_size: int, seq_len: int, dynamic: boo
 
 
 def prepare_teacher(source: TeacherSource, num_labels: int, tagging: bool, folder: Path, runtimes: list[str],
-                    batch_sizes: list[int], seq_len: int, log=print) -> dict:
-    """Converts the teacher for every requested runtime into `folder` (reused when already there)."""
+                    batch_sizes: list[int], seq_len: int, log=print, stamp=None) -> dict:
+    """Converts the teacher for every requested runtime into `folder` (reused when already there and
+    `stamp`, the teacher folder's size and time, is unchanged)."""
     import xtremedistil  # noqa: F401
     import tensorflow as tf
 
@@ -139,7 +140,8 @@ def prepare_teacher(source: TeacherSource, num_labels: int, tagging: bool, folde
     from xtremedistil.export.teacher import FP32_MAX_DELTA, export_teacher_onnx, teacher_function
 
     folder.mkdir(parents=True, exist_ok=True)
-    wanted = {"source": dataclasses.asdict(source), "num_labels": num_labels, "tagging": tagging, "seq_len": seq_len}
+    wanted = {"source": dataclasses.asdict(source), "num_labels": num_labels, "tagging": tagging, "seq_len": seq_len,
+              "stamp": stamp}
     manifest_path = folder / MANIFEST
     manifest = read_json(manifest_path) if manifest_path.exists() else {}
     if manifest.get("wanted") != wanted:

@@ -79,7 +79,7 @@ def prepare(spec: dict) -> dict:
 
     manifest = prepare_teacher(TeacherSource(**spec["teacher"]), len(spec["labels"]), spec["tagging"],
                                Path(spec["folder"]), spec["runtimes"], spec["batch_sizes"], spec["seq_len"],
-                               log=lambda text: print(text, file=sys.stderr, flush=True))
+                               log=lambda text: print(text, file=sys.stderr, flush=True), stamp=spec.get("stamp"))
     return {"manifest": manifest, "peak_rss_mb": peak_rss_mb()}
 
 

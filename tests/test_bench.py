@@ -118,6 +118,15 @@ def test_a_rerun_resumes_without_measuring_again(benched):
                                    **PROTOCOL), progress=False)
     assert (out / "measurements.jsonl").read_text() == before
     assert [r["p50_ms"] for r in again["rows"]] == [r["p50_ms"] for r in report["rows"]]
+    # A re-exported artifact (new size/time) is measured again, and only that one.
+    import os
+
+    artifact = second / "artifacts" / "onnx-fp32.onnx"
+    os.utime(artifact, ns=(artifact.stat().st_atime_ns, artifact.stat().st_mtime_ns + 10**9))
+    run_bench(BenchOptions(bundles=[str(first), str(second)], out=str(out), names="bilstm,transformer", **PROTOCOL),
+              progress=False)
+    added = (out / "measurements.jsonl").read_text()[len(before):].splitlines()
+    assert len(added) == 1 and "latency" in json.loads(added[0])
 
 
 def test_gate_passes_on_identical_reports_and_catches_regressions(benched, tmp_path, capsys):
