@@ -9,6 +9,7 @@ against the teacher from this same run -> `report.json`, then `report.md` and th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -260,18 +261,30 @@ class Runner:
         return record
 
 
+@functools.lru_cache(maxsize=None)
 def _stamp(path: str) -> list | None:
-    """Size and modification time of what a measurement loads: a rerun after a new export measures again."""
+    """Size and content hash of what a measurement loads: a rerun after a new export measures again, a
+    rewrite of identical bytes (a resumed distill rewrites the bundle) does not."""
     target = Path(path)
     if target.is_dir():
         from xtremedistil.distill.bundle import WEIGHTS_FILE
 
-        files = [target / WEIGHTS_FILE] if (target / WEIGHTS_FILE).exists() else [
-            p for p in target.rglob("*") if p.is_file()]
-        return [sum(f.stat().st_size for f in files), max((f.stat().st_mtime_ns for f in files), default=0)]
-    if target.is_file():
-        return [target.stat().st_size, target.stat().st_mtime_ns]
-    return None   # a shape preset
+        if (target / WEIGHTS_FILE).exists():           # a bundle: its Keras weights
+            files = [target / WEIGHTS_FILE]
+        elif (target / "head.npz").exists():           # a teacher folder: its weights (metrics.json is rewritten on reuse)
+            files = [target / "head.npz", *(p for p in (target / "encoder").glob("*") if p.suffix in (".h5", ".safetensors"))]
+        else:                                          # a SavedModel
+            files = [p for p in target.rglob("*") if p.is_file()]
+    elif target.is_file():
+        files = [target]
+    else:
+        return None   # a shape preset
+    digest = hashlib.sha1()
+    for file in sorted(files):
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    return [sum(f.stat().st_size for f in files), digest.hexdigest()]
 
 
 def _latency_inputs(model: Model, out: Path, seq_len: int, task, teacher_manifest: dict | None) -> Path:
