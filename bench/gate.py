@@ -15,6 +15,8 @@ from xtremedistil.errors import XtremeDistilError
 
 RATIOS = ("speedup_same_runtime", "speedup_best", "compression_params")
 PROTOCOL_KEYS = ("seq_len", "teacher", "queries", "repeats", "eval_limit")
+DEFAULT_MAX_SPEEDUP_DROP = "10%"
+DEFAULT_MAX_METRIC_DROP = 0.5   # points
 REQUIRED_ROW_KEYS = ("model", "role", "runtime", "quantization", "batch_size", "threads", "metric") + RATIOS
 
 
@@ -109,7 +111,8 @@ def format_regressions(found: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_gate(report_path: str, baseline_path: str, max_speedup_drop="10%", max_metric_drop: float = 0.5) -> str:
+def run_gate(report_path: str, baseline_path: str, max_speedup_drop=DEFAULT_MAX_SPEEDUP_DROP,
+             max_metric_drop: float = DEFAULT_MAX_METRIC_DROP) -> str:
     """A summary line when nothing regressed; raises Regression (exit 1) with the table otherwise."""
     speedup_drop = parse_fraction(max_speedup_drop, "--max-speedup-drop")
     if max_metric_drop < 0:

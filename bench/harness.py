@@ -97,10 +97,6 @@ def _runtimes(text: str) -> list[str]:
     return [r for r in RUNTIMES if r in chosen]
 
 
-def _dir_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
-
-
 def _student_name(bundle: Path, taken: set[str]) -> str:
     base = bundle.parent.name if bundle.name == "bundle" else bundle.name
     name, n = base, 2

@@ -170,11 +170,7 @@ def summary(out: dict) -> str:
 
         lines.append(format_report(out["metrics"]))
     if "report" in out:
-        from xtremedistil.bench.report import headline_rows
+        from xtremedistil.bench.report import format_headline
 
-        for row in headline_rows(out["report"]):
-            lines.append(f"batch {row['batch_size']}: fastest {row['artifact']} {row['ms_per_sentence']:.3f} ms/sentence, "
-                         f"speedup {row['speedup_same_runtime'] or 0:.1f}x same runtime, "
-                         f"{row['speedup_best'] or 0:.1f}x vs best teacher, retention "
-                         f"{'n/a' if row['retention'] is None else format(row['retention'], '.1%')}")
+        lines.append(format_headline(out["report"]))
     return "\n".join(lines)

@@ -48,6 +48,17 @@ def headline_rows(report: dict) -> list[dict]:
     return sorted(best.values(), key=lambda r: (r["batch_size"], r["model"]))
 
 
+def format_headline(report: dict) -> str:
+    """The headline rows as console lines (the CLI and recipes print these)."""
+    lines = []
+    for row in headline_rows(report):
+        retention = "" if row["retention"] is None else f", retention {row['retention']:.1%}"
+        lines.append(f"batch {row['batch_size']:>3}: {row['model']} fastest as {row['artifact']}: "
+                     f"{row['ms_per_sentence']:.3f} ms/sentence, {_fmt(row['speedup_same_runtime'], '.1f', 'x')} vs "
+                     f"teacher same runtime, {_fmt(row['speedup_best'], '.1f', 'x')} vs teacher's best{retention}")
+    return "\n".join(lines)
+
+
 def render_markdown(report: dict) -> str:
     protocol, env, teacher = report["protocol"], report["environment"], report["teacher"]
     metric_name = report["task"]["metric"] or "metric"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xtremedistil.distill.files import read_json, write_json_atomic
+from xtremedistil.distill.files import path_size, read_json, write_json_atomic
 from xtremedistil.errors import XtremeDistilError
 from xtremedistil.export.predictor import Predictor
 
@@ -170,7 +170,7 @@ def prepare_teacher(source: TeacherSource, num_labels: int, tagging: bool, folde
             shutil.rmtree(target)
         os.replace(temp, target)
         add({"name": "teacher-savedmodel-fp32", "runtime": "savedmodel", "quantization": "fp32",
-             "path": str(target.relative_to(folder)), "size_bytes": _size(target), "batch_size": None,
+             "path": str(target.relative_to(folder)), "size_bytes": path_size(target), "batch_size": None,
              "seconds": round(time.time() - started, 1)})
         log(f"teacher SavedModel written in {time.time() - started:.0f} s")
     if "litert" in runtimes:   # before ONNX: TFLite fuses exact GELU into its GELU kernel, ONNX needs Erf
@@ -223,8 +223,3 @@ def _parity(path: Path, function, vocab_size: int, pad_id: int, batch_size: int,
     logits = LiteRTPredictor(path).predict(ids)
     return {"max_abs_logit_delta": float(np.abs(logits - reference).max()),
             "argmax_agreement": float((logits.argmax(-1) == reference.argmax(-1)).mean()), "compared": len(ids)}
-
-
-def _size(path: Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() \
-        else Path(path).stat().st_size

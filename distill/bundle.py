@@ -18,7 +18,7 @@ import numpy as np
 
 from xtremedistil.distill.files import atomic_directory, read_json, write_json_atomic
 from xtremedistil.distill.students import StudentConfig, build_student
-from xtremedistil.distill.tokenization import encode_texts, encode_words, load_tokenizer, tags_from_piece_predictions
+from xtremedistil.distill.tokenization import encode_sentences, load_tokenizer, tags_from_piece_predictions
 from xtremedistil.errors import XtremeDistilError
 
 CONFIG_FILE = "config.json"
@@ -99,9 +99,7 @@ class Bundle:
         return read_json(self.folder / METRICS_FILE)
 
     def encode(self, texts):
-        if self.tagging:
-            return encode_words(self.tokenizer, [t.split() for t in texts], self.seq_len)
-        return encode_texts(self.tokenizer, texts, self.seq_len)
+        return encode_sentences(self.tokenizer, texts, self.seq_len, self.tagging)
 
     def predict_logits(self, input_ids: np.ndarray, batch_size: int = 256) -> np.ndarray:
         import tensorflow as tf

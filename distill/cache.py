@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from xtremedistil.distill.files import read_json, write_json_atomic
-from xtremedistil.distill.tokenization import encode_texts, encode_words
+from xtremedistil.distill.tokenization import encode_sentences
 from xtremedistil.errors import XtremeDistilError
 
 logger = logging.getLogger(__name__)
@@ -69,13 +69,6 @@ class TeacherCache:
             for start in range(0, n, batch_size):
                 take = np.sort(rows[start:start + batch_size])
                 yield {name: np.asarray(array[take]) for name, array in arrays.items()}
-
-
-def encode_sentences(tokenizer, sentences: list[str], seq_len: int, tagging: bool):
-    """Unlabeled sentences -> ids; for tagging, words split on whitespace (as at prediction time)."""
-    if tagging:
-        return encode_words(tokenizer, [s.split() for s in sentences], seq_len)
-    return encode_texts(tokenizer, sentences, seq_len)
 
 
 def _write_chunk(folder: Path, sentences: list[str], score: Callable, tokenizer, seq_len: int,

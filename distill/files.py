@@ -23,6 +23,14 @@ def write_json_atomic(path: str | Path, payload) -> None:
     os.replace(temp, path)
 
 
+def path_size(path: str | Path) -> int:
+    """Bytes of a file, or of every file under a folder (a SavedModel, a bundle)."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
 def read_json(path: str | Path):
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)

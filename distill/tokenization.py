@@ -109,6 +109,13 @@ def encode_words(
     return Encoded(ids, mask, labels, word_index, n_words, truncated)
 
 
+def encode_sentences(tokenizer, sentences: Sequence[str], seq_len: int, tagging: bool) -> Encoded:
+    """Unlabeled sentences -> ids; for tagging, words split on whitespace (as at prediction time)."""
+    if tagging:
+        return encode_words(tokenizer, [s.split() for s in sentences], seq_len)
+    return encode_texts(tokenizer, sentences, seq_len)
+
+
 def encode_examples(tokenizer, examples, labels: list[str], seq_len: int, tagging: bool,
                     split_name: str = "") -> Encoded:
     """Encodes a task split (see `xtremedistil.distill.data`) and logs truncation."""

@@ -13,11 +13,10 @@ import numpy as np
 
 from xtremedistil.distill import data as data_lib
 from xtremedistil.distill.bundle import load_bundle
-from xtremedistil.distill.cache import encode_sentences
-from xtremedistil.distill.files import read_json, write_json_atomic
-from xtremedistil.distill.metrics import headline
+from xtremedistil.distill.files import path_size, read_json, write_json_atomic
+from xtremedistil.distill.metrics import headline, metrics_from_predictions
 from xtremedistil.distill.runner import encode_split
-from xtremedistil.distill.metrics import metrics_from_predictions
+from xtremedistil.distill.tokenization import encode_sentences
 from xtremedistil.errors import XtremeDistilError
 from xtremedistil.export.base import ExportContext, Quantization, Tolerance, parse_formats
 from xtremedistil.export.optimize import OptimizeOptions, optimize
@@ -121,12 +120,6 @@ def _tolerance(request, options: ExportOptions) -> Tolerance:
     return declared
 
 
-def _size(path: Path) -> int:
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size
-
-
 def run_export(options: ExportOptions) -> dict:
     """Writes every requested artifact, checks its parity, and records it in BUNDLE/manifest.json.
 
@@ -195,7 +188,7 @@ def run_export(options: ExportOptions) -> dict:
             problems = parity_failures(figures, tolerance)
             row = {
                 "name": artifact.name, "format": artifact.format, "quantization": artifact.quantization.value,
-                "path": str(artifact.path.relative_to(bundle.folder)), "size_bytes": _size(artifact.path),
+                "path": str(artifact.path.relative_to(bundle.folder)), "size_bytes": path_size(artifact.path),
                 "batch_size": artifact.batch_size, "parity": figures, "tolerance": dataclasses.asdict(tolerance),
                 "passed": not problems, "failures": problems, "seconds": round(convert_seconds, 2),
                 "details": artifact.details,

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xtremedistil.distill.files import read_json
 from xtremedistil.errors import XtremeDistilError
 
 PREFERENCE = {"dynamic": 0, "int8": 1, "static": 2, "fp16": 3, "fp32": 4}   # default artifact: int8 first
@@ -109,7 +110,7 @@ def find_artifact(bundle: Path, name: str | None, formats: tuple[str, ...]) -> d
     manifest_path = bundle / "manifest.json"
     if not manifest_path.exists():
         raise XtremeDistilError(f"{bundle}: no manifest.json; run `xtremedistil export {bundle}` first")
-    rows = [r for r in json.loads(manifest_path.read_text(encoding="utf-8"))["artifacts"] if r["format"] in formats]
+    rows = [r for r in read_json(manifest_path)["artifacts"] if r["format"] in formats]
     by_name = {r["name"]: r for r in rows}
     if name is None:
         preferred = sorted((r for r in rows if r.get("passed", True)),
@@ -136,7 +137,7 @@ class TextPipeline:
         config_path = self.bundle / "config.json"
         if not config_path.exists():
             raise XtremeDistilError(f"{self.bundle}: not a student bundle (config.json missing); pass MODEL_DIR/bundle")
-        self.config = json.loads(config_path.read_text(encoding="utf-8"))
+        self.config = read_json(config_path)
         self.labels: list[str] = self.config["task"]["labels"]
         self.seq_len: int = self.config["task"]["seq_len"]
         self.tagging: bool = self.config["task"]["kind"] == "tagging"
@@ -152,11 +153,9 @@ class TextPipeline:
                 "parity": self.row.get("parity"), "limits": dataclasses.asdict(self.limits)}
 
     def encode(self, texts: list[str]):
-        from xtremedistil.distill.tokenization import encode_texts, encode_words
+        from xtremedistil.distill.tokenization import encode_sentences
 
-        if self.tagging:
-            return encode_words(self.tokenizer, [t.split() for t in texts], self.seq_len)
-        return encode_texts(self.tokenizer, texts, self.seq_len)
+        return encode_sentences(self.tokenizer, texts, self.seq_len, self.tagging)
 
     def predict(self, texts: list[str], batch_size: int = 64, validate: bool = True) -> list[dict]:
         """One result per text (see the module docstring); `validate=False` for texts already checked."""

@@ -7,6 +7,7 @@ printed as one line per problem, without a traceback, with exit code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -256,13 +257,9 @@ def _cmd_bench(args) -> int:
     options = BenchOptions(**{k: v for k, v in vars(args).items() if k not in ("command", "handler", "quiet", "raw_argv")},
                            command="xtremedistil bench " + " ".join(args.raw_argv))
     report = run_bench(options, progress=not args.quiet)
-    from xtremedistil.bench.report import headline_rows
+    from xtremedistil.bench.report import format_headline
 
-    for row in headline_rows(report):
-        same = f"{row['speedup_same_runtime']:.1f}x" if row["speedup_same_runtime"] else "n/a"
-        best = f"{row['speedup_best']:.1f}x" if row["speedup_best"] else "n/a"
-        print(f"batch {row['batch_size']:>3}: {row['model']} fastest as {row['artifact']}: "
-              f"{row['ms_per_sentence']:.3f} ms/sentence, {same} vs teacher same runtime, {best} vs teacher's best")
+    print(format_headline(report))
     print(f"report: {options.out}/report.md")
     if report["failures"]:
         for failure in report["failures"]:
@@ -294,6 +291,8 @@ def _cmd_recipe(args) -> int:
 
 
 def build_gate_parser() -> argparse.ArgumentParser:
+    from xtremedistil.bench.gate import DEFAULT_MAX_METRIC_DROP, DEFAULT_MAX_SPEEDUP_DROP
+
     gate = argparse.ArgumentParser(
         prog="xtremedistil bench gate",
         description="Compare a bench report with a baseline report: exit 0 when no speedup, compression "
@@ -301,10 +300,10 @@ def build_gate_parser() -> argparse.ArgumentParser:
                     "2 on unusable input (missing keys, another protocol, missing rows).")
     gate.add_argument("report", metavar="REPORT", help="report.json of the run to check")
     gate.add_argument("--baseline", required=True, metavar="BASELINE", help="report.json recorded as the baseline")
-    gate.add_argument("--max-speedup-drop", default="10%",
-                      help="largest allowed relative drop of a speedup or compression ratio (default: 10%%)")
-    gate.add_argument("--max-metric-drop", type=float, default=0.5,
-                      help="largest allowed drop of a test metric, in points (default: 0.5)")
+    gate.add_argument("--max-speedup-drop", default=DEFAULT_MAX_SPEEDUP_DROP,
+                      help="largest allowed relative drop of a speedup or compression ratio (default: %(default)s)")
+    gate.add_argument("--max-metric-drop", type=float, default=DEFAULT_MAX_METRIC_DROP,
+                      help="largest allowed drop of a test metric, in points (default: %(default)s)")
     gate.set_defaults(handler=_cmd_gate, command="bench gate")
     return gate
 
@@ -366,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--quiet", action="store_true", help="log warnings only")
     export.set_defaults(handler=_cmd_export)
 
+    from xtremedistil.bench.harness import BenchOptions
+
     bench = commands.add_parser(
         "bench", help="latency x accuracy x size of students vs the teacher; `bench gate` checks regressions",
         description="Measure the teacher and every student artifact in every runtime on one machine in one run, "
@@ -376,20 +377,24 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("bundles", nargs="+", metavar="BUNDLE", help="student bundle folders (MODEL_DIR/bundle)")
     bench.add_argument("--out", required=True, metavar="DIR", help="report folder (created; a rerun resumes)")
     bench.add_argument("--teacher", metavar="PRESET_OR_DIR", help="a shape preset or a fine-tuned teacher folder (see below)")
-    bench.add_argument("--runtimes", default="keras,savedmodel,litert,onnxruntime",
-                       help="comma-separated runtimes (default: all four)")
-    bench.add_argument("--batch-sizes", dest="batch_sizes", default="1,32", help="batch sizes (default: 1,32)")
-    bench.add_argument("--seq-len", dest="seq_len", type=int, default=32,
-                       help="word pieces per sentence; must be the students' (default: 32)")
-    bench.add_argument("--threads", default="1,2", help="intra-op thread counts (default: 1,2)")
-    bench.add_argument("--queries", type=int, default=1000, help="sentences timed per measurement (default: 1000)")
-    bench.add_argument("--repeats", type=int, default=1, help="timed passes over the queries (default: 1)")
-    bench.add_argument("--warmup", type=int, default=5, help="untimed batches first (default: 5)")
+    defaults = {f.name: f.default for f in dataclasses.fields(BenchOptions)}   # one source of the defaults
+    bench.add_argument("--runtimes", default=defaults["runtimes"], help="comma-separated runtimes (default: %(default)s)")
+    bench.add_argument("--batch-sizes", dest="batch_sizes", default=defaults["batch_sizes"],
+                       help="batch sizes (default: %(default)s)")
+    bench.add_argument("--seq-len", dest="seq_len", type=int, default=defaults["seq_len"],
+                       help="word pieces per sentence; must be the students' (default: %(default)s)")
+    bench.add_argument("--threads", default=defaults["threads"], help="intra-op thread counts (default: %(default)s)")
+    bench.add_argument("--queries", type=int, default=defaults["queries"],
+                       help="sentences timed per measurement (default: %(default)s)")
+    bench.add_argument("--repeats", type=int, default=defaults["repeats"],
+                       help="timed passes over the queries (default: %(default)s)")
+    bench.add_argument("--warmup", type=int, default=defaults["warmup"], help="untimed batches first (default: %(default)s)")
     bench.add_argument("--names", help="comma-separated names of the bundles in the report (default: folder names)")
     bench.add_argument("--task", help="task folder whose test split gives accuracy (default: the one distilled on)")
     bench.add_argument("--eval-limit", dest="eval_limit", type=int,
                        help="score only the first N test sentences (default: all)")
-    bench.add_argument("--timeout", type=int, default=3600, help="seconds one measurement may take (default: 3600)")
+    bench.add_argument("--timeout", type=int, default=defaults["timeout"],
+                       help="seconds one measurement may take (default: %(default)s)")
     bench.add_argument("--fresh", action="store_true", help="measure everything again instead of resuming")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(handler=_cmd_bench)
