@@ -133,6 +133,9 @@ def run_recipe(path: str | Path, steps=STEPS, model_dir: str | None = None, resu
             values["seed"] = resolve_seed(values.get("seed"))
             out["metrics"] = run_distill(DistilOptions(model_dir=str(model_dir), **values))
             logger.info("distill done in %.0f s", time.time() - started)
+            if out["metrics"].get("bundle", "") is None:   # a non-chief worker: export and bench are the chief's
+                logger.info("worker %d: distill done; export and bench run on the chief", out["metrics"]["worker"])
+                return out
         if "export" in steps:
             if not (bundle / "student.weights.h5").exists():
                 raise XtremeDistilError(f"{bundle}: no bundle yet; run the distill step first")
@@ -165,7 +168,10 @@ def run_recipe(path: str | Path, steps=STEPS, model_dir: str | None = None, resu
 
 def summary(out: dict) -> str:
     lines = []
-    if "metrics" in out:
+    if "metrics" in out and out["metrics"].get("bundle", "") is None:
+        lines.append(f"worker {out['metrics']['worker']} of {out['metrics']['workers']}: distill done; "
+                     "the chief writes the bundle, exports and benches")
+    elif "metrics" in out:
         from xtremedistil.distill.pipeline import format_report
 
         lines.append(format_report(out["metrics"]))

@@ -3,9 +3,14 @@
 A cache folder holds chunks of `distil_chunk_size` sentences. Each chunk is a folder of
 `.npy` memmaps — `input_ids` (int32), `logits` and `hidden` (float16; [CLS] vector for
 classification, every position for tagging) — written under a temp name and renamed when
-complete; `index.json` (written atomically) lists the complete chunks. A rerun reuses every
-complete chunk without calling the teacher and recomputes an incomplete one. Memory is
-bounded by the chunk (its sentences) and the scoring batch, never by the whole set.
+complete (with its `meta.json`: rows, truncated count); `index.json` (written atomically) lists the
+chunks once all are there. A rerun reuses every complete chunk without calling the teacher and
+recomputes an incomplete one. Memory is bounded by the chunk (its sentences) and the scoring batch,
+never by the whole set.
+
+With several workers, chunk k is scored by worker k mod N (its shard); every worker reads the whole
+stream (cheap) but tokenizes and scores only its own chunks, then waits at a barrier until all
+shards are written, after which any worker reads any chunk.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from xtremedistil.errors import XtremeDistilError
 logger = logging.getLogger(__name__)
 
 INDEX_FILE = "index.json"
+META_FILE = "meta.json"
 ARRAYS = ("input_ids", "logits", "hidden")
 TOKENIZE_BATCH = 1024
 
@@ -38,9 +44,9 @@ def signature_hash(signature: dict) -> str:
 class TeacherCache:
     """Read access to a complete cache: `len(cache)`, `cache.chunks`, `cache.chunk(k)`."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, index: dict | None = None):
         self.folder = Path(folder)
-        self.index = read_json(self.folder / INDEX_FILE)
+        self.index = index if index is not None else read_json(self.folder / INDEX_FILE)
         if not self.index.get("complete"):
             raise XtremeDistilError(f"{self.folder}: teacher cache is incomplete; rerun to finish it")
 
@@ -100,10 +106,13 @@ def _write_chunk(folder: Path, sentences: list[str], score: Callable, tokenizer,
 
 def build_cache(folder: str | Path, sentences: Iterable[str], score: Callable, tokenizer, *, seq_len: int,
                 tagging: bool, chunk_size: int, batch_size: int, signature: dict, total: int | None = None,
-                description: str = "scoring") -> TeacherCache:
+                description: str = "scoring", worker: int = 0, workers: int = 1,
+                barrier: Callable[[str], None] | None = None) -> TeacherCache:
     """Scores `sentences` with `score(ids, mask) -> {"logits", "hidden"}` into `folder`, chunk by chunk.
 
-    Complete chunks of a previous run with the same `signature` are reused (no scoring).
+    Complete chunks of a previous run with the same `signature` are reused (no scoring). With
+    `workers` > 1 this worker scores only its shard and `barrier(what)` must return once every worker
+    has scored its own.
     """
     if chunk_size < 1:
         raise XtremeDistilError("--distil_chunk_size must be at least 1")
@@ -111,38 +120,53 @@ def build_cache(folder: str | Path, sentences: Iterable[str], score: Callable, t
     folder.mkdir(parents=True, exist_ok=True)
     index_path = folder / INDEX_FILE
     index = read_json(index_path) if index_path.exists() else None
-    if index is None or index["signature"] != signature:
-        index = {"signature": signature, "chunks": [], "rows": 0, "complete": False, "truncated": 0}
-    if index["complete"]:
+    if index is not None and index["signature"] == signature and index["complete"]:
         logger.info("%s: reusing the complete teacher cache in %s (%d sentences)", description, folder, index["rows"])
         return TeacherCache(folder)
+    listed = {c["name"]: c for c in index["chunks"]} if index is not None and index["signature"] == signature else {}
 
-    done = {chunk["name"] for chunk in index["chunks"]}
+    def finished(name: str) -> dict | None:
+        path = folder / name / META_FILE
+        meta = read_json(path) if path.exists() else None
+        return meta if meta is not None and meta.get("signature") == signature else listed.get(name)
+
     stream = iter(sentences)
-    progress = tqdm(total=total, desc=description, unit="sent", dynamic_ncols=True, mininterval=1.0)
+    mine = "" if workers == 1 else f" (worker {worker} of {workers}: every {workers}th chunk)"
+    progress = tqdm(total=total, desc=description + mine, unit="sent", dynamic_ncols=True, mininterval=1.0)
+    names = []
     for k in itertools.count():
         batch = list(itertools.islice(stream, chunk_size))
         if not batch:
             break
         name = f"chunk-{k:05d}"
-        if name in done:
+        names.append(name)
+        if k % workers != worker or finished(name) is not None:
             progress.update(len(batch))
             continue
         temp = folder / f".{name}.tmp"
         shutil.rmtree(temp, ignore_errors=True)
-        shutil.rmtree(folder / name, ignore_errors=True)  # from a run killed between rename and index
         truncated = _write_chunk(temp, batch, score, tokenizer, seq_len, tagging, batch_size, progress)
+        write_json_atomic(temp / META_FILE, {"name": name, "rows": len(batch), "truncated": truncated,
+                                                 "signature": signature})
+        shutil.rmtree(folder / name, ignore_errors=True)  # a chunk without meta.json is incomplete
         temp.rename(folder / name)
-        index["chunks"].append({"name": name, "rows": len(batch)})
-        index["rows"] += len(batch)
-        index["truncated"] += truncated
-        write_json_atomic(index_path, index)
     progress.close()
-    if index["rows"] == 0:
+    if not names:
         raise XtremeDistilError(f"{description}: no sentences to score")
-    index["complete"] = True
-    write_json_atomic(index_path, index)
+    if barrier is not None:
+        barrier(f"{description}: every worker's cache shard")
+    chunks = {name: finished(name) for name in names}
+    missing = [name for name, meta in chunks.items() if meta is None]
+    if missing:
+        raise XtremeDistilError(f"{folder}: cache chunk(s) {', '.join(missing[:5])} are missing after every worker "
+                                "finished scoring; is the cache folder shared by all workers?")
+    index = {"signature": signature, "complete": True,
+             "chunks": [{"name": name, "rows": meta["rows"]} for name, meta in chunks.items()],
+             "rows": sum(meta["rows"] for meta in chunks.values()),
+             "truncated": sum(meta.get("truncated", 0) for meta in chunks.values())}
+    if worker == 0:
+        write_json_atomic(index_path, index)
     if index["truncated"]:
         logger.info("%s: %d of %d sentences are longer than seq_len=%d and were truncated",
                     description, index["truncated"], index["rows"], seq_len)
-    return TeacherCache(folder)
+    return TeacherCache(folder, index)

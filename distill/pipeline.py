@@ -21,6 +21,7 @@ from xtremedistil.distill import embeddings as emb_lib
 from xtremedistil.distill import metrics as metrics_lib
 from xtremedistil.distill.bundle import write_bundle
 from xtremedistil.distill.cache import build_cache, signature_hash
+from xtremedistil.distill.cluster import make_cluster
 from xtremedistil.distill.files import write_json_atomic
 from xtremedistil.distill.runner import encode_split, run_teacher
 from xtremedistil.distill.seeding import seed_everything
@@ -72,6 +73,7 @@ class DistilOptions:
     temperature: float = StageConfig.temperature
     score_batch_size: int = 128
     seed: int = 42
+    strategy: str = "auto"
 
 
 def _teacher_layer(options: DistilOptions, num_layers: int) -> int:
@@ -86,11 +88,21 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     phases: dict[str, float] = {}
     started = time.time()
     StageConfig(distil_loss=options.distil_loss, temperature=options.temperature)  # validate flags early
-    teacher = run_teacher(
-        options.task, options.model_dir, options.pt_teacher_checkpoint, options.do_NER, options.seq_len,
-        FineTuneConfig(options.ft_epochs, options.ft_batch_size, options.ft_learning_rate, patience=options.ft_patience),
-        options.seed, options.pt_teacher, options.transfer_file, require_transfer=True,
-    )
+    cluster = make_cluster(options.strategy)   # first: a multi-worker strategy must precede any TF op
+
+    def teacher_phase(chief: bool):
+        return run_teacher(
+            options.task, options.model_dir, options.pt_teacher_checkpoint, options.do_NER, options.seq_len,
+            FineTuneConfig(options.ft_epochs, options.ft_batch_size, options.ft_learning_rate, patience=options.ft_patience),
+            options.seed, options.pt_teacher, options.transfer_file, require_transfer=True,
+            evaluate=chief, reuse_only=not chief,
+        )
+
+    # The chief fine-tunes (or reloads) the teacher; the other workers then load what it saved.
+    teacher = teacher_phase(True) if cluster.is_chief else None
+    cluster.barrier("the chief's teacher fine-tuning")
+    if teacher is None:
+        teacher = teacher_phase(False)
     phases["teacher"] = round(teacher.seconds, 1)
     task, tokenizer, model = teacher.task, teacher.tokenizer, teacher.model
     layer = _teacher_layer(options, model.num_layers)
@@ -116,7 +128,8 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
             model_dir / CACHE_DIR / f"{name}-{signature_hash(signature)}", sentences(), score, tokenizer,
             seq_len=options.seq_len, tagging=task.is_tagging, chunk_size=options.distil_chunk_size,
             batch_size=options.score_batch_size, signature=signature, total=total,
-            description=f"teacher scoring {name}")
+            description=f"teacher scoring {name}", worker=cluster.worker, workers=cluster.workers,
+            barrier=cluster.barrier)
     phases["teacher_outputs"] = round(time.time() - t0, 1)
 
     # Student vocabulary, embeddings, model.
@@ -137,7 +150,8 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
         teacher_hidden_size=model.encoder.config.hidden_size, pad_row=emb_lib.PAD_ROW, **architecture,
     )
     seed_everything(options.seed)
-    student = build_student(student_config)
+    with cluster.scope():
+        student = build_student(student_config)
     student.get_layer("id_remap").set_weights([vocab.remap])
     student.get_layer("word_embedding").set_weights([embedding])
     phases["student_init"] = round(time.time() - t0, 1)
@@ -149,8 +163,13 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     groups = layer_groups(student, student_config)
     plan = schedule(len(groups))
     data = StageData(caches["transfer"], caches["dev"], train, dev, task.splits["dev"], task.labels, task.is_tagging)
-    runner = StageRunner(student, groups, data, stage_config, model_dir / STUDENT_DIR, on_batch=on_batch)
+    runner = StageRunner(student, groups, data, stage_config, model_dir / STUDENT_DIR, on_batch=on_batch,
+                         cluster=cluster)
     state = runner.run(plan)
+    if not cluster.is_chief:
+        logger.info("worker %d: all sub-stages done; the chief writes the bundle", cluster.worker)
+        cluster.barrier("the chief's bundle")
+        return {"worker": cluster.worker, "workers": cluster.workers, "bundle": None}
     best = runner.best(plan)
     student.load_weights(str(model_dir / STUDENT_DIR / best.checkpoint))
     phases["stages"] = round(time.time() - t0, 1)
@@ -179,6 +198,7 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     write_bundle(model_dir / BUNDLE_DIR, student, student_config, tokenizer, task.labels, metrics, teacher_info,
                  {"options": dataclasses.asdict(options)})
     write_json_atomic(model_dir / STUDENT_DIR / "metrics.json", metrics)
+    cluster.barrier("the chief's bundle")
     return metrics
 
 

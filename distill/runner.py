@@ -12,6 +12,7 @@ from xtremedistil.distill import teacher as teacher_lib
 from xtremedistil.distill.files import write_json_atomic
 from xtremedistil.distill.seeding import seed_everything
 from xtremedistil.distill.tokenization import encode_examples, load_tokenizer
+from xtremedistil.errors import XtremeDistilError
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +33,13 @@ def encode_split(tokenizer, task: data_lib.Task, split: str, seq_len: int):
 
 
 def run_teacher(task_dir, model_dir, checkpoint, tagging, seq_len, fine_tune: teacher_lib.FineTuneConfig,
-                seed: int, model_class=None, transfer_file=None, require_transfer=False) -> TeacherResult:
+                seed: int, model_class=None, transfer_file=None, require_transfer=False,
+                evaluate: bool = True, reuse_only: bool = False) -> TeacherResult:
     """Fine-tunes the teacher into MODEL_DIR/teacher (or reloads it) and evaluates dev and test.
 
-    The task folder is validated before anything is loaded or written.
+    The task folder is validated before anything is loaded or written. `reuse_only` (a non-chief
+    worker) fails instead of fine-tuning when no matching teacher is saved; without `evaluate` the
+    metrics stay empty.
     """
     started = time.time()
     task = data_lib.load_task(task_dir, tagging, transfer_file, require_transfer)
@@ -43,6 +47,9 @@ def run_teacher(task_dir, model_dir, checkpoint, tagging, seq_len, fine_tune: te
     spec = teacher_lib.TeacherSpec(checkpoint, tagging, task.labels, seq_len, model_class)
     folder = Path(model_dir) / teacher_lib.TEACHER_DIR
     trained = not teacher_lib.check_reusable(folder, spec)
+    if trained and reuse_only:
+        raise XtremeDistilError(f"{folder}: no fine-tuned teacher matching this run after the chief finished; "
+                                "MODEL_DIR must be one folder shared by every worker")
     if trained:
         logger.info("fine-tuning teacher %s on %s (%d train sentences)", checkpoint, task.path, len(task.splits["train"]))
         tokenizer = load_tokenizer(checkpoint)
@@ -56,10 +63,11 @@ def run_teacher(task_dir, model_dir, checkpoint, tagging, seq_len, fine_tune: te
         logger.info("reusing fine-tuned teacher in %s", folder)
         model, spec, tokenizer = teacher_lib.load_teacher(folder)
     results = {}
-    for split in ("dev", "test"):
+    for split in ("dev", "test") if evaluate else ():
         encoded = encode_split(tokenizer, task, split, seq_len)
         results[split] = teacher_lib.evaluate(model, encoded, task.splits[split], task.labels, tagging)
-    write_json_atomic(folder / teacher_lib.METRICS_FILE, results)
+    if evaluate:
+        write_json_atomic(folder / teacher_lib.METRICS_FILE, results)
     return TeacherResult(model, spec, tokenizer, task, results, trained, time.time() - started)
 
 

@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 from xtremedistil.distill import metrics as metrics_lib
 from xtremedistil.distill.files import read_json, write_json_atomic
 from xtremedistil.distill.metrics import metrics_from_predictions
-from xtremedistil.distill.teacher import masked_token_loss
-from xtremedistil.distill.tokenization import Encoded
+from xtremedistil.distill.cluster import Cluster, lost_worker
+from xtremedistil.distill.tokenization import IGNORE_INDEX, Encoded
 from xtremedistil.errors import XtremeDistilError
 
 logger = logging.getLogger(__name__)
@@ -92,23 +92,41 @@ class StageConfig:
             raise XtremeDistilError("--temperature must be positive")
 
 
-def _distil_loss(config: StageConfig):
+class Loss:
+    """A loss as a sum over a replica's rows and a denominator counted over the *global* batch.
+
+    Dividing each replica's sum by the global count and summing gradients over replicas (what
+    `apply_gradients` does under a strategy) gives exactly the gradient of the one-device mean, so a
+    multi-worker run follows the single-worker one up to float summation order.
+    """
+
+    def __init__(self, total: Callable, count: Callable[[np.ndarray], float]):
+        self.total, self.count = total, count
+
+
+def _distil_loss(config: StageConfig) -> Loss:
     if config.distil_loss == "mse":
-        return lambda target, output: tf.reduce_mean(tf.square(output - target))
+        return Loss(lambda target, output: tf.reduce_sum(tf.square(output - target)), lambda target: float(target.size))
     t = config.temperature
 
     def kl(target, output):
         teacher = tf.nn.softmax(target / t, axis=-1)
         log_ratio = tf.nn.log_softmax(target / t, axis=-1) - tf.nn.log_softmax(output / t, axis=-1)
-        return tf.reduce_mean(tf.reduce_sum(teacher * log_ratio, axis=-1)) * t * t
-    return kl
+        return tf.reduce_sum(teacher * log_ratio) * t * t
+    return Loss(kl, lambda target: float(target.size // target.shape[-1]))
 
 
-def _label_loss(tagging: bool):
+def _label_loss(tagging: bool) -> Loss:
     if tagging:
-        return masked_token_loss
-    return lambda labels, logits: tf.reduce_mean(
-        tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+        def total(labels, logits):
+            labels = tf.cast(labels, tf.int32)
+            mask = tf.not_equal(labels, IGNORE_INDEX)
+            per_token = tf.keras.losses.sparse_categorical_crossentropy(tf.where(mask, labels, 0), logits, from_logits=True)
+            return tf.reduce_sum(per_token * tf.cast(mask, per_token.dtype))
+        return Loss(total, lambda labels: float(np.count_nonzero(labels != IGNORE_INDEX)))
+    return Loss(lambda labels, logits: tf.reduce_sum(
+        tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)),
+        lambda labels: float(len(labels)))
 
 
 @dataclasses.dataclass
@@ -140,6 +158,31 @@ class StageData:
             return math.ceil(len(self.train) / batch_size)
         return sum(math.ceil(c["rows"] / batch_size) for c in self.transfer.chunks)
 
+    def spec(self, target: str) -> dict:
+        """The `tf.TensorSpec` of one replica's batch for `target` (batch dimension unknown)."""
+        probe = next(self.batches(target, 1, validation=True))
+        spec = {name: tf.TensorSpec((None,) + array.shape[1:], tf.as_dtype(array.dtype)) for name, array in probe.items()}
+        return {**spec, "count": tf.TensorSpec((), tf.float32)}
+
+
+def replica_batches(batches, loss: Loss, target: str, replicas: int, first: int, local: int):
+    """Splits each global batch into `replicas` parts and yields the parts `first..first+local-1`.
+
+    Each part carries the global batch's loss denominator (`count`). A global batch with fewer rows
+    than replicas (possible only for the last one) is skipped on every worker alike: a replica
+    cannot run an empty batch through an LSTM.
+    """
+    for batch in batches:
+        n = len(batch["input_ids"])
+        if n < replicas:
+            logger.debug("skipping a last batch of %d rows: fewer rows than the %d replicas", n, replicas)
+            continue
+        count = np.float32(loss.count(batch[target]))
+        parts = np.array_split(np.arange(n), replicas)
+        for replica in range(first, first + local):
+            take = parts[replica]
+            yield {**{name: array[take[0]:take[-1] + 1] for name, array in batch.items()}, "count": count}
+
 
 def _set_trainable(groups, sub: SubStage) -> None:
     n = len(groups)
@@ -159,13 +202,19 @@ def _save_weights(model, path: Path) -> None:
 
 
 class StageRunner:
-    """Runs the schedule on `model`, checkpointing into `folder`; resumable."""
+    """Runs the schedule on `model`, checkpointing into `folder`; resumable.
+
+    Under a multi-worker `cluster` every worker runs the same schedule on its slice of each global
+    batch; only the chief writes checkpoints and `state.json` and computes dev metrics.
+    """
 
     def __init__(self, model, groups, data: StageData, config: StageConfig, folder: str | Path,
-                 on_batch: Callable[[SubStage, int], None] | None = None):
+                 on_batch: Callable[[SubStage, int], None] | None = None, cluster: Cluster | None = None):
         self.model, self.groups, self.data, self.config = model, groups, data, config
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.cluster = cluster or Cluster(tf.distribute.get_strategy(), "default")
+        if self.cluster.is_chief:
+            self.folder.mkdir(parents=True, exist_ok=True)
         self.on_batch = on_batch
         self.state_path = self.folder / STATE_FILE
         self.state = read_json(self.state_path) if self.state_path.exists() else {"completed": {}}
@@ -173,39 +222,60 @@ class StageRunner:
     def _output_key(self, target):
         return "projection" if target == HIDDEN else "logits"
 
-    def _loss_fn(self, target):
+    def _loss(self, target) -> Loss:
         return _label_loss(self.data.tagging) if target == LABELS else _distil_loss(self.config)
 
     def _validation_loss(self, sub: SubStage, forward) -> float:
-        key, loss_fn, total, count = self._output_key(sub.target), self._loss_fn(sub.target), 0.0, 0
+        key, loss = self._output_key(sub.target), self._loss(sub.target)
+        total, count = 0.0, 0.0
         for batch in self.data.batches(sub.target, self.config.batch_size, validation=True):
             out = forward(batch["input_ids"])[key]
-            total += float(loss_fn(tf.constant(batch[sub.target]), out)) * len(batch["input_ids"])
-            count += len(batch["input_ids"])
-        return total / max(count, 1)
+            total += float(loss.total(tf.constant(batch[sub.target]), out))
+            count += loss.count(batch[sub.target])
+        return self.cluster.agree(total / max(count, 1.0))
 
     def dev_metrics(self) -> dict:
         logits = predict_student_logits(self.model, self.data.dev.input_ids, self.config.batch_size)
         return metrics_from_predictions(np.argmax(logits, -1), self.data.dev, self.data.dev_examples,
                                         self.data.labels, self.data.tagging)
 
+    def _dataset(self, sub: SubStage, rng: np.random.Generator, loss: Loss):
+        """This worker's replicas' batches of one epoch, through `tf.data`, distributed by the strategy."""
+        spec, replicas = self.data.spec(sub.target), self.cluster.replicas
+
+        def dataset_fn(context: tf.distribute.InputContext):
+            local = replicas // context.num_input_pipelines
+            first = context.input_pipeline_id * local
+            return tf.data.Dataset.from_generator(
+                lambda: replica_batches(self.data.batches(sub.target, self.config.batch_size, rng), loss,
+                                        sub.target, replicas, first, local),
+                output_signature=spec,
+            ).prefetch(2)
+
+        options = tf.distribute.InputOptions(experimental_fetch_to_device=False)
+        return self.cluster.strategy.distribute_datasets_from_function(dataset_fn, options)
+
     def _train(self, sub: SubStage) -> dict:
-        config, model = self.config, self.model
+        config, model, strategy = self.config, self.model, self.cluster.strategy
         _set_trainable(self.groups, sub)
         steps = self.data.steps(sub.target, config.batch_size)
-        schedule_fn = tf.keras.optimizers.schedules.CosineDecay(
-            config.learning_rate, decay_steps=max(1, steps * config.epochs),
-            alpha=config.final_learning_rate / config.learning_rate)
-        optimizer = tf.keras.optimizers.Adam(schedule_fn)
-        key, loss_fn = self._output_key(sub.target), self._loss_fn(sub.target)
+        with strategy.scope():
+            schedule_fn = tf.keras.optimizers.schedules.CosineDecay(
+                config.learning_rate, decay_steps=max(1, steps * config.epochs),
+                alpha=config.final_learning_rate / config.learning_rate)
+            optimizer = tf.keras.optimizers.Adam(schedule_fn)
+        key, loss = self._output_key(sub.target), self._loss(sub.target)
+
+        def replica_step(batch):
+            with tf.GradientTape() as tape:
+                value = loss.total(batch[sub.target], model(batch["input_ids"], training=True)[key]) / batch["count"]
+            variables = model.trainable_variables
+            optimizer.apply_gradients(zip(tape.gradient(value, variables), variables))
+            return value
 
         @tf.function(reduce_retracing=True)
-        def train_step(ids, target):
-            with tf.GradientTape() as tape:
-                loss = loss_fn(target, model(ids, training=True)[key])
-            variables = model.trainable_variables
-            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-            return loss
+        def train_step(batch):
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_step, args=(batch,)), axis=None)
 
         forward = tf.function(lambda ids: model(ids, training=False), reduce_retracing=True)
         best_loss, best_weights, waited, history = math.inf, None, 0, []
@@ -213,11 +283,11 @@ class StageRunner:
         for epoch in range(config.epochs):
             tf.keras.utils.set_random_seed(_seed(config.seed, sub.index, epoch))
             rng = np.random.default_rng([config.seed, sub.index, epoch])
-            total = 0.0
-            bar = tqdm(self.data.batches(sub.target, config.batch_size, rng), total=steps, leave=False,
+            total, n = 0.0, 0
+            bar = tqdm(self._dataset(sub, rng, loss), total=steps, leave=False, disable=not self.cluster.is_chief,
                        desc=f"{sub.name} epoch {epoch + 1}/{config.epochs}", unit="batch", mininterval=1.0)
             for n, batch in enumerate(bar, start=1):
-                total += float(train_step(batch["input_ids"], batch[sub.target]))
+                total += float(train_step(batch))
                 batches_done += 1
                 if self.on_batch is not None:
                     self.on_batch(sub, batches_done)
@@ -238,10 +308,12 @@ class StageRunner:
 
     def run(self, plan: list[SubStage]) -> dict:
         """Runs (or resumes) every sub-stage; returns the state with per-sub-stage dev metrics."""
+        chief = self.cluster.is_chief
         init = self.folder / INIT_CHECKPOINT
-        if not init.exists():
+        if chief and not init.exists():
             _save_weights(self.model, init)
-        previous = init
+        self.cluster.barrier("initial weights")
+        in_memory, previous = None, init   # the first sub-stage to run loads its start from the file
         for sub in plan:
             done = self.state["completed"].get(sub.name)
             if done and (self.folder / sub.checkpoint).exists():
@@ -249,9 +321,15 @@ class StageRunner:
                             sub.name, done["dev_metric_name"], done["dev_metric"])
                 previous = self.folder / sub.checkpoint
                 continue
-            self.model.load_weights(str(previous))
+            if previous != in_memory:
+                self.model.load_weights(str(previous))
             started = time.time()
-            result = self._train(sub)
+            with lost_worker(self.cluster, sub.name):
+                result = self._train(sub)
+            in_memory = previous = self.folder / sub.checkpoint
+            if not chief:
+                logger.info("%s done in %.0f s (worker %d)", sub.name, time.time() - started, self.cluster.worker)
+                continue
             dev = self.dev_metrics()
             _save_weights(self.model, self.folder / sub.checkpoint)
             self.state["completed"][sub.name] = {
@@ -263,7 +341,6 @@ class StageRunner:
             write_json_atomic(self.state_path, self.state)
             logger.info("%s done in %.0f s: dev %s %.4f", sub.name, time.time() - started,
                         dev["metric"], metrics_lib.headline(dev))
-            previous = self.folder / sub.checkpoint
         return self.state
 
     def best(self, plan: list[SubStage]) -> SubStage:

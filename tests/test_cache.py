@@ -52,8 +52,9 @@ def test_cache_stores_chunks_and_is_reused_without_the_teacher(tmp_path, tokeniz
 def test_incomplete_chunk_is_recomputed_and_complete_ones_kept(tmp_path, tokenizer):
     with pytest.raises(RuntimeError, match="killed"):
         build(tmp_path / "c", CountingTeacher(fail_after=6), tokenizer)  # dies inside chunk 2
-    index = json.loads((tmp_path / "c" / INDEX_FILE).read_text())
-    assert [c["name"] for c in index["chunks"]] == ["chunk-00000"] and not index["complete"]
+    assert not (tmp_path / "c" / INDEX_FILE).exists()   # written once every chunk is there
+    complete = sorted(p.parent.name for p in (tmp_path / "c").glob("chunk-*/meta.json"))
+    assert complete == ["chunk-00000"] and not (tmp_path / "c" / "chunk-00001").exists()
     resumed_teacher = CountingTeacher()
     cache = build(tmp_path / "c", resumed_teacher, tokenizer)
     assert resumed_teacher.scored == 6  # chunks 2 and 3 only

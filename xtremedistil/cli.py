@@ -106,6 +106,9 @@ DISTILL_FLAGS = [
     ("--temperature", float, "softmax temperature of the kl loss (default: 1)"),
     ("--score_batch_size", int, "teacher batch size when scoring the transfer set (default: 128)"),
     ("--seed", int, "seed for Python, NumPy and TensorFlow (default: $PYTHONHASHSEED, else 42)"),
+    ("--strategy", str, "tf.distribute strategy: auto (mirrored on 2+ GPUs, else default), default, mirrored, or "
+                        "multiworker (MultiWorkerMirroredStrategy from TF_CONFIG; run the same command on every "
+                        "worker, MODEL_DIR shared). Batch sizes are global (default: auto)"),
 ]
 REQUIRED_DISTILL = ("task", "model_dir", "pt_teacher_checkpoint")
 
@@ -146,6 +149,9 @@ def _cmd_distill(args) -> int:
 
     options = _distill_options(args)
     metrics = run_distill(options)
+    if metrics.get("bundle", "") is None:
+        print(f"worker {metrics['worker']} of {metrics['workers']}: done; the chief wrote {options.model_dir}/bundle")
+        return 0
     print(format_report(metrics))
     print(f"bundle: {options.model_dir}/bundle")
     return 0
