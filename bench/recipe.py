@@ -108,7 +108,7 @@ def run_recipe(path: str | Path, steps=STEPS, model_dir: str | None = None, resu
                progress: bool = True) -> dict:
     """Runs the recipe's steps in order; returns {"metrics", "manifest", "report"} of what ran."""
     from xtremedistil.bench.harness import BenchOptions, run_bench
-    from xtremedistil.distill.pipeline import DistilOptions, run_distill
+    from xtremedistil.distill.pipeline import DistilOptions, run_distill, worker_done
     from xtremedistil.distill.seeding import resolve_seed
     from xtremedistil.export.pipeline import ExportOptions, run_export
 
@@ -133,8 +133,8 @@ def run_recipe(path: str | Path, steps=STEPS, model_dir: str | None = None, resu
             values["seed"] = resolve_seed(values.get("seed"))
             out["metrics"] = run_distill(DistilOptions(model_dir=str(model_dir), **values))
             logger.info("distill done in %.0f s", time.time() - started)
-            if out["metrics"].get("bundle", "") is None:   # a non-chief worker: export and bench are the chief's
-                logger.info("worker %d: distill done; export and bench run on the chief", out["metrics"]["worker"])
+            if worker_done(out["metrics"]):   # a non-chief worker: export and bench are the chief's
+                logger.info("%s; export and bench run on the chief", worker_done(out["metrics"]))
                 return out
         if "export" in steps:
             if not (bundle / "student.weights.h5").exists():
@@ -168,13 +168,10 @@ def run_recipe(path: str | Path, steps=STEPS, model_dir: str | None = None, resu
 
 def summary(out: dict) -> str:
     lines = []
-    if "metrics" in out and out["metrics"].get("bundle", "") is None:
-        lines.append(f"worker {out['metrics']['worker']} of {out['metrics']['workers']}: distill done; "
-                     "the chief writes the bundle, exports and benches")
-    elif "metrics" in out:
-        from xtremedistil.distill.pipeline import format_report
+    if "metrics" in out:
+        from xtremedistil.distill.pipeline import format_report, worker_done
 
-        lines.append(format_report(out["metrics"]))
+        lines.append(worker_done(out["metrics"]) or format_report(out["metrics"]))
     if "report" in out:
         from xtremedistil.bench.report import format_headline
 

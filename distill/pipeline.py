@@ -202,6 +202,13 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     return metrics
 
 
+def worker_done(metrics: dict) -> str | None:
+    """For a non-chief worker's result (no bundle of its own), the line to print; None for the chief."""
+    if metrics.get("bundle", "") is not None:
+        return None
+    return f"worker {metrics['worker']} of {metrics['workers']}: done; the chief wrote the bundle"
+
+
 def _ratio(student: float, teacher: float) -> float | None:
     """Student metric / teacher metric; None when the teacher scored 0 (no meaningful ratio)."""
     return student / teacher if teacher > 0 else None

@@ -30,6 +30,7 @@ from xtremedistil.distill import metrics as metrics_lib
 from xtremedistil.distill.files import read_json, write_json_atomic
 from xtremedistil.distill.metrics import metrics_from_predictions
 from xtremedistil.distill.cluster import Cluster, lost_worker
+from xtremedistil.distill.teacher import masked_token_loss_sum
 from xtremedistil.distill.tokenization import IGNORE_INDEX, Encoded
 from xtremedistil.errors import XtremeDistilError
 
@@ -118,12 +119,8 @@ def _distil_loss(config: StageConfig) -> Loss:
 
 def _label_loss(tagging: bool) -> Loss:
     if tagging:
-        def total(labels, logits):
-            labels = tf.cast(labels, tf.int32)
-            mask = tf.not_equal(labels, IGNORE_INDEX)
-            per_token = tf.keras.losses.sparse_categorical_crossentropy(tf.where(mask, labels, 0), logits, from_logits=True)
-            return tf.reduce_sum(per_token * tf.cast(mask, per_token.dtype))
-        return Loss(total, lambda labels: float(np.count_nonzero(labels != IGNORE_INDEX)))
+        return Loss(lambda labels, logits: masked_token_loss_sum(labels, logits)[0],
+                    lambda labels: float(np.count_nonzero(labels != IGNORE_INDEX)))
     return Loss(lambda labels, logits: tf.reduce_sum(
         tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)),
         lambda labels: float(len(labels)))

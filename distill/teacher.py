@@ -133,15 +133,21 @@ class TeacherModel(tf.keras.Model):
         return result
 
 
-def masked_token_loss(labels, logits):
-    """Mean cross-entropy over tokens whose label is not IGNORE_INDEX (tagging)."""
+def masked_token_loss_sum(labels, logits):
+    """(sum of cross-entropy, count) over tokens whose label is not IGNORE_INDEX (tagging)."""
     labels = tf.cast(labels, tf.int32)
     mask = tf.not_equal(labels, IGNORE_INDEX)
     per_token = tf.keras.losses.sparse_categorical_crossentropy(
         tf.where(mask, labels, 0), logits, from_logits=True
     )
     mask = tf.cast(mask, per_token.dtype)
-    return tf.reduce_sum(per_token * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+    return tf.reduce_sum(per_token * mask), tf.reduce_sum(mask)
+
+
+def masked_token_loss(labels, logits):
+    """Mean cross-entropy over tokens whose label is not IGNORE_INDEX (tagging)."""
+    total, count = masked_token_loss_sum(labels, logits)
+    return total / tf.maximum(count, 1.0)
 
 
 def predict_logits(model, encoded: Encoded, batch_size: int = 64) -> np.ndarray:

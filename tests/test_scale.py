@@ -205,6 +205,20 @@ def _wait(process, log, timeout=600):
     return code
 
 
+def _start_pair(task, model_dir, checkpoint, log_dir: Path, prefix: str):
+    """Two workers on fresh localhost ports; returns (processes, log paths)."""
+    ports = _free_ports(2)
+    logs = [log_dir / f"{prefix}{k}.log" for k in range(2)]
+    return [_start(task, model_dir, checkpoint, logs[k], k, ports) for k in range(2)], logs
+
+
+def _finish_pair(workers, logs):
+    """Waits for both workers; both must exit 0. Returns the log paths."""
+    codes = [_wait(w, log) for w, log in zip(workers, logs)]
+    assert codes == [0, 0], "\n".join(log.read_text()[-3000:] for log in logs)
+    return logs
+
+
 def _scale_task(folder: Path) -> Path:
     rows = TAGGING_ROWS * 4     # 16 sentences: 4 cache chunks of 4 (two per worker), 4 full global batches of 4 per epoch
     return write_task(folder, rows, labels=TAGGING_LABELS, transfer=[r.split("\t")[0] for r in rows])
@@ -231,11 +245,7 @@ def test_two_workers_on_localhost_match_one_worker_and_survive_a_killed_worker(t
     assert _wait(single, tmp_path / "single.log") == 0, (tmp_path / "single.log").read_text()[-3000:]
 
     # Two workers, global batch 4 = 2 rows per worker.
-    ports = _free_ports(2)
-    logs = [tmp_path / f"w{k}.log" for k in range(2)]
-    workers = [_start(task, tmp_path / "multi", checkpoint, logs[k], k, ports) for k in range(2)]
-    codes = [_wait(w, log) for w, log in zip(workers, logs)]
-    assert codes == [0, 0], "\n".join(log.read_text()[-3000:] for log in logs)
+    logs = _finish_pair(*_start_pair(task, tmp_path / "multi", checkpoint, tmp_path, "w"))
     assert "done; the chief wrote" in logs[1].read_text()
     bundle = tmp_path / "multi" / "bundle"
     assert {"student.weights.h5", "metrics.json", "config.json"} <= {p.name for p in bundle.iterdir()}
@@ -244,9 +254,7 @@ def test_two_workers_on_localhost_match_one_worker_and_survive_a_killed_worker(t
     _assert_same_student(tmp_path / "single", tmp_path / "multi")
 
     # Kill worker 1 once stage 2 is under way: the chief stops with a clear error, nothing is corrupted.
-    ports = _free_ports(2)
-    logs = [tmp_path / f"k{k}.log" for k in range(2)]
-    workers = [_start(task, tmp_path / "killed", checkpoint, logs[k], k, ports) for k in range(2)]
+    workers, logs = _start_pair(task, tmp_path / "killed", checkpoint, tmp_path, "k")
     state_path = tmp_path / "killed" / "student" / "state.json"
     deadline = time.time() + 600
     while time.time() < deadline and workers[0].poll() is None:
@@ -261,16 +269,12 @@ def test_two_workers_on_localhost_match_one_worker_and_survive_a_killed_worker(t
     assert "Traceback" not in chief_log
     state = json.loads(state_path.read_text())
     assert {"stage1", "stage2-top1"} <= set(state["completed"]) and not (tmp_path / "killed" / "bundle").exists()
+    model = load_bundle(bundle).model
     for done in state["completed"].values():     # every recorded checkpoint is whole and loads
-        model = load_bundle(bundle).model
         model.load_weights(str(tmp_path / "killed" / "student" / done["checkpoint"]))
 
     # Rerunning both workers resumes from the completed sub-stages and ends where the others did.
-    ports = _free_ports(2)
-    logs = [tmp_path / f"r{k}.log" for k in range(2)]
-    workers = [_start(task, tmp_path / "killed", checkpoint, logs[k], k, ports) for k in range(2)]
-    codes = [_wait(w, log) for w, log in zip(workers, logs)]
-    assert codes == [0, 0], "\n".join(log.read_text()[-3000:] for log in logs)
+    logs = _finish_pair(*_start_pair(task, tmp_path / "killed", checkpoint, tmp_path, "r"))
     assert "stage1: done in an earlier run" in logs[0].read_text()
     assert "reusing the complete teacher cache" in logs[1].read_text()
     _assert_same_student(tmp_path / "multi", tmp_path / "killed")

@@ -145,12 +145,12 @@ def _distill_options(args):
 
 
 def _cmd_distill(args) -> int:
-    from xtremedistil.distill.pipeline import format_report, run_distill
+    from xtremedistil.distill.pipeline import format_report, run_distill, worker_done
 
     options = _distill_options(args)
     metrics = run_distill(options)
-    if metrics.get("bundle", "") is None:
-        print(f"worker {metrics['worker']} of {metrics['workers']}: done; the chief wrote {options.model_dir}/bundle")
+    if worker_done(metrics):
+        print(f"{worker_done(metrics)} in {options.model_dir}/bundle")
         return 0
     print(format_report(metrics))
     print(f"bundle: {options.model_dir}/bundle")
