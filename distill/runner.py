@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -56,9 +57,11 @@ def run_teacher(task_dir, model_dir, checkpoint, tagging, seq_len, fine_tune: te
         model = teacher_lib.build_teacher(spec)
         train = encode_split(tokenizer, task, "train", seq_len)
         dev = encode_split(tokenizer, task, "dev", seq_len)
-        history = teacher_lib.fine_tune(model, train, dev, task.splits["dev"], task.labels, fine_tune, seed)
+        work = Path(model_dir) / teacher_lib.TRAINING_DIR
+        history = teacher_lib.fine_tune(model, train, dev, task.splits["dev"], task.labels, fine_tune, seed, work)
         extra = {"history": history, "fine_tune": dataclasses.asdict(fine_tune), "seed": seed}
         teacher_lib.save_teacher(model, tokenizer, spec, folder, extra)
+        shutil.rmtree(work, ignore_errors=True)
     else:
         logger.info("reusing fine-tuned teacher in %s", folder)
         model, spec, tokenizer = teacher_lib.load_teacher(folder)

@@ -23,13 +23,16 @@ NO_WORD = -1
 
 
 def load_tokenizer(name_or_path: str):
-    """The teacher's fast tokenizer from a local folder or a hub id.
+    """The teacher's fast tokenizer from a local folder, a hub id or `pip:NAME` (see `sources`).
 
     Byte-level BPE tokenizers (RoBERTa family) need `add_prefix_space=True` to take
     pre-split words; it is set when the tokenizer requires it.
     """
     from transformers import AutoTokenizer
 
+    from xtremedistil.distill.sources import resolve_checkpoint
+
+    name_or_path = resolve_checkpoint(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, use_fast=True)
     except (OSError, ValueError) as err:
