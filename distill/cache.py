@@ -2,7 +2,8 @@
 
 A cache folder holds chunks of `distil_chunk_size` sentences. Each chunk is a folder of
 `.npy` memmaps — `input_ids` (int32), `logits` and `hidden` (float16; [CLS] vector for
-classification, every position for tagging) — written under a temp name and renamed when
+classification, every position for tagging) and, for tagging, `word_start` (uint8, 1 on the first
+piece of each word: the positions the losses count) — written under a temp name and renamed when
 complete (with its `meta.json`: rows, truncated count); `index.json` (written atomically) lists the
 chunks once all are there. A rerun reuses every complete chunk without calling the teacher and
 recomputes an incomplete one. Memory is bounded by the chunk (its sentences) and the scoring batch,
@@ -19,12 +20,14 @@ import itertools
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from xtremedistil.distill import batching
 from xtremedistil.distill.files import read_json, write_json_atomic
 from xtremedistil.distill.tokenization import encode_sentences
 from xtremedistil.errors import XtremeDistilError
@@ -34,6 +37,8 @@ logger = logging.getLogger(__name__)
 INDEX_FILE = "index.json"
 META_FILE = "meta.json"
 ARRAYS = ("input_ids", "logits", "hidden")
+WORD_START = "word_start"
+PER_POSITION = ("input_ids", WORD_START)   # arrays with a time axis whatever the task
 TOKENIZE_BATCH = 1024
 
 
@@ -54,50 +59,69 @@ class TeacherCache:
         return self.index["rows"]
 
     @property
+    def sentences_per_second(self) -> float | None:
+        """Scoring throughput (summed over chunks, whichever run scored them)."""
+        seconds = self.index.get("seconds")
+        return round(len(self) / seconds, 1) if seconds else None
+
+    @property
     def chunks(self) -> list[dict]:
         return self.index["chunks"]
 
     def chunk(self, k: int) -> dict[str, np.ndarray]:
         folder = self.folder / self.chunks[k]["name"]
-        return {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
+        return {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ARRAYS + (WORD_START,)
+                if name in ARRAYS or (folder / f"{name}.npy").exists()}
 
     def all_input_ids(self) -> Iterator[np.ndarray]:
         for k in range(len(self.chunks)):
             yield self.chunk(k)["input_ids"]
 
-    def batches(self, batch_size: int, rng: np.random.Generator | None = None) -> Iterator[dict]:
-        """Batches of {"input_ids", "logits", "hidden"}; shuffled by chunk and within chunk if `rng`."""
+    def batches(self, batch_size: int, rng: np.random.Generator | None = None, pad_id: int = 0) -> Iterator[dict]:
+        """Length-bucketed batches of the chunk arrays, each cut to its longest sentence (see `batching`).
+
+        With `rng`: chunks in random order, and random batches of similar length within a chunk.
+        """
         order = rng.permutation(len(self.chunks)) if rng is not None else range(len(self.chunks))
         for k in order:
             arrays = self.chunk(int(k))
-            n = len(arrays["input_ids"])
-            rows = rng.permutation(n) if rng is not None else np.arange(n)
-            for start in range(0, n, batch_size):
-                take = np.sort(rows[start:start + batch_size])
-                yield {name: np.asarray(array[take]) for name, array in arrays.items()}
+            ids = arrays["input_ids"]
+            row_lengths = batching.lengths(ids, pad_id)
+            for rows in batching.bucketed_batches(row_lengths, batch_size, rng):
+                rows = np.sort(rows)
+                w = batching.width(row_lengths[rows], ids.shape[1])
+                yield {name: np.asarray(array[rows, :w] if name in PER_POSITION or array.ndim == 3 else array[rows])
+                       for name, array in arrays.items()}
 
 
 def _write_chunk(folder: Path, sentences: list[str], score: Callable, tokenizer, seq_len: int,
                  tagging: bool, batch_size: int, progress) -> int:
-    """Tokenizes and scores one chunk into `folder` (a temp folder); returns truncated count."""
+    """Tokenizes and scores one chunk into `folder` (a temp folder), in length-bucketed batches;
+    returns the truncated count."""
     folder.mkdir(parents=True)
     n, arrays, truncated = len(sentences), {}, 0
     for start in range(0, n, TOKENIZE_BATCH):
         encoded = encode_sentences(tokenizer, sentences[start:start + TOKENIZE_BATCH], seq_len, tagging)
         truncated += encoded.truncated
-        for offset in range(0, len(encoded), batch_size):
-            ids = encoded.input_ids[offset:offset + batch_size]
-            out = score(ids, encoded.attention_mask[offset:offset + batch_size])
+        row_lengths = encoded.attention_mask.sum(axis=1)
+        for rows in batching.bucketed_batches(row_lengths, batch_size):
+            w = batching.width(row_lengths[rows], seq_len)
+            out = score(encoded.input_ids[rows, :w], encoded.attention_mask[rows, :w])
             if not arrays:
                 arrays["input_ids"] = np.lib.format.open_memmap(folder / "input_ids.npy", "w+", np.int32, (n, seq_len))
                 for name in ("logits", "hidden"):
-                    arrays[name] = np.lib.format.open_memmap(
-                        folder / f"{name}.npy", "w+", np.float16, (n,) + tuple(out[name].shape[1:]))
-            row = start + offset
-            arrays["input_ids"][row:row + len(ids)] = ids
+                    tail = tuple(out[name].shape[1:])
+                    tail = (seq_len,) + tail[1:] if out[name].ndim == 3 else tail
+                    arrays[name] = np.lib.format.open_memmap(folder / f"{name}.npy", "w+", np.float16, (n,) + tail)
+                if tagging:
+                    arrays[WORD_START] = np.lib.format.open_memmap(folder / f"{WORD_START}.npy", "w+", np.uint8, (n, seq_len))
+            place = start + rows
+            arrays["input_ids"][place] = encoded.input_ids[rows]
+            if tagging:
+                arrays[WORD_START][place] = encoded.word_index[rows] >= 0
             for name in ("logits", "hidden"):
-                arrays[name][row:row + len(ids)] = out[name]
-            progress.update(len(ids))
+                batching.scatter_rows(arrays[name], place, out[name], arrays[name].shape[1:])
+            progress.update(len(rows))
     for array in arrays.values():
         array.flush()
     del arrays
@@ -145,9 +169,10 @@ def build_cache(folder: str | Path, sentences: Iterable[str], score: Callable, t
             continue
         temp = folder / f".{name}.tmp"
         shutil.rmtree(temp, ignore_errors=True)
+        chunk_started = time.time()
         truncated = _write_chunk(temp, batch, score, tokenizer, seq_len, tagging, batch_size, progress)
         write_json_atomic(temp / META_FILE, {"name": name, "rows": len(batch), "truncated": truncated,
-                                                 "signature": signature})
+                                             "signature": signature, "seconds": round(time.time() - chunk_started, 2)})
         shutil.rmtree(folder / name, ignore_errors=True)  # a chunk without meta.json is incomplete
         temp.rename(folder / name)
     progress.close()
@@ -163,7 +188,8 @@ def build_cache(folder: str | Path, sentences: Iterable[str], score: Callable, t
     index = {"signature": signature, "complete": True,
              "chunks": [{"name": name, "rows": meta["rows"]} for name, meta in chunks.items()],
              "rows": sum(meta["rows"] for meta in chunks.values()),
-             "truncated": sum(meta.get("truncated", 0) for meta in chunks.values())}
+             "truncated": sum(meta.get("truncated", 0) for meta in chunks.values()),
+             "seconds": round(sum(meta.get("seconds", 0.0) for meta in chunks.values()), 1)}
     if worker == 0:
         write_json_atomic(index_path, index)
     if index["truncated"]:

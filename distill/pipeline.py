@@ -17,12 +17,13 @@ import numpy as np
 import tensorflow as tf
 
 from xtremedistil.distill import data as data_lib
+from xtremedistil.distill.augment import AugmentConfig, augment_file
 from xtremedistil.distill import embeddings as emb_lib
 from xtremedistil.distill import metrics as metrics_lib
 from xtremedistil.distill.bundle import write_bundle
 from xtremedistil.distill.cache import build_cache, signature_hash
 from xtremedistil.distill.cluster import make_cluster
-from xtremedistil.distill.files import write_json_atomic
+from xtremedistil.distill.files import read_json, write_json_atomic
 from xtremedistil.distill.runner import encode_split, run_teacher
 from xtremedistil.distill.seeding import seed_everything
 from xtremedistil.distill.stages import StageConfig, StageData, StageRunner, predict_student_logits, schedule
@@ -36,6 +37,8 @@ logger = logging.getLogger(__name__)
 BUNDLE_DIR = "bundle"
 STUDENT_DIR = "student"
 CACHE_DIR = "cache"
+AUGMENT_DIR = "augmented"
+CACHE_FORMAT = 2    # 2: tagging chunks carry word_start (the positions the losses count)
 
 
 @dataclasses.dataclass
@@ -73,6 +76,11 @@ class DistilOptions:
     distil_loss: str = StageConfig.distil_loss
     temperature: float = StageConfig.temperature
     score_batch_size: int = 128
+    augment_multiplier: int = 0
+    augment_p_mask: float = AugmentConfig.p_mask
+    augment_p_replace: float = AugmentConfig.p_replace
+    augment_p_ngram: float = AugmentConfig.p_ngram
+    augment_max_ngram: int = AugmentConfig.max_ngram
     seed: int = 42
     strategy: str = "auto"
 
@@ -89,6 +97,7 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     phases: dict[str, float] = {}
     started = time.time()
     StageConfig(distil_loss=options.distil_loss, temperature=options.temperature)  # validate flags early
+    augment_config(options)
     cluster = make_cluster(options.strategy)   # first: a multi-worker strategy must precede any TF op
 
     def teacher_phase(chief: bool):
@@ -110,22 +119,36 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     layer = _teacher_layer(options, model.num_layers)
     model_dir = Path(options.model_dir)
 
+    teacher_stamp = (model_dir / TEACHER_DIR / SPEC_FILE).stat().st_mtime_ns
+    teacher_emb = emb_lib.teacher_word_embeddings(model.encoder)
+
+    # Optional augmentation of the transfer set (chief writes it; the others read the same file).
+    transfer_path, transfer_lines = task.transfer_path, task.transfer_lines
+    transfer_info = {"file": str(transfer_path), "sentences": transfer_lines}
+    if options.augment_multiplier > 0:
+        t0 = time.time()
+        transfer_path, transfer_lines, transfer_info["augment"] = _augmented_transfer(
+            options, task, tokenizer, teacher_emb, teacher_stamp, model_dir, cluster)
+        transfer_info.update(file=str(transfer_path), sentences=transfer_lines)
+        phases["augment"] = round(time.time() - t0, 1)
+
     # Teacher outputs, once.
     t0 = time.time()
-    score_fn = tf.function(lambda ids, mask: model.teacher_outputs(ids, mask, layer), reduce_retracing=True)
+    spec = tf.TensorSpec([None, None], tf.int32)
+    score_fn = tf.function(lambda ids, mask: model.teacher_outputs(ids, mask, layer), input_signature=[spec, spec])
 
     def score(ids, mask):
         return {k: v.numpy() for k, v in score_fn(ids, mask).items()}
 
-    teacher_stamp = (model_dir / TEACHER_DIR / SPEC_FILE).stat().st_mtime_ns
     caches = {}
     for name, path, sentences, total in (
-        ("transfer", task.transfer_path, lambda: data_lib.iter_transfer(task.transfer_path), task.transfer_lines),
+        ("transfer", transfer_path, lambda: data_lib.iter_transfer(transfer_path), transfer_lines),
         ("dev", task.path / "dev.tsv", lambda: (ex.text for ex in task.splits["dev"]), len(task.splits["dev"])),
     ):
         stat = Path(path).stat()
         signature = {"source": str(Path(path).resolve()), "size": stat.st_size, "mtime": stat.st_mtime_ns,
-                     "teacher": teacher_stamp, "layer": layer, "seq_len": options.seq_len, "tagging": task.is_tagging}
+                     "teacher": teacher_stamp, "layer": layer, "seq_len": options.seq_len, "tagging": task.is_tagging,
+                     "format": CACHE_FORMAT, "chunk_size": options.distil_chunk_size}
         caches[name] = build_cache(
             model_dir / CACHE_DIR / f"{name}-{signature_hash(signature)}", sentences(), score, tokenizer,
             seq_len=options.seq_len, tagging=task.is_tagging, chunk_size=options.distil_chunk_size,
@@ -138,7 +161,6 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     t0 = time.time()
     train = encode_split(tokenizer, task, "train", options.seq_len)
     dev = encode_split(tokenizer, task, "dev", options.seq_len)
-    teacher_emb = emb_lib.teacher_word_embeddings(model.encoder)
     vocab = emb_lib.build_vocab([train.input_ids, *caches["transfer"].all_input_ids()],
                                 teacher_emb.shape[0], tokenizer.pad_token_id, tokenizer.unk_token_id)
     embedding = emb_lib.pca_embeddings(teacher_emb, vocab, options.word_emb_dim, options.seed)
@@ -163,8 +185,9 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     stage_config = StageConfig(options.distil_epochs, options.distil_batch_size, patience=options.distil_patience,
                                distil_loss=options.distil_loss, temperature=options.temperature, seed=options.seed)
     groups = layer_groups(student, student_config)
-    plan = schedule(len(groups))
-    data = StageData(caches["transfer"], caches["dev"], train, dev, task.splits["dev"], task.labels, task.is_tagging)
+    plan = schedule(len(groups), distil_loss=options.distil_loss)
+    data = StageData(caches["transfer"], caches["dev"], train, dev, task.splits["dev"], task.labels, task.is_tagging,
+                     pad_id=tokenizer.pad_token_id)
     runner = StageRunner(student, groups, data, stage_config, model_dir / STUDENT_DIR, on_batch=on_batch,
                          cluster=cluster)
     state = runner.run(plan)
@@ -193,6 +216,8 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
                                                          state["completed"][best.name]["dev"]),
                                     metrics_lib.headline(teacher.metrics[split])) for split in ("dev", "test")},
         "seconds": {**phases, "total": round(time.time() - started, 1)},
+        "transfer": transfer_info,
+        "sentences_per_second": _throughput(model_dir, caches, state),
         "seed": options.seed,
     }
     teacher_info = {"checkpoint": options.pt_teacher_checkpoint, "model_class": options.pt_teacher, "layer": layer,
@@ -202,6 +227,41 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     write_json_atomic(model_dir / STUDENT_DIR / "metrics.json", metrics)
     cluster.barrier("the chief's bundle")
     return metrics
+
+
+def _throughput(model_dir: Path, caches: dict, state: dict) -> dict:
+    """Sentences per second of each phase (teacher epochs, scoring, each sub-stage's epochs)."""
+    history = read_json(model_dir / TEACHER_DIR / SPEC_FILE).get("history", [])
+    return {
+        "teacher_fine_tune": [h.get("train_sentences_per_second") for h in history],
+        "teacher_scoring": {name: cache.sentences_per_second for name, cache in caches.items()},
+        "stages": {name: [h.get("sentences_per_second") for h in done["history"]]
+                   for name, done in state["completed"].items()},
+    }
+
+
+def augment_config(options: DistilOptions) -> AugmentConfig:
+    return AugmentConfig(options.augment_multiplier, options.augment_p_mask, options.augment_p_replace,
+                         options.augment_p_ngram, options.augment_max_ngram, seed=options.seed)
+
+
+def _augmented_transfer(options, task, tokenizer, teacher_emb, teacher_stamp, model_dir: Path, cluster):
+    """MODEL_DIR/augmented/transfer-<hash>.txt for these settings (made once); (path, lines, stats)."""
+    config = augment_config(options)
+    stat = task.transfer_path.stat()
+    signature = {"source": str(task.transfer_path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime_ns,
+                 "teacher": teacher_stamp, "config": dataclasses.asdict(config)}
+    path = model_dir / AUGMENT_DIR / f"transfer-{signature_hash(signature)}.txt"
+    stats_path = path.with_suffix(".json")
+    if cluster.is_chief and not (path.exists() and stats_path.exists()):
+        screen = [ex.text for split in ("dev", "test") for ex in task.splits[split]]
+        stats = augment_file(task.transfer_path, path, config, mask_token=tokenizer.mask_token or tokenizer.unk_token,
+                             embedding=teacher_emb, tokenizer=tokenizer, screen=screen, total=task.transfer_lines)
+        write_json_atomic(stats_path, {**stats, "signature": signature})
+    cluster.barrier("the chief's augmented transfer set")
+    stats = read_json(stats_path)
+    logger.info("transfer set: %s (%d sentences from %d)", path, stats["written"], stats["sources"])
+    return path, stats["written"], {k: v for k, v in stats.items() if k != "signature"}
 
 
 def worker_done(metrics: dict) -> str | None:

@@ -26,11 +26,12 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
+from xtremedistil.distill import losses as losses_lib
 from xtremedistil.distill import metrics as metrics_lib
+from xtremedistil.distill.batching import bucketed_batches, width
 from xtremedistil.distill.files import read_json, write_json_atomic
 from xtremedistil.distill.metrics import metrics_from_predictions
 from xtremedistil.distill.cluster import Cluster, lost_worker
-from xtremedistil.distill.teacher import masked_token_loss_sum
 from xtremedistil.distill.tokenization import IGNORE_INDEX, Encoded
 from xtremedistil.errors import XtremeDistilError
 
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 HIDDEN, LOGITS, LABELS = "hidden", "logits", "labels"
 STATE_FILE = "state.json"
 INIT_CHECKPOINT = "00-init.weights.h5"
-DISTIL_LOSSES = ("mse", "kl")
+WEIGHT = "weight"    # per item: 1 where the loss counts (tagging: first piece of each word)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,25 +52,30 @@ class SubStage:
     name: str
     target: str
     trainable_groups: int   # how many groups, counted from the top, train in this sub-stage
+    loss: str = "mse"       # a name in `losses.LOSSES`
 
     @property
     def checkpoint(self) -> str:
         return f"{self.index:02d}-{self.name}.weights.h5"
 
 
-def schedule(n_groups: int, stages=(1, 2, 3)) -> list[SubStage]:
-    """The XtremeDistil-v2 schedule for a student with `n_groups` layer groups (bottom-up)."""
+def schedule(n_groups: int, stages=(1, 2, 3), distil_loss: str = "mse") -> list[SubStage]:
+    """The XtremeDistil-v2 schedule for a student with `n_groups` layer groups (bottom-up).
+
+    Losses per stage: 1 `mse` on the hidden target (always), 2 `distil_loss` on the teacher's
+    logits, 3 `cross_entropy` on labels.
+    """
     plan: list[SubStage] = []
 
-    def add(stage, name, target, groups):
-        plan.append(SubStage(len(plan) + 1, stage, name, target, groups))
+    def add(stage, name, target, groups, loss):
+        plan.append(SubStage(len(plan) + 1, stage, name, target, groups, loss))
 
     if 1 in stages:
-        add(1, "stage1", HIDDEN, n_groups)   # all but the logits group: see _set_trainable
-    for stage, target in ((2, LOGITS), (3, LABELS)):
+        add(1, "stage1", HIDDEN, n_groups, "mse")   # all but the logits group: see _set_trainable
+    for stage, target, loss in ((2, LOGITS, distil_loss), (3, LABELS, "cross_entropy")):
         if stage in stages:
             for k in range(1, n_groups + 1):
-                add(stage, f"stage{stage}-top{k}", target, k)
+                add(stage, f"stage{stage}-top{k}", target, k, loss)
     return plan
 
 
@@ -85,50 +91,19 @@ class StageConfig:
     seed: int = 42
 
     def __post_init__(self):
-        if self.distil_loss not in DISTIL_LOSSES:
-            raise XtremeDistilError(f"--distil_loss '{self.distil_loss}' is not one of {', '.join(DISTIL_LOSSES)}")
+        if self.distil_loss not in losses_lib.distil_losses():
+            raise XtremeDistilError(
+                f"--distil_loss '{self.distil_loss}' is not one of {', '.join(losses_lib.distil_losses())}")
         if self.epochs < 1 or self.batch_size < 1:
             raise XtremeDistilError("--distil_epochs and --distil_batch_size must be at least 1")
         if self.temperature <= 0:
             raise XtremeDistilError("--temperature must be positive")
 
 
-class Loss:
-    """A loss as a sum over a replica's rows and a denominator counted over the *global* batch.
-
-    Dividing each replica's sum by the global count and summing gradients over replicas (what
-    `apply_gradients` does under a strategy) gives exactly the gradient of the one-device mean, so a
-    multi-worker run follows the single-worker one up to float summation order.
-    """
-
-    def __init__(self, total: Callable, count: Callable[[np.ndarray], float]):
-        self.total, self.count = total, count
-
-
-def _distil_loss(config: StageConfig) -> Loss:
-    if config.distil_loss == "mse":
-        return Loss(lambda target, output: tf.reduce_sum(tf.square(output - target)), lambda target: float(target.size))
-    t = config.temperature
-
-    def kl(target, output):
-        teacher = tf.nn.softmax(target / t, axis=-1)
-        log_ratio = tf.nn.log_softmax(target / t, axis=-1) - tf.nn.log_softmax(output / t, axis=-1)
-        return tf.reduce_sum(teacher * log_ratio) * t * t
-    return Loss(kl, lambda target: float(target.size // target.shape[-1]))
-
-
-def _label_loss(tagging: bool) -> Loss:
-    if tagging:
-        return Loss(lambda labels, logits: masked_token_loss_sum(labels, logits)[0],
-                    lambda labels: float(np.count_nonzero(labels != IGNORE_INDEX)))
-    return Loss(lambda labels, logits: tf.reduce_sum(
-        tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)),
-        lambda labels: float(len(labels)))
-
-
 @dataclasses.dataclass
 class StageData:
-    """Where each target's batches come from. Batches are dicts with `input_ids` and the target."""
+    """Where each target's batches come from: dicts of `input_ids`, the target and `weight`, in
+    length-bucketed batches cut to their longest sentence."""
 
     transfer: object          # TeacherCache
     dev_teacher: object       # TeacherCache over the dev sentences
@@ -137,18 +112,26 @@ class StageData:
     dev_examples: list
     labels: list[str]
     tagging: bool
+    pad_id: int = 0
 
     def batches(self, target: str, batch_size: int, rng=None, validation=False):
         if target == LABELS:
             encoded = self.dev if validation else self.train
-            order = rng.permutation(len(encoded)) if rng is not None else np.arange(len(encoded))
-            for start in range(0, len(order), batch_size):
-                take = order[start:start + batch_size]
-                yield {"input_ids": encoded.input_ids[take], LABELS: encoded.labels[take]}
+            row_lengths = encoded.attention_mask.sum(axis=1)
+            for rows in bucketed_batches(row_lengths, batch_size, rng):
+                rows = np.sort(rows)
+                w = width(row_lengths[rows], encoded.input_ids.shape[1])
+                labels = encoded.labels[rows, :w] if self.tagging else encoded.labels[rows]
+                weight = (labels != IGNORE_INDEX) if self.tagging else np.ones(len(rows), bool)
+                yield {"input_ids": encoded.input_ids[rows, :w], LABELS: labels, WEIGHT: weight.astype(np.float32)}
         else:
             cache = self.dev_teacher if validation else self.transfer
-            for batch in cache.batches(batch_size, rng):
-                yield {"input_ids": batch["input_ids"], target: batch[target].astype(np.float32)}
+            for batch in cache.batches(batch_size, rng, self.pad_id):
+                if self.tagging:
+                    weight = batch["word_start"].astype(np.float32)
+                else:
+                    weight = np.ones(len(batch["input_ids"]), np.float32)
+                yield {"input_ids": batch["input_ids"], target: batch[target].astype(np.float32), WEIGHT: weight}
 
     def steps(self, target: str, batch_size: int) -> int:
         if target == LABELS:
@@ -156,29 +139,40 @@ class StageData:
         return sum(math.ceil(c["rows"] / batch_size) for c in self.transfer.chunks)
 
     def spec(self, target: str) -> dict:
-        """The `tf.TensorSpec` of one replica's batch for `target` (batch dimension unknown)."""
+        """The `tf.TensorSpec` of one replica's batch for `target` (batch and width unknown)."""
         probe = next(self.batches(target, 1, validation=True))
-        spec = {name: tf.TensorSpec((None,) + array.shape[1:], tf.as_dtype(array.dtype)) for name, array in probe.items()}
+        per_position = {"input_ids", WEIGHT} if self.tagging else {"input_ids"}
+        if self.tagging:
+            per_position.add(target)
+        spec = {name: tf.TensorSpec((None, None) + array.shape[2:] if name in per_position else (None,) + array.shape[1:],
+                                    tf.as_dtype(array.dtype)) for name, array in probe.items()}
         return {**spec, "count": tf.TensorSpec((), tf.float32)}
 
 
-def replica_batches(batches, loss: Loss, target: str, replicas: int, first: int, local: int):
+def replica_batches(batches, replicas: int, first: int, local: int):
     """Splits each global batch into `replicas` parts and yields the parts `first..first+local-1`.
 
-    Each part carries the global batch's loss denominator (`count`). A global batch with fewer rows
-    than replicas (possible only for the last one) is skipped on every worker alike: a replica
-    cannot run an empty batch through an LSTM.
+    Each part carries the global batch's loss denominator (`count`, its total weight). A global
+    batch with fewer rows than replicas (possible only for the last one) is skipped on every worker
+    alike: a replica cannot run an empty batch through an LSTM.
     """
     for batch in batches:
         n = len(batch["input_ids"])
         if n < replicas:
             logger.debug("skipping a last batch of %d rows: fewer rows than the %d replicas", n, replicas)
             continue
-        count = np.float32(loss.count(batch[target]))
+        count = np.float32(batch[WEIGHT].sum())
         parts = np.array_split(np.arange(n), replicas)
         for replica in range(first, first + local):
             take = parts[replica]
             yield {**{name: array[take[0]:take[-1] + 1] for name, array in batch.items()}, "count": count}
+
+
+def learning_rate_schedule(config: StageConfig, steps_per_epoch: int):
+    """Cosine decay from `learning_rate` to `final_learning_rate` over every step of the sub-stage."""
+    return tf.keras.optimizers.schedules.CosineDecay(
+        config.learning_rate, decay_steps=max(1, steps_per_epoch * config.epochs),
+        alpha=config.final_learning_rate / config.learning_rate)
 
 
 def _set_trainable(groups, sub: SubStage) -> None:
@@ -219,16 +213,15 @@ class StageRunner:
     def _output_key(self, target):
         return "projection" if target == HIDDEN else "logits"
 
-    def _loss(self, target) -> Loss:
-        return _label_loss(self.data.tagging) if target == LABELS else _distil_loss(self.config)
+    def _loss_sum(self, sub: SubStage, batch, output):
+        return losses_lib.weighted_sum(sub.loss, batch[sub.target], output, batch[WEIGHT], self.config.temperature)
 
     def _validation_loss(self, sub: SubStage, forward) -> float:
-        key, loss = self._output_key(sub.target), self._loss(sub.target)
+        key = self._output_key(sub.target)
         total, count = 0.0, 0.0
         for batch in self.data.batches(sub.target, self.config.batch_size, validation=True):
-            out = forward(batch["input_ids"])[key]
-            total += float(loss.total(tf.constant(batch[sub.target]), out))
-            count += loss.count(batch[sub.target])
+            total += float(self._loss_sum(sub, batch, forward(batch["input_ids"])[key]))
+            count += float(batch[WEIGHT].sum())
         return self.cluster.agree(total / max(count, 1.0))
 
     def dev_metrics(self) -> dict:
@@ -236,7 +229,7 @@ class StageRunner:
         return metrics_from_predictions(np.argmax(logits, -1), self.data.dev, self.data.dev_examples,
                                         self.data.labels, self.data.tagging)
 
-    def _dataset(self, sub: SubStage, rng: np.random.Generator, loss: Loss):
+    def _dataset(self, sub: SubStage, rng: np.random.Generator):
         """This worker's replicas' batches of one epoch, through `tf.data`, distributed by the strategy."""
         spec, replicas = self.data.spec(sub.target), self.cluster.replicas
 
@@ -244,8 +237,8 @@ class StageRunner:
             local = replicas // context.num_input_pipelines
             first = context.input_pipeline_id * local
             return tf.data.Dataset.from_generator(
-                lambda: replica_batches(self.data.batches(sub.target, self.config.batch_size, rng), loss,
-                                        sub.target, replicas, first, local),
+                lambda: replica_batches(self.data.batches(sub.target, self.config.batch_size, rng),
+                                        replicas, first, local),
                 output_signature=spec,
             ).prefetch(2)
 
@@ -257,15 +250,12 @@ class StageRunner:
         _set_trainable(self.groups, sub)
         steps = self.data.steps(sub.target, config.batch_size)
         with strategy.scope():
-            schedule_fn = tf.keras.optimizers.schedules.CosineDecay(
-                config.learning_rate, decay_steps=max(1, steps * config.epochs),
-                alpha=config.final_learning_rate / config.learning_rate)
-            optimizer = tf.keras.optimizers.Adam(schedule_fn)
-        key, loss = self._output_key(sub.target), self._loss(sub.target)
+            optimizer = tf.keras.optimizers.Adam(learning_rate_schedule(config, steps))
+        key = self._output_key(sub.target)
 
         def replica_step(batch):
             with tf.GradientTape() as tape:
-                value = loss.total(batch[sub.target], model(batch["input_ids"], training=True)[key]) / batch["count"]
+                value = self._loss_sum(sub, batch, model(batch["input_ids"], training=True)[key]) / batch["count"]
             variables = model.trainable_variables
             optimizer.apply_gradients(zip(tape.gradient(value, variables), variables))
             return value
@@ -280,18 +270,21 @@ class StageRunner:
         for epoch in range(config.epochs):
             tf.keras.utils.set_random_seed(_seed(config.seed, sub.index, epoch))
             rng = np.random.default_rng([config.seed, sub.index, epoch])
-            total, n = 0.0, 0
-            bar = tqdm(self._dataset(sub, rng, loss), total=steps, leave=False, disable=not self.cluster.is_chief,
+            total, n, rows, epoch_started = 0.0, 0, 0, time.time()
+            bar = tqdm(self._dataset(sub, rng), total=steps, leave=False, disable=not self.cluster.is_chief,
                        desc=f"{sub.name} epoch {epoch + 1}/{config.epochs}", unit="batch", mininterval=1.0)
             for n, batch in enumerate(bar, start=1):
                 total += float(train_step(batch))
+                rows += _local_rows(batch)
                 batches_done += 1
                 if self.on_batch is not None:
                     self.on_batch(sub, batches_done)
                 if n % 20 == 0:
                     bar.set_postfix(loss=f"{total / n:.4g}")
+            train_seconds = time.time() - epoch_started
             val = self._validation_loss(sub, forward)
-            history.append({"epoch": epoch + 1, "train_loss": total / max(n, 1), "val_loss": val})
+            history.append({"epoch": epoch + 1, "train_loss": total / max(n, 1), "val_loss": val,
+                            "sentences_per_second": round(rows * self.cluster.workers / max(train_seconds, 1e-9), 1)})
             logger.info("%s epoch %d: train loss %.5g, validation loss %.5g", sub.name, epoch + 1, total / max(n, 1), val)
             if val < best_loss:
                 best_loss, best_weights, waited = val, model.get_weights(), 0
@@ -346,6 +339,13 @@ class StageRunner:
         if not candidates:
             raise XtremeDistilError("no completed stage-2/3 sub-stage to choose from")
         return max(candidates, key=lambda sub: (self.state["completed"][sub.name]["dev_metric"], -sub.index))
+
+
+def _local_rows(batch) -> int:
+    """Rows this worker trained on in one step (a distributed batch holds one part per local replica)."""
+    ids = batch["input_ids"]
+    parts = getattr(ids, "values", (ids,))
+    return int(sum(int(part.shape[0]) for part in parts))
 
 
 def _seed(seed: int, index: int, epoch: int) -> int:

@@ -45,8 +45,24 @@ def test_cache_stores_chunks_and_is_reused_without_the_teacher(tmp_path, tokeniz
     again = CountingTeacher()
     reused = build(tmp_path / "c", again, tokenizer)
     assert again.scored == 0  # the teacher is never called on a complete cache
-    batches = list(reused.batches(3, np.random.default_rng(0)))
-    assert sum(len(b["input_ids"]) for b in batches) == 10
+
+
+def _rows(batch):
+    return [tuple(row[row != 0]) for row in batch["input_ids"]]
+
+
+def test_shuffled_batches_cover_every_row_once_in_a_seeded_order(tmp_path, tokenizer):
+    cache = build(tmp_path / "c", CountingTeacher(), tokenizer)
+    stored = sorted(_rows({"input_ids": np.concatenate(list(cache.all_input_ids()))}))
+    epoch = list(cache.batches(3, np.random.default_rng(0)))
+    assert sorted(r for b in epoch for r in _rows(b)) == stored                      # every row exactly once
+    for batch in epoch:   # each row keeps its own teacher outputs
+        np.testing.assert_allclose(batch["logits"], batch["input_ids"][:, :3] / 10.0, rtol=1e-3)
+    order = [r for b in epoch for r in _rows(b)]
+    same = [r for b in cache.batches(3, np.random.default_rng(0)) for r in _rows(b)]
+    other = [r for b in cache.batches(3, np.random.default_rng(1)) for r in _rows(b)]
+    unshuffled = [r for b in cache.batches(3) for r in _rows(b)]
+    assert order == same and order != other and order != unshuffled
 
 
 def test_incomplete_chunk_is_recomputed_and_complete_ones_kept(tmp_path, tokenizer):

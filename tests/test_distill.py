@@ -3,10 +3,14 @@ import json
 import numpy as np
 import pytest
 
-from helpers import classification_task, tagging_task
+from helpers import CLASSIFICATION_ROWS, classification_task, tagging_task, write_task
 from xtremedistil.cli import main
 from xtremedistil.distill import load_bundle
+from xtremedistil.distill.data import load_task
+from xtremedistil.distill.metrics import headline, metrics_from_predictions
 from xtremedistil.distill.pipeline import DistilOptions, run_distill
+from xtremedistil.distill.runner import encode_split
+from xtremedistil.distill.teacher import load_teacher
 from xtremedistil.distill.stages import SubStage, StageRunner, schedule
 from xtremedistil.distill.students import StudentConfig, build_student, layer_groups
 
@@ -55,39 +59,67 @@ def test_each_substage_trains_what_it_should_and_freezes_the_rest(tagging_run):
         previous = current
 
 
-def test_stage1_loss_decreases_and_every_substage_is_logged(tagging_run):
+def test_stage1_loss_decreases_and_each_recorded_dev_metric_is_its_checkpoints(tagging_run):
     opts, metrics = tagging_run
     state = json.loads(open(f"{opts.model_dir}/student/state.json").read())
     history = state["completed"]["stage1"]["history"]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert set(metrics["substages"]) == {s.name for s in schedule(4)}
-    assert all("dev_metric" in v for v in metrics["substages"].values())
+    # Re-evaluate every checkpoint on dev from scratch: the recorded figure must be that checkpoint's.
+    bundle = load_bundle(f"{opts.model_dir}/bundle")
+    task = load_task(opts.task, True)
+    dev = encode_split(bundle.tokenizer, task, "dev", bundle.seq_len)
+    model = build_student(bundle.student_config)
+    for name, done in state["completed"].items():
+        model.load_weights(f"{opts.model_dir}/student/{done['checkpoint']}")
+        logits = model(dev.input_ids, training=False)["logits"].numpy()
+        again = metrics_from_predictions(np.argmax(logits, -1), dev, task.splits["dev"], task.labels, True)
+        assert headline(again) == pytest.approx(done["dev_metric"]), name
 
 
-def test_best_substage_is_chosen_on_dev(tagging_run):
-    opts, metrics = tagging_run
-    dev = {name: v["dev_metric"] for name, v in metrics["substages"].items() if v["stage"] > 1}
-    assert metrics["student"]["best_substage"] == max(dev, key=dev.get)
+def test_the_bundle_is_the_substage_best_on_dev_whatever_test_says(tiny_models, tmp_path, monkeypatch):
+    """Dev metrics scripted per sub-stage (a peak at stage2-top3; stage 1 higher still, never a candidate);
+    the test labels are garbage. The bundle must be stage2-top3's checkpoint, and the same bundle must
+    come out when the test labels change."""
+    scripted = {"stage1": 1.0, "stage2-top1": 0.2, "stage2-top2": 0.4, "stage2-top3": 0.9, "stage2-top4": 0.3,
+                "stage3-top1": 0.5, "stage3-top2": 0.9, "stage3-top3": 0.1, "stage3-top4": 0.6}
+    train = StageRunner._train
 
+    def remember(self, sub):
+        self.current = sub.name
+        return train(self, sub)
 
-def test_best_ignores_test_even_when_test_would_pick_another(tmp_path):
-    runner = StageRunner.__new__(StageRunner)
-    plan = schedule(2)
-    runner.state = {"completed": {
-        "stage1": {"dev_metric": 0.99, "test_metric": 0.99},           # stage 1 is never a candidate
-        "stage2-top1": {"dev_metric": 0.80, "test_metric": 0.50},
-        "stage2-top2": {"dev_metric": 0.70, "test_metric": 0.95},       # test would pick this one
-        "stage3-top1": {"dev_metric": 0.75, "test_metric": 0.60},
-    }}
-    assert runner.best(plan).name == "stage2-top1"
+    def dev_metrics(self):
+        value = scripted[self.current]
+        return {"metric": "accuracy", "overall": {"accuracy": value, "n": 8}}
+    monkeypatch.setattr(StageRunner, "_train", remember)
+    monkeypatch.setattr(StageRunner, "dev_metrics", dev_metrics)
+    runs = []
+    for flip in (False, True):
+        rows = [r.rsplit("\t", 1) for r in CLASSIFICATION_ROWS]
+        test = [f"{text}\t{int(label) ^ 1 if flip else label}" for text, label in rows]
+        task = write_task(tmp_path / f"task-{flip}", CLASSIFICATION_ROWS, test=test, labels=["0", "1"],
+                          transfer=[r[0] for r in rows])
+        opts = options(task, tmp_path / f"out-{flip}", tiny_models("bert"), False, distil_epochs=1)
+        runs.append((opts, run_distill(opts)))
+    (first, a), (second, b) = runs
+    assert a["student"]["best_substage"] == b["student"]["best_substage"] == "stage2-top3"   # ties: the earlier
+    assert a["student"]["test"]["overall"]["accuracy"] + b["student"]["test"]["overall"]["accuracy"] == pytest.approx(1.0)
+    bundle = load_bundle(f"{first.model_dir}/bundle").model
+    checkpoint = build_student(load_bundle(f"{first.model_dir}/bundle").student_config)
+    checkpoint.load_weights(f"{first.model_dir}/student/{schedule(4)[3].checkpoint}")
+    for x, y, z in zip(bundle.get_weights(), checkpoint.get_weights(), load_bundle(f"{second.model_dir}/bundle").model.get_weights()):
+        np.testing.assert_array_equal(x, y)
+        np.testing.assert_array_equal(x, z)
 
 
 def test_tagging_bundle_reports_languages_and_predicts_words(tagging_run):
     opts, metrics = tagging_run
     assert set(metrics["student"]["test"]["per_language"]) == {"ar", "en", "ru"}
     assert set(metrics["teacher"]["test"]["per_language"]) == {"ar", "en", "ru"}
-    assert metrics["compression"] == pytest.approx(metrics["teacher"]["parameters"] / metrics["student"]["parameters"])
     bundle = load_bundle(f"{opts.model_dir}/bundle")
+    teacher, _, _ = load_teacher(f"{opts.model_dir}/teacher")          # counted again, from the saved models
+    assert metrics["compression"] == pytest.approx(teacher.count_params() / bundle.model.count_params())
     tags = bundle.predict(["john lives in paris .", "иван живет в москва"])
     assert [len(t) for t in tags] == [5, 4]
     assert all(tag in bundle.labels for sentence in tags for tag in sentence)

@@ -19,7 +19,8 @@ from xtremedistil.cli import main
 from xtremedistil.distill import load_bundle
 from xtremedistil.distill.cache import build_cache
 from xtremedistil.distill.cluster import _worker_from_tf_config, make_cluster
-from xtremedistil.distill.stages import LABELS, LOGITS, StageConfig, _distil_loss, _label_loss, replica_batches
+from xtremedistil.distill.losses import weighted_sum
+from xtremedistil.distill.stages import LABELS, LOGITS, WEIGHT, replica_batches
 from xtremedistil.errors import XtremeDistilError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,44 +33,44 @@ def _batches(rng, n_rows=10, batch=4, tagging=True):
     logits = rng.normal(size=(n_rows, 6, 3)).astype(np.float32) if tagging else rng.normal(size=(n_rows, 3)).astype(np.float32)
     labels = rng.integers(-1, 3, (n_rows, 6)) if tagging else rng.integers(0, 3, n_rows)
     labels = np.where(labels < 0, -100, labels).astype(np.int32)
+    weight = (labels != -100).astype(np.float32) if tagging else np.ones(n_rows, np.float32)
     for start in range(0, n_rows, batch):
         yield {"input_ids": ids[start:start + batch], LOGITS: logits[start:start + batch],
-               LABELS: labels[start:start + batch]}
+               LABELS: labels[start:start + batch], WEIGHT: weight[start:start + batch]}
 
 
 @pytest.mark.parametrize("tagging", [True, False])
-@pytest.mark.parametrize("target,loss", [
-    (LOGITS, _distil_loss(StageConfig(distil_loss="mse"))),
-    (LOGITS, _distil_loss(StageConfig(distil_loss="kl", temperature=2.0))),
-    (LABELS, None),
+@pytest.mark.parametrize("target,loss,temperature", [
+    (LOGITS, "mse", 1.0), (LOGITS, "kl", 2.0), (LABELS, "cross_entropy", 1.0),
 ])
-def test_replica_parts_sum_to_the_one_device_mean(tagging, target, loss):
-    """Sum over replicas of (part's loss sum / global count) == the global batch's mean loss."""
-    loss = loss or _label_loss(tagging)
+def test_replica_parts_sum_to_the_one_device_mean(tagging, target, loss, temperature):
+    """Sum over replicas of (part's weighted loss sum / global weight) == the global batch's mean loss."""
     rng = np.random.default_rng(0)
     model_out = rng.normal(size=(10, 6, 3) if tagging else (10, 3)).astype(np.float32)
     globals_ = list(_batches(np.random.default_rng(1), tagging=tagging))
-    parts = list(replica_batches(iter(globals_), loss, target, replicas=2, first=0, local=2))
+    parts = list(replica_batches(iter(globals_), replicas=2, first=0, local=2))
     assert len(parts) == 2 * len(globals_)
+
+    def total(batch, out):
+        return float(weighted_sum(loss, tf.constant(batch[target]), out, batch[WEIGHT], temperature))
+
     row = 0
     for g, (a, b) in zip(globals_, zip(parts[::2], parts[1::2])):
         n = len(g["input_ids"])
         np.testing.assert_array_equal(np.concatenate([a["input_ids"], b["input_ids"]]), g["input_ids"])
-        assert a["count"] == b["count"] == loss.count(g[target])
+        assert a["count"] == b["count"] == g[WEIGHT].sum()
         out = model_out[row:row + n]
         split = len(a["input_ids"])
-        per_replica = (float(loss.total(tf.constant(a[target]), out[:split])) / a["count"]
-                       + float(loss.total(tf.constant(b[target]), out[split:])) / b["count"])
-        one_device = float(loss.total(tf.constant(g[target]), out)) / loss.count(g[target])
+        per_replica = total(a, out[:split]) / a["count"] + total(b, out[split:]) / b["count"]
+        one_device = total(g, out) / g[WEIGHT].sum()
         assert per_replica == pytest.approx(one_device, rel=1e-5)
         row += n
 
 
 def test_each_worker_gets_its_own_replicas_and_a_too_small_last_batch_is_skipped():
-    loss = _distil_loss(StageConfig())
     globals_ = list(_batches(np.random.default_rng(2), n_rows=9, batch=4))   # 4, 4, 1 rows
-    worker0 = list(replica_batches(iter(globals_), loss, LOGITS, replicas=2, first=0, local=1))
-    worker1 = list(replica_batches(iter(globals_), loss, LOGITS, replicas=2, first=1, local=1))
+    worker0 = list(replica_batches(iter(globals_), replicas=2, first=0, local=1))
+    worker1 = list(replica_batches(iter(globals_), replicas=2, first=1, local=1))
     assert len(worker0) == len(worker1) == 2          # the 1-row batch is skipped on both, in step
     for a, b, g in zip(worker0, worker1, globals_):
         np.testing.assert_array_equal(np.concatenate([a[LOGITS], b[LOGITS]]), g[LOGITS])

@@ -30,13 +30,49 @@ def test_students_take_teacher_ids_and_give_named_outputs(kind, tagging):
     assert not model.get_layer("id_remap").trainable_weights
 
 
+def _lstm_parameters(units, inputs):
+    return 4 * (units * (inputs + units) + units)   # kernel, recurrent kernel, bias of 4 gates
+
+
 def test_bilstm_is_the_papers_shape_with_fused_kernel_defaults():
-    model = build_student(config())
-    lstm = model.get_layer("bilstm").forward_layer
-    assert lstm.units == 6 and lstm.recurrent_dropout == 0.0
+    """300-dim embeddings, a 600-unit LSTM each way over them, projection to the teacher's hidden
+    size from both directions, logits: the parameter count of the paper's student, term by term."""
+    cfg = config(word_emb_dim=300, bilstm_hidden_size=600)
+    model = build_student(cfg)
+    forward, backward = model.get_layer("bilstm_forward"), model.get_layer("bilstm_backward")
+    assert forward.units == backward.units == 600 and forward.recurrent_dropout == 0.0
+    assert tuple(forward.cell.kernel.shape) == tuple(backward.cell.kernel.shape) == (300, 2400)
+    expected = (10 * 300 + 2 * _lstm_parameters(600, 300) + (1200 * 16 + 16) + (16 * 5 + 5)
+                + 50)   # the id-remap table (non-trainable)
+    assert model.count_params() == expected
     assert model.get_layer("projection").units == 16
     with_dropout = build_student(config(recurrent_dropout=0.1))
-    assert with_dropout.get_layer("bilstm").forward_layer.recurrent_dropout == 0.1
+    assert with_dropout.get_layer("bilstm_backward").recurrent_dropout == 0.1
+
+
+@pytest.mark.parametrize("kind", ["bilstm", "transformer"])
+@pytest.mark.parametrize("tagging", [True, False])
+def test_logits_do_not_depend_on_padding_or_batch_company(kind, tagging):
+    """A sentence gets the same logits unpadded, padded to any width, and beside a longer one."""
+    cfg = config(kind, tagging, dropout_rate=0.0)
+    model = build_student(cfg)
+    model.get_layer("id_remap").set_weights([np.arange(50, dtype=np.int32) % 10])
+    sentence = np.array([3, 5, 7, 9], np.int32)
+    longer = np.array([4, 6, 8, 2, 3, 5, 7, 9, 4, 6], np.int32)
+
+    def logits(rows, width):
+        batch = np.zeros((len(rows), width), np.int32)
+        for i, row in enumerate(rows):
+            batch[i, :len(row)] = row
+        out = model(batch)["logits"].numpy()[0]
+        return out[:len(sentence)] if tagging else out
+
+    alone = logits([sentence], 4)
+    for width, company in ((8, []), (12, []), (12, [longer])):
+        np.testing.assert_allclose(logits([sentence] + company, width), alone, atol=1e-5)
+    # Both ends of the sentence matter (the backward direction reads it from its last real token).
+    assert not np.allclose(logits([np.array([3, 5, 7, 2], np.int32)], 4), alone, atol=1e-5)
+    assert not np.allclose(logits([np.array([4, 5, 7, 9], np.int32)], 4), alone, atol=1e-5)
 
 
 def test_id_remap_maps_seen_ids_and_sends_unknown_to_unk():

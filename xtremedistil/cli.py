@@ -114,6 +114,13 @@ DISTILL_FLAGS = [
     ("--distil_loss", str, "stage-2 logit loss: mse (default) or kl"),
     ("--temperature", float, "softmax temperature of the kl loss (default: 1)"),
     ("--score_batch_size", int, "teacher batch size when scoring the transfer set (default: 128)"),
+    ("--augment_multiplier", int, "augment the transfer set: N variants per sentence (Tang et al. 2019: masking, "
+                                  "nearest-word replacement, n-gram sampling), scored like any transfer file; "
+                                  "0 = off (default: 0)"),
+    ("--augment_p_mask", float, "augmentation: probability of masking a word (default: 0.1)"),
+    ("--augment_p_replace", float, "augmentation: probability of replacing a word by a near one (default: 0.1)"),
+    ("--augment_p_ngram", float, "augmentation: probability of keeping only an n-gram (default: 0.25)"),
+    ("--augment_max_ngram", int, "augmentation: longest n-gram kept (default: 5)"),
     ("--seed", int, "seed for Python, NumPy and TensorFlow (default: $PYTHONHASHSEED, else 42)"),
     ("--strategy", str, "tf.distribute strategy: auto (mirrored on 2+ GPUs, else default), default, mirrored, or "
                         "multiworker (MultiWorkerMirroredStrategy from TF_CONFIG; run the same command on every "
@@ -163,6 +170,26 @@ def _cmd_distill(args) -> int:
         return 0
     print(format_report(metrics))
     print(f"bundle: {options.model_dir}/bundle")
+    return 0
+
+
+def _cmd_augment(args) -> int:
+    from xtremedistil.distill.augment import AugmentConfig, augment_file
+    from xtremedistil.distill.data import load_task
+    from xtremedistil.distill.embeddings import teacher_word_embeddings
+    from xtremedistil.distill.seeding import resolve_seed
+    from xtremedistil.distill.teacher import load_encoder
+    from xtremedistil.distill.tokenization import load_tokenizer
+
+    config = AugmentConfig(args.augment_multiplier, args.augment_p_mask, args.augment_p_replace, args.augment_p_ngram,
+                           args.augment_max_ngram, seed=resolve_seed(args.seed))
+    task = load_task(args.task, args.do_NER, args.transfer_file, require_transfer=True)
+    tokenizer = load_tokenizer(args.pt_teacher_checkpoint)
+    embedding = teacher_word_embeddings(load_encoder(args.pt_teacher_checkpoint))
+    screen = [ex.text for split in ("dev", "test") for ex in task.splits[split]]
+    stats = augment_file(task.transfer_path, args.out, config, mask_token=tokenizer.mask_token or tokenizer.unk_token,
+                         embedding=embedding, tokenizer=tokenizer, screen=screen, total=task.transfer_lines)
+    print(f"{args.out}: {stats['written']:,} sentences from {stats['sources']:,} ({stats['ratio']}x)")
     return 0
 
 
@@ -358,6 +385,30 @@ def build_parser() -> argparse.ArgumentParser:
         distill.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=text)
     distill.add_argument("--quiet", action="store_true", help="log warnings only")
     distill.set_defaults(handler=_cmd_distill)
+
+    augment = commands.add_parser(
+        "augment", help="expand a task's transfer sentences N-fold (Tang et al. 2019 rules) into a new transfer file",
+        description="Write OUT: every transfer sentence of the task, then --augment_multiplier variants of each "
+                    "(a word masked with p_mask, replaced by one of its nearest words in the teacher's embedding "
+                    "space with p_replace; then only an n-gram kept with p_ngram), deduplicated, never a dev or test "
+                    "sentence. Seeded: the same flags give the same file. Use it with distill --transfer_file OUT, "
+                    "or let distill do it with --augment_multiplier N.",
+    )
+    augment.add_argument("--task", required=True, metavar="DIR", help="task folder (dev/test are screened out)")
+    augment.add_argument("--pt_teacher_checkpoint", required=True, metavar="PATH_OR_ID",
+                         help="teacher whose tokenizer (mask token) and input embeddings (nearest words) are used")
+    augment.add_argument("--out", required=True, metavar="FILE", help="augmented transfer file to write (atomically)")
+    augment.add_argument("--do_NER", action="store_true", help="the task is tagging (NER)")
+    augment.add_argument("--transfer_file", help="source sentences; looked up in --task first (default: transfer.txt)")
+    augment.add_argument("--augment_multiplier", type=int, default=10, help="variants per sentence (default: 10)")
+    from xtremedistil.distill.augment import AugmentConfig   # numpy only: --help stays fast
+
+    for name in ("p_mask", "p_replace", "p_ngram", "max_ngram"):
+        default = getattr(AugmentConfig, name)
+        augment.add_argument(f"--augment_{name}", type=type(default), default=default, help=f"(default: {default})")
+    augment.add_argument("--seed", type=int, default=None, help="seed (default: $PYTHONHASHSEED, else 42)")
+    augment.add_argument("--quiet", action="store_true", help="log warnings only")
+    augment.set_defaults(handler=_cmd_augment)
 
     export = commands.add_parser(
         "export", help="export a bundle to SavedModel / TFLite / ONNX, quantized, parity-checked",

@@ -94,9 +94,13 @@ class IdRemap(tf.keras.layers.Layer):
 
 
 def student_inputs(config: StudentConfig, batch_size: int | None = None):
-    """`input_ids` [batch, seq_len] and their student rows; a fixed `batch_size` gives static shapes
-    (what TFLite needs to emit its fused LSTM kernel)."""
-    ids = tf.keras.Input(shape=(config.seq_len,), batch_size=batch_size, dtype=tf.int32, name="input_ids")
+    """`input_ids` [batch, width] and their student rows.
+
+    Without `batch_size` the width is free (up to `seq_len`): length-bucketed batches are cut to their
+    longest sentence. A fixed `batch_size` gives static shapes [batch_size, seq_len] (what TFLite
+    needs to emit its fused LSTM kernel)."""
+    width = config.seq_len if batch_size is not None else None
+    ids = tf.keras.Input(shape=(width,), batch_size=batch_size, dtype=tf.int32, name="input_ids")
     return ids, IdRemap(config.teacher_vocab_size, name="id_remap")(ids)
 
 

@@ -1,24 +1,86 @@
-"""The paper's student: word embedding -> dropout -> BiLSTM -> dropout -> projection -> logits."""
+"""The paper's student: word embedding -> dropout -> BiLSTM -> dropout -> projection -> logits.
+
+Padding-independent by construction, with the fast fused LSTM kernels kept: inputs are
+post-padded, so a forward LSTM's outputs at a sentence's real positions never see its padding.
+The backward direction is a second forward LSTM over each sentence *reversed by its own length*
+(real tokens first, padding after), and its outputs are reversed back the same way. For
+classification each direction's feature is its output at the sentence's last real position.
+Nothing depends on how much padding follows a sentence, so length-bucketed batches and any
+artifact (whatever its padded width) give a sentence the same logits. The reversal is a batched
+gather (GATHER / GatherElements in TFLite and ONNX), not a mask, which the fused TFLite
+and ONNX LSTM kernels could not take.
+"""
 import tensorflow as tf
 
 from xtremedistil.distill.students.base import StudentConfig, register_student, student_inputs, student_outputs
 
 
 def _groups(config: StudentConfig):
-    return [["word_embedding"], ["bilstm"], ["projection"], ["logits"]]
+    return [["word_embedding"], ["bilstm_forward", "bilstm_backward"], ["projection"], ["logits"]]
+
+
+@tf.keras.utils.register_keras_serializable(package="xtremedistil")
+class SequenceLengths(tf.keras.layers.Layer):
+    """Real length of each post-padded row of student ids (at least 1)."""
+
+    def __init__(self, pad_row: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.pad_row = pad_row
+
+    def call(self, rows):
+        return tf.maximum(tf.reduce_sum(tf.cast(tf.not_equal(rows, self.pad_row), tf.int32), axis=1), 1)
+
+    def get_config(self):
+        return {**super().get_config(), "pad_row": self.pad_row}
+
+
+def _reversed_positions(lengths, width):
+    """[batch, width] source position of each position after reversing the first `length` steps."""
+    positions = tf.range(width)[tf.newaxis, :]
+    lengths = lengths[:, tf.newaxis]
+    return tf.where(positions < lengths, lengths - 1 - positions, positions)
+
+
+@tf.keras.utils.register_keras_serializable(package="xtremedistil")
+class ReverseByLength(tf.keras.layers.Layer):
+    """Reverses each row's first `length` time steps and leaves its padding in place."""
+
+    def call(self, inputs):
+        sequence, lengths = inputs
+        return tf.gather(sequence, _reversed_positions(lengths, tf.shape(sequence)[1]), batch_dims=1)
+
+
+@tf.keras.utils.register_keras_serializable(package="xtremedistil")
+class LastStep(tf.keras.layers.Layer):
+    """Each row's output at its last real position: [batch, time, dim] -> [batch, dim]."""
+
+    def call(self, inputs):
+        sequence, lengths = inputs
+        return tf.gather(sequence, lengths - 1, batch_dims=1)
 
 
 @register_student("bilstm", _groups)
 def build_bilstm(config: StudentConfig, batch_size: int | None = None, unroll: bool = False) -> tf.keras.Model:
-    """BiLSTM student; sequence output for tagging, final states for classification.
+    """BiLSTM student; sequence output for tagging, each direction's last real step for classification.
 
     `recurrent_dropout` is 0 by default: any other value disables the fused LSTM kernels.
     """
     ids, rows = student_inputs(config, batch_size)
+    lengths = SequenceLengths(config.pad_row, name="lengths")(rows)
     x = tf.keras.layers.Embedding(config.vocab_size, config.word_emb_dim, name="word_embedding")(rows)
     x = tf.keras.layers.Dropout(config.dropout_rate, name="embedding_dropout")(x)
-    lstm = tf.keras.layers.LSTM(config.bilstm_hidden_size, return_sequences=config.tagging,
-                                recurrent_dropout=config.recurrent_dropout, unroll=unroll)
-    x = tf.keras.layers.Bidirectional(lstm, name="bilstm")(x)
+
+    def lstm(name):
+        return tf.keras.layers.LSTM(config.bilstm_hidden_size, return_sequences=True,
+                                    recurrent_dropout=config.recurrent_dropout, unroll=unroll, name=name)
+
+    forward = lstm("bilstm_forward")(x)
+    backward = lstm("bilstm_backward")(ReverseByLength(name="reverse_input")([x, lengths]))
+    if config.tagging:
+        backward = ReverseByLength(name="reverse_output")([backward, lengths])
+    else:
+        forward = LastStep(name="forward_last")([forward, lengths])
+        backward = LastStep(name="backward_last")([backward, lengths])
+    x = tf.keras.layers.Concatenate(name="bilstm")([forward, backward])
     x = tf.keras.layers.Dropout(config.dropout_rate, name="bilstm_dropout")(x)
     return tf.keras.Model(ids, student_outputs(config, x), name="bilstm_student")

@@ -1,0 +1,173 @@
+"""Transfer-set augmentation when unlabeled data is scarce (Tang et al. 2019, "Distilling
+Task-Specific Knowledge from BERT into Simple Neural Networks", section 3.3).
+
+Each source sentence (the task's transfer file) is written once as it is, then `multiplier`
+variants are drawn from it. A variant walks the words; each word is, with probability
+- `p_mask`: replaced by the teacher's mask token,
+- `p_replace`: replaced by one of its `neighbours` nearest words (Tang et al. take a word of the
+  same part of speech; POS taggers are per language, so here the neighbours are the nearest
+  words in the *teacher's* input-embedding space: a word's vector is the mean of its pieces' rows,
+  cosine similarity, among the `max_vocab` most frequent words of the task),
+- otherwise kept;
+then, with probability `p_ngram`, only a random n-gram (n in 1..`max_ngram`) of the variant is kept.
+
+Words are whitespace tokens, so tagging keeps word boundaries (the teacher labels the new
+sentences when it scores them). Output is streamed to the file (a temp name renamed when
+complete), deduplicated with 8-byte hashes (bounded memory: about 80 bytes a line), and screened:
+no line equal to a dev or test sentence is ever written. Every choice comes from a generator
+seeded with (seed, source line), so the same settings give the same file.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from xtremedistil.errors import XtremeDistilError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class AugmentConfig:
+    multiplier: int = 10          # variants drawn per source sentence (Tang et al.: 20 for SST-2)
+    p_mask: float = 0.1
+    p_replace: float = 0.1
+    p_ngram: float = 0.25
+    max_ngram: int = 5
+    neighbours: int = 10
+    max_vocab: int = 30_000
+    seed: int = 42
+
+    def __post_init__(self):
+        if self.multiplier < 0:
+            raise XtremeDistilError("--augment_multiplier must be 0 (off) or more")
+        for name in ("p_mask", "p_replace", "p_ngram"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise XtremeDistilError(f"--augment_{name} must be in [0, 1]")
+        if self.p_mask + self.p_replace > 1.0:
+            raise XtremeDistilError("--augment_p_mask + --augment_p_replace must not exceed 1")
+        if self.max_ngram < 1 or self.neighbours < 1 or self.max_vocab < 2:
+            raise XtremeDistilError("--augment_max_ngram and --augment_neighbours must be at least 1, "
+                                    "--augment_max_vocab at least 2")
+
+
+def _key(sentence: str) -> bytes:
+    return hashlib.blake2b(" ".join(sentence.split()).encode("utf-8"), digest_size=8).digest()
+
+
+def word_counts(sentences: Iterable[str]) -> collections.Counter:
+    counts = collections.Counter()
+    for sentence in sentences:
+        counts.update(sentence.split())
+    return counts
+
+
+def nearest_words(words: list[str], embedding: np.ndarray, tokenizer, k: int, block: int = 2048) -> list[list[str]]:
+    """For each word, its `k` nearest other words by cosine of mean piece embeddings."""
+    pieces = tokenizer(words, add_special_tokens=False)["input_ids"]
+    vectors = np.zeros((len(words), embedding.shape[1]), np.float32)
+    for i, ids in enumerate(pieces):
+        if ids:
+            vectors[i] = embedding[ids].mean(axis=0)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-8)
+    k = min(k, len(words) - 1)
+    lowered = [w.lower() for w in words]
+    result = []
+    for start in tqdm(range(0, len(words), block), desc="augment: nearest words", unit="block", leave=False):
+        sims = vectors[start:start + block] @ vectors.T
+        top = np.argpartition(-sims, min(k + 4, len(words) - 1), axis=1)[:, :k + 5]
+        for row, candidates in enumerate(top):
+            i = start + row
+            ordered = candidates[np.argsort(-sims[row, candidates])]
+            result.append([words[j] for j in ordered if lowered[j] != lowered[i]][:k])
+    return result
+
+
+def variant(words: list[str], rng: random.Random, config: AugmentConfig, mask_token: str,
+            neighbours: dict[str, list[str]]) -> list[str]:
+    """One augmented copy of `words` (masking, replacement, then n-gram sampling)."""
+    out = []
+    for word in words:
+        draw = rng.random()
+        if draw < config.p_mask:
+            out.append(mask_token)
+        elif draw < config.p_mask + config.p_replace and neighbours.get(word):
+            out.append(rng.choice(neighbours[word]))
+        else:
+            out.append(word)
+    if len(out) > 1 and rng.random() < config.p_ngram:
+        n = rng.randint(1, min(config.max_ngram, len(out)))
+        start = rng.randint(0, len(out) - n)
+        out = out[start:start + n]
+    return out
+
+
+def augment_stream(sources: Iterable[str], config: AugmentConfig, mask_token: str,
+                   neighbours: dict[str, list[str]], screened: set[bytes]) -> Iterator[str]:
+    """Source sentences and their variants, deduplicated, none in `screened` (hashes of dev/test)."""
+    seen: set[bytes] = set()
+    for line_number, sentence in enumerate(sources):
+        words = sentence.split()
+        rng = random.Random(config.seed * 1_000_003 + line_number)
+        candidates = [words] + [variant(words, rng, config, mask_token, neighbours) for _ in range(config.multiplier)]
+        for candidate in candidates:
+            text = " ".join(candidate)
+            key = _key(text)
+            if not text or key in seen or key in screened:
+                continue
+            seen.add(key)
+            yield text
+
+
+def augment_file(sources_path: str | Path, out_path: str | Path, config: AugmentConfig, *, mask_token: str,
+                 embedding: np.ndarray, tokenizer, screen: Iterable[str], total: int | None = None) -> dict:
+    """Writes the augmented transfer file atomically; returns counts for the log and report."""
+    from xtremedistil.distill.data import iter_transfer
+
+    out_path = Path(out_path)
+    counts = word_counts(iter_transfer(sources_path))
+    vocab = [w for w, c in counts.most_common(config.max_vocab) if c >= 2 or len(counts) < config.max_vocab]
+    table = dict(zip(vocab, nearest_words(vocab, embedding, tokenizer, config.neighbours))) if config.p_replace and len(vocab) > 1 else {}
+    screened = {_key(s) for s in screen}
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    temp = out_path.with_name(f".{out_path.name}.tmp")
+    written = sources = 0
+    progress = tqdm(total=total, desc="augment", unit="sent", mininterval=1.0, dynamic_ncols=True)
+
+    def counted():
+        nonlocal sources
+        for sentence in iter_transfer(sources_path):
+            sources += 1
+            progress.update(1)
+            yield sentence
+
+    try:
+        with open(temp, "w", encoding="utf-8") as handle:
+            for text in augment_stream(counted(), config, mask_token, table, screened):
+                handle.write(text + "\n")
+                written += 1
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as err:
+        temp.unlink(missing_ok=True)
+        raise XtremeDistilError(f"{out_path}: cannot write the augmented transfer file ({err.strerror})") from None
+    finally:
+        progress.close()
+    if written == 0:
+        temp.unlink(missing_ok=True)
+        raise XtremeDistilError(f"{sources_path}: augmentation produced no sentence (every line is a dev/test sentence?)")
+    os.replace(temp, out_path)
+    stats = {"sources": sources, "written": written, "vocabulary": len(vocab), "multiplier": config.multiplier,
+             "ratio": round(written / max(sources, 1), 2)}
+    logger.info("augment: %d source sentences -> %d lines in %s (%.1fx; %d words with neighbours)",
+                sources, written, out_path, stats["ratio"], len(table))
+    return stats

@@ -1,0 +1,90 @@
+"""Transfer-set augmentation: Tang et al.'s rules, seeded, deduplicated, screened, streamed."""
+import random
+
+import numpy as np
+import pytest
+
+from helpers import bert_tokenizer, write_task
+from xtremedistil.cli import main
+from xtremedistil.distill.augment import AugmentConfig, augment_file, nearest_words, variant
+from xtremedistil.errors import XtremeDistilError
+
+SOURCES = ["the movie was very good .", "a great film .", "the film is not good", "very bad movie",
+           "john smith lives in paris .", "the movie was awful ."]
+SCREEN = ["a great film .", "very bad movie . ."]
+
+
+@pytest.fixture()
+def tokenizer(tmp_path):
+    return bert_tokenizer(tmp_path / "tok")
+
+
+def _embedding(tokenizer, seed=0):
+    return np.random.default_rng(seed).normal(size=(len(tokenizer), 8)).astype(np.float32)
+
+
+def _augment(tmp_path, tokenizer, name="out.txt", **config):
+    source = tmp_path / "source.txt"
+    source.write_text("".join(s + "\n" for s in SOURCES), encoding="utf-8")
+    out = tmp_path / name
+    stats = augment_file(source, out, AugmentConfig(**{"multiplier": 8, **config}), mask_token="[MASK]",
+                         embedding=_embedding(tokenizer), tokenizer=tokenizer, screen=SCREEN)
+    return out.read_text(encoding="utf-8").splitlines(), stats
+
+
+def test_output_is_seeded_deduplicated_and_screened(tmp_path, tokenizer):
+    lines, stats = _augment(tmp_path, tokenizer)
+    again, _ = _augment(tmp_path, tokenizer, "again.txt")
+    other, _ = _augment(tmp_path, tokenizer, "other.txt", seed=7)
+    assert lines == again and lines != other
+    assert len(lines) == len(set(lines)) == stats["written"]
+    assert not {" ".join(s.split()) for s in SCREEN} & set(lines)     # a test sentence never enters
+    assert [s for s in SOURCES if s not in SCREEN] == [l for l in lines if l in SOURCES]   # sources kept, in order
+    assert stats["sources"] == len(SOURCES) and len(SOURCES) < stats["written"] <= len(SOURCES) * 9
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_variants_keep_word_boundaries_and_follow_each_rule(tokenizer):
+    words = "john smith lives in paris .".split()
+    neighbours = {"paris": ["london"], "john": ["ivan"]}
+    rng = random.Random(0)
+    masked = variant(words, rng, AugmentConfig(p_mask=1.0, p_replace=0.0, p_ngram=0.0), "[MASK]", neighbours)
+    assert masked == ["[MASK]"] * len(words)
+    replaced = variant(words, rng, AugmentConfig(p_mask=0.0, p_replace=1.0, p_ngram=0.0), "[MASK]", neighbours)
+    assert replaced == ["ivan", "smith", "lives", "in", "london", "."]     # words without neighbours stay
+    for _ in range(50):
+        gram = variant(words, rng, AugmentConfig(p_mask=0.0, p_replace=0.0, p_ngram=1.0, max_ngram=3), "[MASK]", {})
+        assert 1 <= len(gram) <= 3 and " ".join(gram) in " ".join(words)   # a contiguous n-gram
+    kept = variant(words, rng, AugmentConfig(p_mask=0.0, p_replace=0.0, p_ngram=0.0), "[MASK]", neighbours)
+    assert kept == words
+
+
+def test_nearest_words_come_from_the_teacher_embedding_space(tokenizer):
+    embedding = np.zeros((len(tokenizer), 4), np.float32)
+    ids = tokenizer.convert_tokens_to_ids(["good", "great", "bad", "awful"])
+    embedding[ids] = [[1, 0, 0, 0], [0.9, 0.1, 0, 0], [0, 0, 1, 0], [0, 0, 0.9, 0.1]]
+    table = nearest_words(["good", "great", "bad", "awful"], embedding, tokenizer, k=1)
+    assert table == [["great"], ["good"], ["awful"], ["bad"]]
+
+
+def test_bad_settings_are_one_line_errors():
+    for bad, message in ((dict(multiplier=-1), "--augment_multiplier"), (dict(p_mask=1.5), "--augment_p_mask"),
+                         (dict(p_mask=0.6, p_replace=0.6), "must not exceed 1"), (dict(max_ngram=0), "at least 1")):
+        with pytest.raises(XtremeDistilError, match=message):
+            AugmentConfig(**bad)
+
+
+def test_cli_writes_the_file_and_reports_bad_input(tiny_models, tmp_path, capsys):
+    rows = [f"{s}\t{i % 2}" for i, s in enumerate(SOURCES)]
+    task = write_task(tmp_path / "task", rows, dev=rows[:2], test=rows[2:4], labels=["0", "1"], transfer=SOURCES)
+    out = tmp_path / "aug.txt"
+    code = main(["augment", "--task", str(task), "--pt_teacher_checkpoint", str(tiny_models("bert")),
+                 "--out", str(out), "--augment_multiplier", "4", "--quiet"])
+    assert code == 0 and f"{out}:" in capsys.readouterr().out
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert not set(SOURCES[:4]) & set(lines) and len(lines) > 2
+    code = main(["augment", "--task", str(task), "--pt_teacher_checkpoint", str(tiny_models("bert")),
+                 "--out", str(out), "--augment_p_ngram", "2", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--augment_p_ngram must be in [0, 1]" in err and "Traceback" not in err
+    assert out.read_text(encoding="utf-8").splitlines() == lines      # the earlier file is intact
