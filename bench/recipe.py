@@ -28,12 +28,15 @@ from pathlib import Path
 from xtremedistil.distill.files import read_json, write_json_atomic
 from xtremedistil.distill.sources import resolve_checkpoint
 from xtremedistil.errors import XtremeDistilError
+from xtremedistil.layout import RunLayout
 
 logger = logging.getLogger(__name__)
 
 STEPS = ("distill", "export", "bench")
 RESULT_FILES = ("report.json", "report.md", "accuracy_vs_latency.png", "speedup_by_batch.png")
 EXPORT_STAMP = "export.stamp.json"
+DEPLOY_KEY = "deploy"     # per student: false = distil only (an ablation), not exported nor benched
+STUDENTS_FILE = "students.json"
 
 
 def _expand(value):
@@ -54,7 +57,7 @@ def _check_keys(section: str, values: dict, cls, path: Path, fixed=()) -> None:
                                 f"keys are the `xtremedistil {section}` flag names without dashes")
 
 
-def load_recipe(path: str | Path) -> dict:
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
     """The recipe with variables expanded and every key checked against the step's options."""
     import yaml
 
@@ -70,9 +73,11 @@ def load_recipe(path: str | Path) -> dict:
         raise XtremeDistilError(f"{path}: cannot read the recipe: {err.strerror}") from None
     except yaml.YAMLError as err:
         raise XtremeDistilError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    for override in overrides or ():
+        _apply_override(recipe, override, path)
     if not isinstance(recipe, dict) or not isinstance(recipe.get("name"), str) or "model_dir" not in recipe:
         raise XtremeDistilError(f"{path}: a recipe needs 'name', 'model_dir' and the sections {', '.join(STEPS)}")
-    unknown = sorted(set(recipe) - {"name", "model_dir", "results", "description", *STEPS})
+    unknown = sorted(set(recipe) - {"name", "model_dir", "results", "description", "students", *STEPS})
     if unknown:
         raise XtremeDistilError(f"{path}: unknown top-level key(s) {', '.join(unknown)}")
     recipe = _expand(recipe)
@@ -83,9 +88,48 @@ def load_recipe(path: str | Path) -> dict:
     _check_keys("distill", recipe["distill"], DistilOptions, path, fixed=("model_dir",))
     _check_keys("export", recipe["export"], ExportOptions, path, fixed=("bundle",))
     _check_keys("bench", recipe["bench"], BenchOptions, path, fixed=("bundles", "out", "command"))
+    recipe["students"] = _students(recipe.get("students"), path)
+    for student in recipe["students"]:
+        _check_keys("distill", {k: v for k, v in student.items() if k != DEPLOY_KEY}, DistilOptions, path,
+                    fixed=("model_dir",))
     recipe.setdefault("results", f"bench/results/{recipe['name']}")
     recipe["path"] = str(path)
     return recipe
+
+
+def _apply_override(recipe, override: str, path: Path) -> None:
+    """`SECTION.KEY=VALUE` (the value read as YAML) replaces or adds one key of a section."""
+    import yaml
+
+    key, sep, value = override.partition("=")
+    section, dot, name = key.partition(".")
+    if not sep or not dot or section not in STEPS or not name:
+        raise XtremeDistilError(f"--set {override}: expected SECTION.KEY=VALUE with SECTION one of {', '.join(STEPS)}")
+    if not isinstance(recipe, dict):
+        return
+    if not isinstance(recipe.get(section) or {}, dict):
+        raise XtremeDistilError(f"{path}: '{section}' must be a mapping of flag names to values")
+    recipe[section] = {**(recipe.get(section) or {}), name: yaml.safe_load(value)}
+
+
+def _students(students, path: Path) -> list[dict]:
+    """The recipe's students: each a mapping of distill keys over the 'distill' section, with a distinct
+    student_name (they share MODEL_DIR's teacher and teacher-output cache). None: one default student."""
+    if students is None:
+        return [{}]
+    if not isinstance(students, list) or not students or not all(isinstance(s, dict) for s in students):
+        raise XtremeDistilError(f"{path}: 'students' must be a list of mappings of distill keys "
+                                "(each with its own student_name)")
+    names = [s.get("student_name", "") for s in students]
+    if len(set(names)) != len(names):
+        raise XtremeDistilError(f"{path}: every entry of 'students' needs its own student_name (got {names})")
+    for student in students:
+        if not isinstance(student.get(DEPLOY_KEY, True), bool):
+            raise XtremeDistilError(f"{path}: '{DEPLOY_KEY}' of student '{student.get('student_name', '')}' "
+                                    "must be true or false")
+    if not any(s.get(DEPLOY_KEY, True) for s in students):
+        raise XtremeDistilError(f"{path}: at least one student must be exported and benched ({DEPLOY_KEY}: true)")
+    return students
 
 
 def _export_stamp(bundle: Path, export: dict) -> dict:
@@ -94,14 +138,14 @@ def _export_stamp(bundle: Path, export: dict) -> dict:
 
 
 def run_recipe(path: str | Path, steps=STEPS, model_dir: str | None = None, results: str | None = None,
-               progress: bool = True) -> dict:
+               progress: bool = True, overrides: list[str] | None = None) -> dict:
     """Runs the recipe's steps in order; returns {"metrics", "manifest", "report"} of what ran."""
     from xtremedistil.bench.harness import BenchOptions, run_bench
     from xtremedistil.distill.pipeline import DistilOptions, run_distill, worker_done
     from xtremedistil.distill.seeding import resolve_seed
     from xtremedistil.export.pipeline import ExportOptions, run_export
 
-    recipe = load_recipe(path)
+    recipe = load_recipe(path, overrides)
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         raise XtremeDistilError(f"--steps: unknown {', '.join(unknown)}; choose from {','.join(STEPS)}")
@@ -111,38 +155,39 @@ def run_recipe(path: str | Path, steps=STEPS, model_dir: str | None = None, resu
     handler = logging.FileHandler(model_dir / "recipe.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
     logging.getLogger().addHandler(handler)
-    bundle = model_dir / "bundle"
+    students = [{**recipe["distill"], **{k: v for k, v in student.items() if k != DEPLOY_KEY}}
+                for student in recipe["students"]]
+    deployed = [values for values, student in zip(students, recipe["students"]) if student.get(DEPLOY_KEY, True)]
+    bundles = [RunLayout(model_dir, values.get("student_name", "")).bundle for values in deployed]
     out: dict = {}
     try:
         logger.info("recipe %s (%s): steps %s, model_dir %s", recipe["name"], recipe["path"], ",".join(steps), model_dir)
         if "distill" in steps:
-            started = time.time()
-            values = dict(recipe["distill"])
-            resolve_checkpoint(str(values.get("pt_teacher_checkpoint", "")))   # fails now if the package is missing
-            values["seed"] = resolve_seed(values.get("seed"))
-            out["metrics"] = run_distill(DistilOptions(model_dir=str(model_dir), **values))
-            logger.info("distill done in %.0f s", time.time() - started)
-            if worker_done(out["metrics"]):   # a non-chief worker: export and bench are the chief's
-                logger.info("%s; export and bench run on the chief", worker_done(out["metrics"]))
-                return out
-        if "export" in steps:
-            if not (bundle / "student.weights.h5").exists():
-                raise XtremeDistilError(f"{bundle}: no bundle yet; run the distill step first")
-            stamp = _export_stamp(bundle, recipe["export"])
-            stamp_path = model_dir / EXPORT_STAMP
-            if stamp_path.exists() and read_json(stamp_path) == stamp and (bundle / "manifest.json").exists():
-                logger.info("export: bundle and settings unchanged since the last export; skipped")
-                out["manifest"] = read_json(bundle / "manifest.json")
-            else:
+            out["students"] = {}
+            for values in students:
                 started = time.time()
-                out["manifest"] = run_export(ExportOptions(bundle=str(bundle), **recipe["export"]))
-                write_json_atomic(stamp_path, stamp)
-                logger.info("export done in %.0f s", time.time() - started)
+                values = dict(values)
+                resolve_checkpoint(str(values.get("pt_teacher_checkpoint", "")))   # fails now if the package is missing
+                values["seed"] = resolve_seed(values.get("seed"))
+                out["metrics"] = run_distill(DistilOptions(model_dir=str(model_dir), **values))
+                out["students"][values.get("student_name") or "student"] = out["metrics"]
+                logger.info("distill %s done in %.0f s", values.get("student_name") or "student", time.time() - started)
+                if worker_done(out["metrics"]):   # a non-chief worker: export and bench are the chief's
+                    logger.info("%s; export and bench run on the chief", worker_done(out["metrics"]))
+                    return out
+            results_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(results_dir / STUDENTS_FILE, students_table(out["students"]))
+        if "export" in steps:
+            for bundle in bundles:
+                out["manifest"] = _export(bundle, recipe["export"], run_export, ExportOptions)
         if "bench" in steps:
             started = time.time()
             bench_dir = model_dir / "bench"
-            options = BenchOptions(bundles=[str(bundle)], out=str(bench_dir),
-                                   command=f"xtremedistil recipe {recipe['path']}", **recipe["bench"])
+            bench = dict(recipe["bench"])
+            if len(bundles) > 1:
+                bench.setdefault("names", ",".join(s.get("student_name") or "student" for s in deployed))
+            options = BenchOptions(bundles=[str(b) for b in bundles], out=str(bench_dir),
+                                   command=f"xtremedistil recipe {recipe['path']}", **bench)
             out["report"] = run_bench(options, progress=progress)
             results_dir.mkdir(parents=True, exist_ok=True)
             for name in RESULT_FILES:
@@ -155,12 +200,48 @@ def run_recipe(path: str | Path, steps=STEPS, model_dir: str | None = None, resu
     return out
 
 
+def _export(bundle: Path, export: dict, run_export, options_class) -> dict:
+    """Exports one bundle unless its weights and the export settings are unchanged since the last export."""
+    if not (bundle / "student.weights.h5").exists():
+        raise XtremeDistilError(f"{bundle}: no bundle yet; run the distill step first")
+    stamp = _export_stamp(bundle, export)
+    stamp_path = bundle.with_name(f"{bundle.name}.{EXPORT_STAMP}")   # beside the bundle: a rewrite keeps it
+    if stamp_path.exists() and read_json(stamp_path) == stamp and (bundle / "manifest.json").exists():
+        logger.info("export %s: bundle and settings unchanged since the last export; skipped", bundle)
+        return read_json(bundle / "manifest.json")
+    started = time.time()
+    manifest = run_export(options_class(bundle=str(bundle), **export))
+    write_json_atomic(stamp_path, stamp)
+    logger.info("export %s done in %.0f s", bundle, time.time() - started)
+    return manifest
+
+
+def students_table(students: dict) -> dict:
+    """Per student: how it was made and its dev/test figures beside the teacher's (the ablation table)."""
+    from xtremedistil.distill.metrics import headline
+
+    rows = {}
+    for name, metrics in students.items():
+        rows[name] = {"distillation": metrics.get("distillation"),
+            "metric": metrics["task"]["metric"], "best_substage": metrics["student"]["best_substage"],
+            "student_test": headline(metrics["student"]["test"]), "student_dev": headline(metrics["student"]["dev"]),
+            "teacher_test": headline(metrics["teacher"]["test"]), "teacher_dev": headline(metrics["teacher"]["dev"]),
+            "retention_test": metrics["retention"]["test"], "parameters": metrics["student"]["parameters"],
+            "transfer": metrics.get("transfer"), "seconds": metrics["seconds"],
+            "sentences_per_second": metrics.get("sentences_per_second"),
+        }
+    return rows
+
+
 def summary(out: dict) -> str:
     lines = []
     if "metrics" in out:
         from xtremedistil.distill.pipeline import format_report, worker_done
 
-        lines.append(worker_done(out["metrics"]) or format_report(out["metrics"]))
+        for name, metrics in out.get("students", {"student": out["metrics"]}).items():
+            if len(out.get("students", {})) > 1:
+                lines.append(f"== {name}")
+            lines.append(worker_done(metrics) or format_report(metrics))
     if "report" in out:
         from xtremedistil.bench.report import format_headline
 

@@ -53,17 +53,18 @@ class TeacherSource:
 
 def resolve_teacher(value: str | None, bundles: list[Path]) -> TeacherSource:
     """`--teacher` as given; by default the fine-tuned teacher beside the first bundle, else mbert-shape."""
-    from xtremedistil.distill.teacher import SPEC_FILE, TEACHER_DIR
+    from xtremedistil.distill.teacher import SPEC_FILE
+    from xtremedistil.layout import RunLayout
 
     if value is None:
-        beside = bundles[0].parent / TEACHER_DIR if bundles else None
+        beside = RunLayout(bundles[0].parent).teacher if bundles else None
         if beside is not None and (beside / SPEC_FILE).exists():
             return TeacherSource(name="teacher", folder=str(beside.resolve()))
         return TeacherSource(name="mbert-shape", preset="mbert-shape")
     if value in PRESETS:
         return TeacherSource(name=value, preset=value)
     path = Path(value)
-    for candidate in (path, path / TEACHER_DIR):
+    for candidate in (path, RunLayout(path).teacher):
         if (candidate / SPEC_FILE).exists():
             return TeacherSource(name="teacher", folder=str(candidate.resolve()))
     raise XtremeDistilError(

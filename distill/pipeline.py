@@ -26,18 +26,17 @@ from xtremedistil.distill.cluster import make_cluster
 from xtremedistil.distill.files import read_json, write_json_atomic
 from xtremedistil.distill.runner import encode_split, run_teacher
 from xtremedistil.distill.seeding import seed_everything
-from xtremedistil.distill.stages import StageConfig, StageData, StageRunner, predict_student_logits, schedule
+from xtremedistil.distill.stages import (
+    LABELS, StageConfig, StageData, StageRunner, SubStage, predict_student_logits, schedule,
+)
 from xtremedistil.distill.students import StudentConfig, build_student, layer_groups
 from xtremedistil.distill.metrics import metrics_from_predictions
-from xtremedistil.distill.teacher import SPEC_FILE, TEACHER_DIR, FineTuneConfig
+from xtremedistil.distill.teacher import SPEC_FILE, FineTuneConfig
 from xtremedistil.errors import XtremeDistilError
+from xtremedistil.layout import RunLayout
 
 logger = logging.getLogger(__name__)
 
-BUNDLE_DIR = "bundle"
-STUDENT_DIR = "student"
-CACHE_DIR = "cache"
-AUGMENT_DIR = "augmented"
 CACHE_FORMAT = 2    # 2: tagging chunks carry word_start (the positions the losses count)
 
 
@@ -83,6 +82,8 @@ class DistilOptions:
     augment_max_ngram: int = AugmentConfig.max_ngram
     seed: int = 42
     strategy: str = "auto"
+    student_name: str = ""       # several students of one teacher and cache: MODEL_DIR/student-NAME, bundle-NAME
+    stages: str = "1,2,3"        # or "labels": one sub-stage, every layer on labels (the no-teacher ablation)
 
 
 def _teacher_layer(options: DistilOptions, num_layers: int) -> int:
@@ -98,6 +99,8 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     started = time.time()
     StageConfig(distil_loss=options.distil_loss, temperature=options.temperature)  # validate flags early
     augment_config(options)
+    _plan(options.stages, 4, options.distil_loss)
+    RunLayout(options.model_dir, options.student_name)
     cluster = make_cluster(options.strategy)   # first: a multi-worker strategy must precede any TF op
 
     def teacher_phase(chief: bool):
@@ -118,8 +121,9 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     task, tokenizer, model = teacher.task, teacher.tokenizer, teacher.model
     layer = _teacher_layer(options, model.num_layers)
     model_dir = Path(options.model_dir)
+    layout = RunLayout(model_dir, options.student_name)
 
-    teacher_stamp = (model_dir / TEACHER_DIR / SPEC_FILE).stat().st_mtime_ns
+    teacher_stamp = (layout.teacher / SPEC_FILE).stat().st_mtime_ns
     teacher_emb = emb_lib.teacher_word_embeddings(model.encoder)
 
     # Optional augmentation of the transfer set (chief writes it; the others read the same file).
@@ -128,7 +132,7 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     if options.augment_multiplier > 0:
         t0 = time.time()
         transfer_path, transfer_lines, transfer_info["augment"] = _augmented_transfer(
-            options, task, tokenizer, teacher_emb, teacher_stamp, model_dir, cluster)
+            options, task, tokenizer, teacher_emb, teacher_stamp, layout, cluster)
         transfer_info.update(file=str(transfer_path), sentences=transfer_lines)
         phases["augment"] = round(time.time() - t0, 1)
 
@@ -150,7 +154,7 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
                      "teacher": teacher_stamp, "layer": layer, "seq_len": options.seq_len, "tagging": task.is_tagging,
                      "format": CACHE_FORMAT, "chunk_size": options.distil_chunk_size}
         caches[name] = build_cache(
-            model_dir / CACHE_DIR / f"{name}-{signature_hash(signature)}", sentences(), score, tokenizer,
+            layout.cache / f"{name}-{signature_hash(signature)}", sentences(), score, tokenizer,
             seq_len=options.seq_len, tagging=task.is_tagging, chunk_size=options.distil_chunk_size,
             batch_size=options.score_batch_size, signature=signature, total=total,
             description=f"teacher scoring {name}", worker=cluster.worker, workers=cluster.workers,
@@ -185,10 +189,10 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     stage_config = StageConfig(options.distil_epochs, options.distil_batch_size, patience=options.distil_patience,
                                distil_loss=options.distil_loss, temperature=options.temperature, seed=options.seed)
     groups = layer_groups(student, student_config)
-    plan = schedule(len(groups), distil_loss=options.distil_loss)
+    plan = _plan(options.stages, len(groups), options.distil_loss)
     data = StageData(caches["transfer"], caches["dev"], train, dev, task.splits["dev"], task.labels, task.is_tagging,
                      pad_id=tokenizer.pad_token_id)
-    runner = StageRunner(student, groups, data, stage_config, model_dir / STUDENT_DIR, on_batch=on_batch,
+    runner = StageRunner(student, groups, data, stage_config, layout.student, on_batch=on_batch,
                          cluster=cluster)
     state = runner.run(plan)
     if not cluster.is_chief:
@@ -196,7 +200,7 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
         cluster.barrier("the chief's bundle")
         return {"worker": cluster.worker, "workers": cluster.workers, "bundle": None}
     best = runner.best(plan)
-    student.load_weights(str(model_dir / STUDENT_DIR / best.checkpoint))
+    student.load_weights(str(layout.student / best.checkpoint))
     phases["stages"] = round(time.time() - t0, 1)
 
     # Test is only reported, for the sub-stage chosen on dev.
@@ -217,21 +221,23 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
                                     metrics_lib.headline(teacher.metrics[split])) for split in ("dev", "test")},
         "seconds": {**phases, "total": round(time.time() - started, 1)},
         "transfer": transfer_info,
-        "sentences_per_second": _throughput(model_dir, caches, state),
+        "distillation": {"stages": options.stages, "distil_loss": options.distil_loss,
+                         "augment_multiplier": options.augment_multiplier, "student_name": options.student_name},
+        "sentences_per_second": _throughput(layout, caches, state),
         "seed": options.seed,
     }
     teacher_info = {"checkpoint": options.pt_teacher_checkpoint, "model_class": options.pt_teacher, "layer": layer,
-                    "parameters": teacher_params, "folder": str((model_dir / TEACHER_DIR).resolve())}
-    write_bundle(model_dir / BUNDLE_DIR, student, student_config, tokenizer, task.labels, metrics, teacher_info,
+                    "parameters": teacher_params, "folder": str(layout.teacher.resolve())}
+    write_bundle(layout.bundle, student, student_config, tokenizer, task.labels, metrics, teacher_info,
                  {"options": dataclasses.asdict(options)})
-    write_json_atomic(model_dir / STUDENT_DIR / "metrics.json", metrics)
+    write_json_atomic(layout.student / "metrics.json", metrics)
     cluster.barrier("the chief's bundle")
     return metrics
 
 
-def _throughput(model_dir: Path, caches: dict, state: dict) -> dict:
+def _throughput(layout: RunLayout, caches: dict, state: dict) -> dict:
     """Sentences per second of each phase (teacher epochs, scoring, each sub-stage's epochs)."""
-    history = read_json(model_dir / TEACHER_DIR / SPEC_FILE).get("history", [])
+    history = read_json(layout.teacher / SPEC_FILE).get("history", [])
     return {
         "teacher_fine_tune": [h.get("train_sentences_per_second") for h in history],
         "teacher_scoring": {name: cache.sentences_per_second for name, cache in caches.items()},
@@ -240,18 +246,34 @@ def _throughput(model_dir: Path, caches: dict, state: dict) -> dict:
     }
 
 
+STAGE_CHOICES = "a subset of 1,2,3 (e.g. 1,2,3 or 2,3), or 'labels'"
+
+
+def _plan(stages: str, n_groups: int, distil_loss: str) -> list:
+    """The sub-stages to run: XtremeDistil's (a subset of stages 1-3), or the labels-only ablation."""
+    if stages == "labels":
+        return [SubStage(1, 3, "labels-only", LABELS, n_groups, "cross_entropy")]
+    try:
+        chosen = tuple(sorted({int(part) for part in stages.split(",")}))
+    except ValueError:
+        chosen = ()
+    if not chosen or not set(chosen) <= {1, 2, 3} or chosen == (1,):
+        raise XtremeDistilError(f"--stages '{stages}' must be {STAGE_CHOICES}; stage 1 alone trains no logits")
+    return schedule(n_groups, chosen, distil_loss)
+
+
 def augment_config(options: DistilOptions) -> AugmentConfig:
     return AugmentConfig(options.augment_multiplier, options.augment_p_mask, options.augment_p_replace,
                          options.augment_p_ngram, options.augment_max_ngram, seed=options.seed)
 
 
-def _augmented_transfer(options, task, tokenizer, teacher_emb, teacher_stamp, model_dir: Path, cluster):
+def _augmented_transfer(options, task, tokenizer, teacher_emb, teacher_stamp, layout: RunLayout, cluster):
     """MODEL_DIR/augmented/transfer-<hash>.txt for these settings (made once); (path, lines, stats)."""
     config = augment_config(options)
     stat = task.transfer_path.stat()
     signature = {"source": str(task.transfer_path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime_ns,
                  "teacher": teacher_stamp, "config": dataclasses.asdict(config)}
-    path = model_dir / AUGMENT_DIR / f"transfer-{signature_hash(signature)}.txt"
+    path = layout.augmented / f"transfer-{signature_hash(signature)}.txt"
     stats_path = path.with_suffix(".json")
     if cluster.is_chief and not (path.exists() and stats_path.exists()):
         screen = [ex.text for split in ("dev", "test") for ex in task.splits[split]]

@@ -14,6 +14,7 @@ from xtremedistil.distill.files import write_json_atomic
 from xtremedistil.distill.seeding import seed_everything
 from xtremedistil.distill.tokenization import encode_examples, load_tokenizer
 from xtremedistil.errors import XtremeDistilError
+from xtremedistil.layout import RunLayout
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ def run_teacher(task_dir, model_dir, checkpoint, tagging, seq_len, fine_tune: te
     task = data_lib.load_task(task_dir, tagging, transfer_file, require_transfer)
     seed_everything(seed)
     spec = teacher_lib.TeacherSpec(checkpoint, tagging, task.labels, seq_len, model_class)
-    folder = Path(model_dir) / teacher_lib.TEACHER_DIR
+    layout = RunLayout(model_dir)
+    folder = layout.teacher
     trained = not teacher_lib.check_reusable(folder, spec)
     if trained and reuse_only:
         raise XtremeDistilError(f"{folder}: no fine-tuned teacher matching this run after the chief finished; "
@@ -57,7 +59,7 @@ def run_teacher(task_dir, model_dir, checkpoint, tagging, seq_len, fine_tune: te
         model = teacher_lib.build_teacher(spec)
         train = encode_split(tokenizer, task, "train", seq_len)
         dev = encode_split(tokenizer, task, "dev", seq_len)
-        work = Path(model_dir) / teacher_lib.TRAINING_DIR
+        work = layout.teacher_training
         history = teacher_lib.fine_tune(model, train, dev, task.splits["dev"], task.labels, fine_tune, seed, work)
         extra = {"history": history, "fine_tune": dataclasses.asdict(fine_tune), "seed": seed}
         teacher_lib.save_teacher(model, tokenizer, spec, folder, extra)

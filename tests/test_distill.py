@@ -1,4 +1,6 @@
+import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from xtremedistil.distill.runner import encode_split
 from xtremedistil.distill.teacher import load_teacher
 from xtremedistil.distill.stages import SubStage, StageRunner, schedule
 from xtremedistil.distill.students import StudentConfig, build_student, layer_groups
+from xtremedistil.errors import XtremeDistilError
 
 TINY_FLAGS = dict(seq_len=16, ft_epochs=1, ft_batch_size=2, word_emb_dim=8, bilstm_hidden_size=8,
                   teacher_layer=1, distil_epochs=2, distil_batch_size=2, distil_chunk_size=3, distil_patience=2,
@@ -189,3 +192,22 @@ def test_student_config_round_trips_through_the_bundle(tagging_run):
     bundle = load_bundle(f"{opts.model_dir}/bundle")
     assert StudentConfig(**bundle.config["student"]) == bundle.student_config
     assert bundle.config["teacher"]["layer"] == 1
+
+
+def test_a_second_student_shares_the_teacher_and_cache_and_labels_only_needs_no_teacher_outputs(tagging_run):
+    opts, reference = tagging_run
+    root = Path(opts.model_dir)
+    stamps = {p: p.stat().st_mtime_ns for p in [root / "teacher" / "teacher.json", *root.glob("cache/*/index.json")]}
+    bundle_before = (root / "bundle" / "student.weights.h5").read_bytes()
+    metrics = run_distill(dataclasses.replace(opts, student_name="labels-only", stages="labels"))
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps                   # nothing fine-tuned or scored again
+    assert set(metrics["substages"]) == {"labels-only"} and metrics["student"]["best_substage"] == "labels-only"
+    state = json.loads((root / "student-labels-only" / "state.json").read_text())
+    assert state["completed"]["labels-only"]["trainable_groups"] == 4            # every layer trains on labels
+    assert (root / "bundle-labels-only" / "student.weights.h5").exists()
+    assert (root / "bundle" / "student.weights.h5").read_bytes() == bundle_before  # the first student untouched
+    for bad, message in (("1", "stage 1 alone"), ("4", "must be a subset"), ("x", "must be a subset")):
+        with pytest.raises(XtremeDistilError, match=message):
+            run_distill(dataclasses.replace(opts, stages=bad))
+    with pytest.raises(XtremeDistilError, match="--student_name"):
+        run_distill(dataclasses.replace(opts, student_name="../x"))

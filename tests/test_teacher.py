@@ -44,7 +44,7 @@ def test_layers_differ_so_selection_is_real(tiny_models):
     assert np.abs(h0 - h2).max() > 1e-3
 
 
-def _fine_tuned(folder, task_dir, tagging, seed, epochs=2):
+def _fine_tuned(folder, task_dir, tagging, seed, epochs=2, work_dir=None):
     task = load_task(task_dir, tagging)
     seed_everything(seed)
     spec = teacher_lib.TeacherSpec(str(folder), tagging, task.labels, 16)
@@ -53,7 +53,7 @@ def _fine_tuned(folder, task_dir, tagging, seed, epochs=2):
     encode = lambda s: encode_examples(tokenizer, task.splits[s], task.labels, 16, tagging)  # noqa: E731
     history = teacher_lib.fine_tune(model, encode("train"), encode("dev"), task.splits["dev"], task.labels,
                                     teacher_lib.FineTuneConfig(epochs=epochs, batch_size=2, learning_rate=1e-3),
-                                    seed)
+                                    seed, work_dir)
     return model, spec, tokenizer, encode("dev"), history
 
 
@@ -105,3 +105,59 @@ def test_pytorch_safetensors_only_folder_loads_real_weights():
     kernel = next(w for w in encoder.weights if "layer_._5/output/dense/kernel" in w.name)
     pt_key = next(k for k in torch_weights if k.endswith("layer.5.output.dense.weight"))
     np.testing.assert_array_equal(kernel.numpy(), torch_weights[pt_key].T)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_fine_tuning_killed_after_an_epoch_resumes_to_the_same_teacher(tiny_models, tmp_path, monkeypatch):
+    """Per-epoch checkpoints (weights + optimizer state) in a work folder: a run killed during epoch 3
+    resumes at epoch 3 and ends with the same weights as an uninterrupted one."""
+    task_dir = tagging_task(tmp_path / "task")
+    reference, *_ = _fine_tuned(tiny_models("bert"), task_dir, True, seed=7, epochs=3)
+    real_evaluate, calls = teacher_lib.evaluate, []
+
+    def evaluate_then_die(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise Killed()
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(teacher_lib, "evaluate", evaluate_then_die)
+    with pytest.raises(Killed):
+        _fine_tuned(tiny_models("bert"), task_dir, True, seed=7, epochs=3, work_dir=tmp_path / "work")
+    state = teacher_lib.read_json(tmp_path / "work" / teacher_lib.PROGRESS_STATE)
+    assert [h["epoch"] for h in state["history"]] == [1, 2] and state["last"] == "epoch-2"
+    assert sorted(p.name.split(".")[0] for p in (tmp_path / "work").glob("*.index")) == sorted({"epoch-2", state["best"]})
+    monkeypatch.setattr(teacher_lib, "evaluate", real_evaluate)
+    resumed, _, _, dev, history = _fine_tuned(tiny_models("bert"), task_dir, True, seed=7, epochs=3,
+                                              work_dir=tmp_path / "work")
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    for a, b in zip(resumed.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_run_planned_longer_can_be_stopped_at_its_finished_epochs(tiny_models, tmp_path, monkeypatch):
+    """--ft_epochs lowered to what a longer run already finished: its best epoch is kept, nothing retrained."""
+    task_dir = tagging_task(tmp_path / "task")
+    real_evaluate, calls = teacher_lib.evaluate, []
+
+    def evaluate_then_die(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise Killed()
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(teacher_lib, "evaluate", evaluate_then_die)
+    with pytest.raises(Killed):
+        _fine_tuned(tiny_models("bert"), task_dir, True, seed=7, epochs=4, work_dir=tmp_path / "work")
+    monkeypatch.setattr(teacher_lib, "evaluate", lambda *a, **k: pytest.fail("nothing is trained or evaluated"))
+    best = teacher_lib.read_json(tmp_path / "work" / teacher_lib.PROGRESS_STATE)["best"]
+    model, *_, history = _fine_tuned(tiny_models("bert"), task_dir, True, seed=7, epochs=2, work_dir=tmp_path / "work")
+    assert [h["epoch"] for h in history] == [1, 2]
+    reference = teacher_lib.build_teacher(teacher_lib.TeacherSpec(str(tiny_models("bert")), True, TAGGING_LABELS, 16))
+    import tensorflow as tf
+    tf.train.Checkpoint(model=reference).read(str(tmp_path / "work" / best)).expect_partial()
+    for a, b in zip(model.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(a, b)

