@@ -132,13 +132,25 @@ def _students(students, path: Path) -> list[dict]:
     return students
 
 
+def _select_students(students: list[dict], only: list[str], path) -> list[dict]:
+    """The recipe's students named in `only` (the default student is 'student'), deployed or not."""
+    names = [s.get("student_name") or "student" for s in students]
+    unknown = [name for name in only if name not in names]
+    if unknown:
+        raise XtremeDistilError(f"--students {','.join(unknown)}: not in {path} (its students: {', '.join(names)})")
+    chosen = [s for s, name in zip(students, names) if name in only]
+    if not any(s.get(DEPLOY_KEY, True) for s in chosen):
+        return [{**chosen[0], DEPLOY_KEY: True}] + chosen[1:]
+    return chosen
+
+
 def _export_stamp(bundle: Path, export: dict) -> dict:
     digest = hashlib.sha256((bundle / "student.weights.h5").read_bytes()).hexdigest()
     return {"weights_sha256": digest, "export": export}
 
 
 def run_recipe(path: str | Path, steps=STEPS, model_dir: str | None = None, results: str | None = None,
-               progress: bool = True, overrides: list[str] | None = None) -> dict:
+               progress: bool = True, overrides: list[str] | None = None, only: list[str] | None = None) -> dict:
     """Runs the recipe's steps in order; returns {"metrics", "manifest", "report"} of what ran."""
     from xtremedistil.bench.harness import BenchOptions, run_bench
     from xtremedistil.distill.pipeline import DistilOptions, run_distill, worker_done
@@ -146,6 +158,8 @@ def run_recipe(path: str | Path, steps=STEPS, model_dir: str | None = None, resu
     from xtremedistil.export.pipeline import ExportOptions, run_export
 
     recipe = load_recipe(path, overrides)
+    if only:
+        recipe["students"] = _select_students(recipe["students"], only, recipe["path"])
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         raise XtremeDistilError(f"--steps: unknown {', '.join(unknown)}; choose from {','.join(STEPS)}")
@@ -184,7 +198,7 @@ def run_recipe(path: str | Path, steps=STEPS, model_dir: str | None = None, resu
             started = time.time()
             bench_dir = model_dir / "bench"
             bench = dict(recipe["bench"])
-            if len(bundles) > 1:
+            if len(bundles) > 1 or any(s.get("student_name") for s in deployed):
                 bench.setdefault("names", ",".join(s.get("student_name") or "student" for s in deployed))
             options = BenchOptions(bundles=[str(b) for b in bundles], out=str(bench_dir),
                                    command=f"xtremedistil recipe {recipe['path']}", **bench)

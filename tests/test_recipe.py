@@ -101,3 +101,5 @@ def test_missing_recipe_and_unknown_pip_teacher(tmp_path, capsys):
     assert "unknown deploy" in capsys.readouterr().err
     assert main(["recipe", str(path), "--set", "ft_epochs=1"]) == 2
     assert "expected SECTION.KEY=VALUE" in capsys.readouterr().err
+    assert main(["recipe", str(REPO / "bench" / "recipes" / "wikiann-e5.yaml"), "--students", "50-200,big"]) == 2
+    assert "--students big: not in" in capsys.readouterr().err

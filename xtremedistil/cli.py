@@ -331,7 +331,9 @@ def _cmd_recipe(args) -> int:
     from xtremedistil.bench.recipe import run_recipe, summary
 
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
-    out = run_recipe(args.recipe, steps, args.model_dir, args.results, progress=not args.quiet, overrides=args.set)
+    only = [s.strip() for s in args.students.split(",") if s.strip()] if args.students else None
+    out = run_recipe(args.recipe, steps, args.model_dir, args.results, progress=not args.quiet, overrides=args.set,
+                     only=only)
     print(summary(out))
     return 0
 
@@ -486,6 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--quiet", action="store_true", help="log warnings only, no progress bars")
     recipe.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one key of the recipe, e.g. --set distill.ft_epochs=1 (repeatable)")
+    recipe.add_argument("--students", metavar="NAME[,NAME]",
+                        help="run only these of the recipe's students (the unnamed one is 'student')")
     recipe.set_defaults(handler=_cmd_recipe)
     return parser
 
