@@ -14,6 +14,7 @@ from pathlib import Path
 from xtremedistil.errors import XtremeDistilError
 
 RATIOS = ("speedup_same_runtime", "speedup_best", "compression_params")
+SPEEDUPS = ("speedup_same_runtime", "speedup_best")   # depend on the CPU (AVX-512/AMX vs AVX2 kernels)
 PROTOCOL_KEYS = ("seq_len", "teacher", "queries", "repeats", "eval_limit")
 DEFAULT_MAX_SPEEDUP_DROP = "10%"
 DEFAULT_MAX_METRIC_DROP = 0.5   # points
@@ -62,8 +63,37 @@ def row_key(row: dict) -> str:
     return f"{row['model']} {row['runtime']}:{row['quantization']} b{row['batch_size']} t{row['threads']}"
 
 
+def cpu_of(report: dict) -> str:
+    return str((report.get("environment") or {}).get("cpu") or "unknown")
+
+
+def cpu_slug(cpu: str) -> str:
+    return "-".join(part for part in "".join(c if c.isalnum() else " " for c in cpu.lower()).split())
+
+
+def pick_baseline(path: str, report: dict) -> str:
+    """A baseline file, or from a folder the `baseline-<cpu>.json` recorded on the report's CPU
+    (else its `baseline.json`)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return path
+    for name in (f"baseline-{cpu_slug(cpu_of(report))}.json", "baseline.json"):
+        if (folder / name).exists():
+            return str(folder / name)
+    raise GateInputError(f"baseline folder {path}: no baseline-{cpu_slug(cpu_of(report))}.json nor baseline.json")
+
+
+def same_cpu(report: dict, baseline: dict) -> bool:
+    return cpu_of(report) == cpu_of(baseline)
+
+
 def compare(report: dict, baseline: dict, max_speedup_drop: float, max_metric_drop: float) -> list[dict]:
-    """The regressions (empty when none). Raises GateInputError when the two cannot be compared."""
+    """The regressions (empty when none). Raises GateInputError when the two cannot be compared.
+
+    Speedups are compared only when both were measured on the same CPU model: kernels differ by
+    instruction set (a teacher at batch 32 took 100 ms on the Xeon the first baseline was recorded on
+    and 200 ms on an AVX2-only EPYC), so ratios across CPUs say nothing about the code. Compression
+    and test metrics do not depend on the machine and are always compared."""
     different = [f"{key}: baseline {baseline['protocol'].get(key)!r} vs report {report['protocol'].get(key)!r}"
                  for key in PROTOCOL_KEYS if baseline["protocol"].get(key) != report["protocol"].get(key)]
     if different:
@@ -75,11 +105,12 @@ def compare(report: dict, baseline: dict, max_speedup_drop: float, max_metric_dr
         raise GateInputError(f"the report has no row for {len(missing)} baseline row(s), e.g. {missing[0]}; "
                              "bench the same bundles, runtimes, batch sizes and threads")
     found = []
+    ratios = RATIOS if same_cpu(report, baseline) else tuple(r for r in RATIOS if r not in SPEEDUPS)
     for old in baseline["rows"]:
         if old["role"] != "student":
             continue
         new = current[row_key(old)]
-        for field in RATIOS:
+        for field in ratios:
             before, now = old.get(field), new.get(field)
             if before is None:
                 continue
@@ -118,10 +149,16 @@ def run_gate(report_path: str, baseline_path: str, max_speedup_drop=DEFAULT_MAX_
     if max_metric_drop < 0:
         raise GateInputError(f"--max-metric-drop {max_metric_drop}: must be 0 or more (points)")
     report = _load(report_path, "report")
+    baseline_path = pick_baseline(baseline_path, report)
     baseline = _load(baseline_path, "baseline")
     found = compare(report, baseline, speedup_drop, max_metric_drop)
     checked = sum(1 for r in baseline["rows"] if r["role"] == "student")
     if found:
         raise Regression(f"{len(found)} regression(s) against {baseline_path}:\n" + format_regressions(found))
-    return (f"gate passed: {checked} student rows within -{speedup_drop:.0%} on speedups/compression and "
-            f"-{max_metric_drop:g} points on the metric")
+    if not same_cpu(report, baseline):
+        return (f"gate passed against {baseline_path}: {checked} student rows within -{max_metric_drop:g} points on "
+                f"the metric and -{speedup_drop:.0%} on compression; speedups NOT compared: the baseline was "
+                f"measured on '{cpu_of(baseline)}', this report on '{cpu_of(report)}' (record "
+                f"baseline-{cpu_slug(cpu_of(report))}.json to gate them on this CPU)")
+    return (f"gate passed against {baseline_path}: {checked} student rows within -{speedup_drop:.0%} on "
+            f"speedups/compression and -{max_metric_drop:g} points on the metric")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from helpers import tiny_bundle, tiny_teacher
-from xtremedistil.bench.gate import compare, run_gate, GateInputError, Regression
+from xtremedistil.bench.gate import compare, pick_baseline, run_gate, GateInputError, Regression
 from xtremedistil.bench.harness import BenchOptions, run_bench
 from xtremedistil.bench.report import pareto_front
 from xtremedistil.cli import main
@@ -249,3 +249,35 @@ def test_a_teacher_conversion_failure_is_reported_not_fatal(tiny_models, tmp_pat
     assert [row["name"] for row in manifest["artifacts"]] == ["teacher-tflite-dynamic-b1"]
     assert "too large" in manifest["failures"]["teacher-tflite-fp32-b1"]
     assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+def test_speedups_are_gated_only_against_a_baseline_from_the_same_cpu(tmp_path, capsys):
+    """Kernels differ by instruction set, so a baseline folder holds one baseline per CPU model; against
+    another CPU's baseline only compression and metrics are gated (and the output says so)."""
+    row = {"model": "s", "role": "student", "runtime": "onnxruntime", "quantization": "dynamic", "batch_size": 32,
+           "threads": 2, "metric": 0.9, "speedup_same_runtime": 50.0, "speedup_best": 10.0, "compression_params": 30.0}
+    xeon = {"protocol": {"seq_len": 32}, "environment": {"cpu": "Intel(R) Xeon(R) Processor"}, "rows": [row]}
+    epyc = copy.deepcopy(xeon)
+    epyc["environment"]["cpu"] = "AMD EPYC"
+    epyc["rows"][0]["speedup_same_runtime"] = 30.0                   # -40%: another CPU, not a regression
+    assert compare(epyc, xeon, 0.1, 0.5) == []
+    epyc["rows"][0]["metric"] = 0.88                                  # metrics are still gated
+    assert {f["measure"] for f in compare(epyc, xeon, 0.1, 0.5)} == {"metric"}
+    epyc["rows"][0]["metric"] = 0.9
+    folder = tmp_path / "baselines"
+    folder.mkdir()
+    (folder / "baseline.json").write_text(json.dumps(xeon))
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps(epyc))
+    assert main(["bench", "gate", str(report), "--baseline", str(folder)]) == 0
+    assert "speedups NOT compared" in capsys.readouterr().out
+    assert pick_baseline(str(folder), epyc) == str(folder / "baseline.json")      # no EPYC baseline yet
+    own = copy.deepcopy(epyc)
+    own["rows"][0]["speedup_same_runtime"] = 40.0                    # this CPU's baseline: 30 -> 25% better
+    (folder / "baseline-amd-epyc.json").write_text(json.dumps(own))
+    assert pick_baseline(str(folder), epyc) == str(folder / "baseline-amd-epyc.json")
+    assert main(["bench", "gate", str(report), "--baseline", str(folder)]) == 1    # -25% on its own CPU
+    assert "speedup_same_runtime" in capsys.readouterr().out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["bench", "gate", str(report), "--baseline", str(empty)]) == 2

@@ -347,7 +347,10 @@ def build_gate_parser() -> argparse.ArgumentParser:
                     "or test metric regressed beyond the tolerances, 1 with a table of what regressed, "
                     "2 on unusable input (missing keys, another protocol, missing rows).")
     gate.add_argument("report", metavar="REPORT", help="report.json of the run to check")
-    gate.add_argument("--baseline", required=True, metavar="BASELINE", help="report.json recorded as the baseline")
+    gate.add_argument("--baseline", required=True, metavar="BASELINE",
+                      help="report.json recorded as the baseline, or a folder of baseline-<cpu>.json files (the one "
+                           "recorded on this report's CPU is used, else baseline.json; speedups are compared only "
+                           "between reports of the same CPU model)")
     gate.add_argument("--max-speedup-drop", default=DEFAULT_MAX_SPEEDUP_DROP,
                       help="largest allowed relative drop of a speedup or compression ratio (default: %(default)s)")
     gate.add_argument("--max-metric-drop", type=float, default=DEFAULT_MAX_METRIC_DROP,
