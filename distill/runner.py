@@ -10,7 +10,7 @@ from pathlib import Path
 from xtremedistil.distill import data as data_lib
 from xtremedistil.distill import metrics as metrics_lib
 from xtremedistil.distill import teacher as teacher_lib
-from xtremedistil.distill.files import write_json_atomic
+from xtremedistil.distill.files import read_json, write_json_atomic
 from xtremedistil.distill.seeding import seed_everything
 from xtremedistil.distill.tokenization import encode_examples, load_tokenizer
 from xtremedistil.errors import XtremeDistilError
@@ -68,12 +68,38 @@ def run_teacher(task_dir, model_dir, checkpoint, tagging, seq_len, fine_tune: te
         logger.info("reusing fine-tuned teacher in %s", folder)
         model, spec, tokenizer = teacher_lib.load_teacher(folder)
     results = {}
-    for split in ("dev", "test") if evaluate else ():
-        encoded = encode_split(tokenizer, task, split, seq_len)
-        results[split] = teacher_lib.evaluate(model, encoded, task.splits[split], task.labels, tagging)
     if evaluate:
-        write_json_atomic(folder / teacher_lib.METRICS_FILE, results)
+        results = _saved_metrics(folder, task) if not trained else None
+        if results is None:
+            results = {split: teacher_lib.evaluate(model, encode_split(tokenizer, task, split, seq_len),
+                                                   task.splits[split], task.labels, tagging) for split in ("dev", "test")}
+            write_json_atomic(folder / teacher_lib.METRICS_FILE, {**results, "sources": _split_stamps(task)})
+        else:
+            logger.info("teacher dev/test metrics reused from %s (same teacher, same dev/test files)",
+                        folder / teacher_lib.METRICS_FILE)
     return TeacherResult(model, spec, tokenizer, task, results, trained, time.time() - started)
+
+
+def _split_stamps(task: data_lib.Task) -> dict:
+    stamps = {}
+    for split in ("dev", "test"):
+        stat = (task.path / f"{split}.tsv").stat()
+        stamps[split] = [str((task.path / f"{split}.tsv").resolve()), stat.st_size, stat.st_mtime_ns]
+    return stamps
+
+
+def _saved_metrics(folder: Path, task: data_lib.Task) -> dict | None:
+    """The teacher's saved dev/test metrics when they were computed for this teacher on these very files."""
+    path = folder / teacher_lib.METRICS_FILE
+    if not path.exists() or path.stat().st_mtime_ns < (folder / teacher_lib.SPEC_FILE).stat().st_mtime_ns:
+        return None
+    try:
+        saved = read_json(path)
+    except ValueError:
+        return None
+    if saved.get("sources") != _split_stamps(task) or not {"dev", "test"} <= set(saved):
+        return None
+    return {split: saved[split] for split in ("dev", "test")}
 
 
 def report(result: TeacherResult) -> str:

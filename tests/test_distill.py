@@ -197,10 +197,11 @@ def test_student_config_round_trips_through_the_bundle(tagging_run):
 def test_a_second_student_shares_the_teacher_and_cache_and_labels_only_needs_no_teacher_outputs(tagging_run):
     opts, reference = tagging_run
     root = Path(opts.model_dir)
-    stamps = {p: p.stat().st_mtime_ns for p in [root / "teacher" / "teacher.json", *root.glob("cache/*/index.json")]}
+    stamps = {p: p.stat().st_mtime_ns for p in [root / "teacher" / "teacher.json", root / "teacher" / "metrics.json",
+                                               *root.glob("cache/*/index.json")]}
     bundle_before = (root / "bundle" / "student.weights.h5").read_bytes()
     metrics = run_distill(dataclasses.replace(opts, student_name="labels-only", stages="labels"))
-    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps                   # nothing fine-tuned or scored again
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps     # nothing fine-tuned, evaluated or scored again
     assert set(metrics["substages"]) == {"labels-only"} and metrics["student"]["best_substage"] == "labels-only"
     state = json.loads((root / "student-labels-only" / "state.json").read_text())
     assert state["completed"]["labels-only"]["trainable_groups"] == 4            # every layer trains on labels
