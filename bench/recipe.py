@@ -201,7 +201,7 @@ def run_recipe(path: str | Path, steps=STEPS, model_dir: str | None = None, resu
             if len(bundles) > 1 or any(s.get("student_name") for s in deployed):
                 bench.setdefault("names", ",".join(s.get("student_name") or "student" for s in deployed))
             options = BenchOptions(bundles=[str(b) for b in bundles], out=str(bench_dir),
-                                   command=f"xtremedistil recipe {recipe['path']}", **bench)
+                                   command=_command(recipe["path"], overrides, only), **bench)
             out["report"] = run_bench(options, progress=progress)
             results_dir.mkdir(parents=True, exist_ok=True)
             for name in RESULT_FILES:
@@ -212,6 +212,12 @@ def run_recipe(path: str | Path, steps=STEPS, model_dir: str | None = None, resu
         logging.getLogger().removeHandler(handler)
         handler.close()
     return out
+
+
+def _command(path: str, overrides: list[str] | None, only: list[str] | None) -> str:
+    """The command line that reproduces this run (recorded in the report)."""
+    parts = ["xtremedistil recipe", path] + [f"--set {o}" for o in overrides or ()]
+    return " ".join(parts + ([f"--students {','.join(only)}"] if only else []))
 
 
 def _export(bundle: Path, export: dict, run_export, options_class) -> dict:

@@ -1,6 +1,6 @@
 """tensorflow-model-optimization before conversion: magnitude pruning and weight clustering.
 
-Both wrap the student's Embedding, Bidirectional(LSTM) and Dense layers, fine-tune briefly on
+Both wrap the student's Embedding, LSTM (or Bidirectional) and Dense layers, fine-tune briefly on
 transfer sentences against target logits (the teacher's cached logits when the bundle's model
 folder still has them, else the unoptimized student's own logits), then strip the wrappers so the
 result is a plain Keras student that every exporter converts as usual.
@@ -126,8 +126,9 @@ def max_unique_values(model) -> int:
 def find_teacher_logits(bundle_folder: Path, input_ids: np.ndarray) -> np.ndarray | None:
     """Teacher logits for `input_ids` from the distillation cache beside the bundle, if it is there."""
     from xtremedistil.distill.cache import TeacherCache
+    from xtremedistil.layout import RunLayout
 
-    for folder in sorted((Path(bundle_folder).parent / "cache").glob("transfer-*")):
+    for folder in sorted(RunLayout(Path(bundle_folder).parent).cache.glob("transfer-*")):
         try:
             cache = TeacherCache(folder)
         except Exception:  # noqa: BLE001 - an incomplete cache is simply not used
