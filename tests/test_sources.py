@@ -209,7 +209,7 @@ def test_real_conversion_matches_the_packages_engine_on_every_script(tmp_path, m
         mask = batch["attention_mask"][..., None]
         ours = (hidden * mask).sum(1) / mask.sum(1)
         ours /= np.linalg.norm(ours, axis=1, keepdims=True)
-        theirs = np.zeros_like(ours)
+        theirs = np.zeros(ours.shape, np.float32)     # the engine writes float32
         strings = (ctypes.c_char_p * len(sample))(*[t.encode("utf-8") for t in sample])
         engine.e5_embed_batch(model, strings, len(sample), is_query, theirs.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
         cosine = (ours * theirs).sum(1)
