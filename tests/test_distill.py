@@ -212,3 +212,25 @@ def test_a_second_student_shares_the_teacher_and_cache_and_labels_only_needs_no_
             run_distill(dataclasses.replace(opts, stages=bad))
     with pytest.raises(XtremeDistilError, match="--student_name"):
         run_distill(dataclasses.replace(opts, student_name="../x"))
+
+
+def test_augmented_transfer_set_is_made_once_screened_and_scored(tagging_run):
+    """--augment_multiplier: the chief writes MODEL_DIR/augmented/transfer-<hash>.txt once, without a dev or
+    test sentence; the teacher scores it like any transfer file; a rerun reuses file and cache."""
+    opts, _ = tagging_run
+    root = Path(opts.model_dir)
+    augmented = dataclasses.replace(opts, student_name="augmented", augment_multiplier=3, distil_epochs=1)
+    metrics = run_distill(augmented)
+    info = metrics["transfer"]
+    path = Path(info["file"])
+    assert path.parent == root / "augmented" and info["augment"]["sources"] == 4
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == info["sentences"] == info["augment"]["written"] > 4
+    task = load_task(opts.task, True)
+    screened = {" ".join(ex.text.split()) for split in ("dev", "test") for ex in task.splits[split]}
+    assert not screened & set(lines)                 # here dev = test = train: only variants survive
+    cache_rows = [json.loads(p.read_text())["rows"] for p in root.glob("cache/transfer-*/index.json")]
+    assert info["sentences"] in cache_rows
+    stamp = path.stat().st_mtime_ns
+    again = run_distill(augmented)
+    assert path.stat().st_mtime_ns == stamp and again["student"]["test"] == metrics["student"]["test"]
