@@ -26,6 +26,7 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from xtremedistil.distill import batching
+from xtremedistil.distill import losses as losses_lib
 from xtremedistil.distill import metrics as metrics_lib
 from xtremedistil.distill.embeddings import word_embedding_variable
 from xtremedistil.distill.files import atomic_directory, read_json, write_json_atomic
@@ -139,21 +140,11 @@ class TeacherModel(tf.keras.Model):
         return result
 
 
-def masked_token_loss_sum(labels, logits):
-    """(sum of cross-entropy, count) over tokens whose label is not IGNORE_INDEX (tagging)."""
-    labels = tf.cast(labels, tf.int32)
-    mask = tf.not_equal(labels, IGNORE_INDEX)
-    per_token = tf.keras.losses.sparse_categorical_crossentropy(
-        tf.where(mask, labels, 0), logits, from_logits=True
-    )
-    mask = tf.cast(mask, per_token.dtype)
-    return tf.reduce_sum(per_token * mask), tf.reduce_sum(mask)
-
-
 def masked_token_loss(labels, logits):
-    """Mean cross-entropy over tokens whose label is not IGNORE_INDEX (tagging)."""
-    total, count = masked_token_loss_sum(labels, logits)
-    return total / tf.maximum(count, 1.0)
+    """Mean cross-entropy over tokens whose label is not IGNORE_INDEX (tagging): the stages'
+    `cross_entropy` loss, weighted 1 on labeled tokens."""
+    weight = tf.cast(tf.not_equal(tf.cast(labels, tf.int32), IGNORE_INDEX), tf.float32)
+    return losses_lib.weighted_sum("cross_entropy", labels, logits, weight) / tf.maximum(tf.reduce_sum(weight), 1.0)
 
 
 def predict_logits(model, encoded: Encoded, batch_size: int = 64) -> np.ndarray:
