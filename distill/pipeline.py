@@ -69,6 +69,7 @@ class DistilOptions:
     ft_patience: int = FineTuneConfig.patience
     ft_freeze_word_embeddings: bool = FineTuneConfig.freeze_word_embeddings
     distil_epochs: int = StageConfig.epochs
+    distil_label_epochs: int = 0         # stage-3 (labels) sub-stages; 0 = distil_epochs
     distil_batch_size: int = StageConfig.batch_size
     distil_chunk_size: int = 100_000
     distil_patience: int = StageConfig.patience
@@ -187,7 +188,8 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     # The stages.
     t0 = time.time()
     stage_config = StageConfig(options.distil_epochs, options.distil_batch_size, patience=options.distil_patience,
-                               distil_loss=options.distil_loss, temperature=options.temperature, seed=options.seed)
+                               distil_loss=options.distil_loss, temperature=options.temperature, seed=options.seed,
+                               label_epochs=options.distil_label_epochs or None)
     groups = layer_groups(student, student_config)
     plan = _plan(options.stages, len(groups), options.distil_loss)
     data = StageData(caches["transfer"], caches["dev"], train, dev, task.splits["dev"], task.labels, task.is_tagging,

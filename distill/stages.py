@@ -90,6 +90,11 @@ class StageConfig:
     distil_loss: str = "mse"
     temperature: float = 1.0
     seed: int = 42
+    label_epochs: int | None = None   # stage-3 (labels) sub-stages; None = `epochs`
+
+    def epochs_for(self, sub: "SubStage") -> int:
+        """Maximum epochs of a sub-stage: `label_epochs` for the labeled set when given, else `epochs`."""
+        return self.label_epochs if sub.target == LABELS and self.label_epochs else self.epochs
 
     def __post_init__(self):
         if self.distil_loss not in losses_lib.distil_losses():
@@ -97,6 +102,8 @@ class StageConfig:
                 f"--distil_loss '{self.distil_loss}' is not one of {', '.join(losses_lib.distil_losses())}")
         if self.epochs < 1 or self.batch_size < 1:
             raise XtremeDistilError("--distil_epochs and --distil_batch_size must be at least 1")
+        if self.label_epochs is not None and self.label_epochs < 1:
+            raise XtremeDistilError("--distil_label_epochs must be at least 1 (or 0 for --distil_epochs)")
         if self.temperature <= 0:
             raise XtremeDistilError("--temperature must be positive")
 
@@ -169,10 +176,10 @@ def replica_batches(batches, replicas: int, first: int, local: int):
             yield {**{name: array[take[0]:take[-1] + 1] for name, array in batch.items()}, "count": count}
 
 
-def learning_rate_schedule(config: StageConfig, steps_per_epoch: int):
+def learning_rate_schedule(config: StageConfig, steps_per_epoch: int, epochs: int | None = None):
     """Cosine decay from `learning_rate` to `final_learning_rate` over every step of the sub-stage."""
     return tf.keras.optimizers.schedules.CosineDecay(
-        config.learning_rate, decay_steps=max(1, steps_per_epoch * config.epochs),
+        config.learning_rate, decay_steps=max(1, steps_per_epoch * (epochs or config.epochs)),
         alpha=config.final_learning_rate / config.learning_rate)
 
 
@@ -250,8 +257,9 @@ class StageRunner:
         config, model, strategy = self.config, self.model, self.cluster.strategy
         _set_trainable(self.groups, sub)
         steps = self.data.steps(sub.target, config.batch_size)
+        epochs = config.epochs_for(sub)
         with strategy.scope():
-            optimizer = tf.keras.optimizers.Adam(learning_rate_schedule(config, steps))
+            optimizer = tf.keras.optimizers.Adam(learning_rate_schedule(config, steps, epochs))
         key = self._output_key(sub.target)
 
         def replica_step(batch):
@@ -268,7 +276,7 @@ class StageRunner:
         forward = tf.function(lambda ids: model(ids, training=False), input_signature=[IDS_SPEC])
         best_loss, best_weights, waited, history = math.inf, None, 0, []
         batches_done = 0
-        for epoch in range(config.epochs):
+        for epoch in range(epochs):
             tf.keras.utils.set_random_seed(_seed(config.seed, sub.index, epoch))
             rng = np.random.default_rng([config.seed, sub.index, epoch])
             total, n, rows, epoch_started = 0.0, 0, 0, time.time()
@@ -276,7 +284,7 @@ class StageRunner:
             if train_step is None:
                 train_step = tf.function(step, input_signature=[dataset.element_spec])
             bar = tqdm(dataset, total=steps, leave=False, disable=not self.cluster.is_chief,
-                       desc=f"{sub.name} epoch {epoch + 1}/{config.epochs}", unit="batch", mininterval=1.0)
+                       desc=f"{sub.name} epoch {epoch + 1}/{epochs}", unit="batch", mininterval=1.0)
             for n, batch in enumerate(bar, start=1):
                 total += float(train_step(batch))
                 rows += _local_rows(batch)

@@ -108,6 +108,9 @@ DISTILL_FLAGS = [
     ("--ft_learning_rate", float, "teacher peak learning rate (default: 5e-5)"),
     ("--ft_patience", int, "teacher early-stopping patience in epochs (default: 3)"),
     ("--distil_epochs", int, "maximum epochs per sub-stage, early-stopped on validation loss (default: 10)"),
+    ("--distil_label_epochs", int, "maximum epochs of the sub-stages on labeled data (stage 3, or the labels-only "
+                                   "ablation) when they should differ from a large transfer set's; "
+                                   "0 = --distil_epochs (default: 0)"),
     ("--distil_batch_size", int, "student batch size in every stage (default: 128)"),
     ("--distil_chunk_size", int, "sentences per teacher-output cache chunk; bounds memory (default: 100000)"),
     ("--distil_patience", int, "sub-stage early-stopping patience in epochs (default: 2)"),
