@@ -62,6 +62,9 @@ class DistilOptions:
     transformer_heads: int = StudentConfig.transformer_heads
     transformer_hidden: int = StudentConfig.transformer_hidden
     transformer_ffn: int = StudentConfig.transformer_ffn
+    cnn_layers: int = StudentConfig.cnn_layers
+    cnn_filters: int = StudentConfig.cnn_filters
+    cnn_kernel_size: int = StudentConfig.cnn_kernel_size
     teacher_layer: int = 6
     ft_epochs: int = FineTuneConfig.epochs
     ft_batch_size: int = FineTuneConfig.batch_size

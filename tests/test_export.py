@@ -195,3 +195,20 @@ def test_litert_predictor_does_not_need_tensorflow(exported):
             "assert 'tensorflow' not in sys.modules, [m for m in sys.modules if 'tensorflow' in m][:3]\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("tagging", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["classification", "tagging"])
+def test_cnn_student_exports_to_every_format_with_parity_and_plain_convolutions(tiny_models, tmp_path, tagging):
+    bundle = tiny_bundle(tmp_path, tiny_models("bert"), tagging=tagging, kind="cnn")
+    manifest = run_export(ExportOptions(bundle=str(bundle), tflite_batch_sizes="1", **LOOSE))
+    rows = {row["name"]: row for row in manifest["artifacts"]}
+    assert set(rows) == {"savedmodel-fp32", "onnx-fp32", "onnx-dynamic", "onnx-static",
+                         *(f"tflite-{q}-b1" for q in ("fp32", "fp16", "dynamic", "int8"))}
+    for row in rows.values():
+        assert row["passed"] and row["parity"]["finite"], row
+    for name in ("savedmodel-fp32", "onnx-fp32", "tflite-fp32-b1"):
+        assert rows[name]["parity"]["max_abs_logit_delta"] <= 1e-4, name
+    assert "LSTM" not in json.dumps(manifest)
+    for name, op in (("tflite-fp32-b1", "CONV_2D"), ("tflite-dynamic-b1", "CONV_2D"), ("onnx-fp32", "Conv")):
+        ops = rows[name]["details"]["op_counts"]
+        assert ops.get(op, 0) >= 3 and not {"WHILE", "Loop", "Scan"} & set(ops), (name, ops)

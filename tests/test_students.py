@@ -9,16 +9,16 @@ from xtremedistil.errors import XtremeDistilError
 def config(kind="bilstm", tagging=True, **overrides):
     base = dict(kind=kind, tagging=tagging, num_labels=5, seq_len=12, teacher_vocab_size=50, vocab_size=10,
                 teacher_hidden_size=16, word_emb_dim=8, bilstm_hidden_size=6, transformer_hidden=8,
-                transformer_heads=2, transformer_ffn=16)
+                transformer_heads=2, transformer_ffn=16, cnn_filters=8)
     return StudentConfig(**{**base, **overrides})
 
 
 def test_unknown_student_lists_valid_names():
-    with pytest.raises(XtremeDistilError, match="unknown student 'gru'; valid students: bilstm, transformer"):
+    with pytest.raises(XtremeDistilError, match="unknown student 'gru'; valid students: bilstm, cnn, transformer"):
         config(kind="gru")
 
 
-@pytest.mark.parametrize("kind", ["bilstm", "transformer"])
+@pytest.mark.parametrize("kind", ["bilstm", "transformer", "cnn"])
 @pytest.mark.parametrize("tagging", [True, False])
 def test_students_take_teacher_ids_and_give_named_outputs(kind, tagging):
     model = build_student(config(kind, tagging))
@@ -50,7 +50,7 @@ def test_bilstm_is_the_papers_shape_with_fused_kernel_defaults():
     assert with_dropout.get_layer("bilstm_backward").recurrent_dropout == 0.1
 
 
-@pytest.mark.parametrize("kind", ["bilstm", "transformer"])
+@pytest.mark.parametrize("kind", ["bilstm", "transformer", "cnn"])
 @pytest.mark.parametrize("tagging", [True, False])
 def test_logits_do_not_depend_on_padding_or_batch_company(kind, tagging):
     """A sentence gets the same logits unpadded, padded to any width, and beside a longer one."""
@@ -73,6 +73,25 @@ def test_logits_do_not_depend_on_padding_or_batch_company(kind, tagging):
     # Both ends of the sentence matter (the backward direction reads it from its last real token).
     assert not np.allclose(logits([np.array([3, 5, 7, 2], np.int32)], 4), alone, atol=1e-5)
     assert not np.allclose(logits([np.array([4, 5, 7, 9], np.int32)], 4), alone, atol=1e-5)
+
+
+def test_cnn_is_dilated_residual_convolutions_with_one_group_for_the_encoder():
+    cfg = config("cnn", tagging=False, cnn_layers=3, cnn_filters=8, cnn_kernel_size=3)
+    model = build_student(cfg)
+    convs = [model.get_layer(f"conv_{i}") for i in range(3)]
+    assert [c.dilation_rate for c in convs] == [(1,), (2,), (4,)]
+    assert all(tuple(c.kernel.shape) == (3, 8, 8) for c in convs)
+    assert [[layer.name for layer in group] for group in layer_groups(model, cfg)] == [
+        ["word_embedding"], ["conv_input", "conv_0", "conv_1", "conv_2"], ["projection"], ["logits"]]
+    expected = (10 * 8 + (8 * 8 + 8) + 3 * (3 * 8 * 8 + 8) + (8 * 16 + 16) + (16 * 5 + 5) + 50)
+    assert model.count_params() == expected
+    # The receptive field grows with dilation: the first token reaches the 8th position's output (1+2*(1+2+4)=15).
+    model.get_layer("id_remap").set_weights([np.arange(50, dtype=np.int32) % 10])
+    tagging = build_student(config("cnn", tagging=True, cnn_filters=8, dropout_rate=0.0))
+    tagging.get_layer("id_remap").set_weights([np.arange(50, dtype=np.int32) % 10])
+    a = tagging(np.array([[3, 5, 7, 9, 4, 6, 8, 2, 3, 5]], np.int32))["logits"].numpy()[0, 7]
+    b = tagging(np.array([[4, 5, 7, 9, 4, 6, 8, 2, 3, 5]], np.int32))["logits"].numpy()[0, 7]
+    assert not np.allclose(a, b, atol=1e-6)
 
 
 def test_id_remap_maps_seen_ids_and_sends_unknown_to_unk():

@@ -8,6 +8,6 @@ maps them to its own vocabulary with a non-trainable `IdRemap`, and returns name
 from xtremedistil.distill.students.base import (
     STUDENTS, IdRemap, StudentConfig, build_student, copy_student_weights, layer_groups, register_student,
 )
-from xtremedistil.distill.students import bilstm, transformer  # noqa: F401  (registration)
+from xtremedistil.distill.students import bilstm, cnn, transformer  # noqa: F401  (registration)
 
 __all__ = ["STUDENTS", "IdRemap", "StudentConfig", "build_student", "copy_student_weights", "layer_groups", "register_student"]

@@ -52,6 +52,9 @@ class StudentConfig:
     transformer_heads: int = 4
     transformer_hidden: int = 256
     transformer_ffn: int = 512
+    cnn_layers: int = 3
+    cnn_filters: int = 256
+    cnn_kernel_size: int = 3
 
     def __post_init__(self):
         if self.kind not in STUDENTS:
@@ -61,7 +64,7 @@ class StudentConfig:
             raise XtremeDistilError(
                 f"--dense_act_func '{self.dense_act_func}' is not one of {', '.join(ACTIVATIONS)}")
         for name in ("word_emb_dim", "bilstm_hidden_size", "transformer_layers", "transformer_heads",
-                     "transformer_hidden", "transformer_ffn"):
+                     "transformer_hidden", "transformer_ffn", "cnn_layers", "cnn_filters", "cnn_kernel_size"):
             if getattr(self, name) < 1:
                 raise XtremeDistilError(f"--{name} must be at least 1")
         if not 0.0 <= self.dropout_rate < 1.0 or not 0.0 <= self.recurrent_dropout < 1.0:

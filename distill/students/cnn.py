@@ -1,0 +1,68 @@
+"""A convolutional student: fast at batch 1 on CPU, where a BiLSTM's sequential steps dominate.
+
+word embedding -> dropout -> `cnn_layers` residual blocks of a 1-D convolution over word pieces
+(kernel `cnn_kernel_size`, dilation doubling per block: 1, 2, 4, ...) -> dropout -> projection -> logits.
+Classification pools each filter's maximum over the sentence's real positions; tagging keeps every position.
+
+Padding-independent by construction: inputs are post-padded and every block's input is zeroed at padded
+positions, so a real position's receptive field sees exactly the zeros it would see at the sequence edge,
+whatever the batch's width; the pool ignores padded positions. Every runtime gets plain convolutions
+(TFLite CONV_2D, ONNX Conv), no recurrence.
+"""
+import tensorflow as tf
+
+from xtremedistil.distill.students.base import (
+    StudentConfig, gelu_tanh, register_student, student_inputs, student_outputs,
+)
+
+
+def _blocks(config: StudentConfig):
+    return [f"conv_{i}" for i in range(config.cnn_layers)]
+
+
+def _groups(config: StudentConfig):
+    return [["word_embedding"], ["conv_input", *_blocks(config)], ["projection"], ["logits"]]
+
+
+@tf.keras.utils.register_keras_serializable(package="xtremedistil")
+class PositionMask(tf.keras.layers.Layer):
+    """[batch, width, 1] float: 1 at real positions, 0 at padding (student row `pad_row`)."""
+
+    def __init__(self, pad_row: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.pad_row = pad_row
+
+    def call(self, rows):
+        return tf.cast(tf.not_equal(rows, self.pad_row), tf.float32)[:, :, tf.newaxis]
+
+    def get_config(self):
+        return {**super().get_config(), "pad_row": self.pad_row}
+
+
+@tf.keras.utils.register_keras_serializable(package="xtremedistil")
+class MaskedMaxPool(tf.keras.layers.Layer):
+    """Each feature's maximum over the real positions: [batch, width, dim] -> [batch, dim]."""
+
+    def call(self, inputs):
+        sequence, mask = inputs
+        return tf.reduce_max(sequence + (mask - 1.0) * 1e4, axis=1)
+
+
+@register_student("cnn", _groups)
+def build_cnn(config: StudentConfig, batch_size: int | None = None, unroll: bool = False) -> tf.keras.Model:
+    """Convolutional student; `unroll` does not apply (nothing recurrent)."""
+    ids, rows = student_inputs(config, batch_size)
+    mask = PositionMask(config.pad_row, name="position_mask")(rows)
+    x = tf.keras.layers.Embedding(config.vocab_size, config.word_emb_dim, name="word_embedding")(rows)
+    x = tf.keras.layers.Dropout(config.dropout_rate, name="embedding_dropout")(x)
+    x = tf.keras.layers.Dense(config.cnn_filters, name="conv_input")(x)
+    for i, name in enumerate(_blocks(config)):
+        masked = tf.keras.layers.Multiply(name=f"{name}_mask")([x, mask])
+        conv = tf.keras.layers.Conv1D(config.cnn_filters, config.cnn_kernel_size, padding="same",
+                                      dilation_rate=2 ** i, activation=gelu_tanh, name=name)(masked)
+        x = tf.keras.layers.Add(name=f"{name}_residual")([masked, conv])
+    x = tf.keras.layers.Multiply(name="encoder_mask")([x, mask])
+    if not config.tagging:
+        x = MaskedMaxPool(name="max_pool")([x, mask])
+    x = tf.keras.layers.Dropout(config.dropout_rate, name="encoder_dropout")(x)
+    return tf.keras.Model(ids, student_outputs(config, x), name="cnn_student")
