@@ -33,7 +33,7 @@ from xtremedistil.layout import RunLayout
 logger = logging.getLogger(__name__)
 
 STEPS = ("distill", "export", "bench")
-RESULT_FILES = ("report.json", "report.md", "accuracy_vs_latency.png", "speedup_by_batch.png")
+RESULT_FILES = ("report.json", "report.md", "accuracy_vs_latency.png", "speedup_by_batch.png", "pick.json")
 EXPORT_STAMP = "export.stamp.json"
 DEPLOY_KEY = "deploy"     # per student: false = distil only (an ablation), not exported nor benched
 STUDENTS_FILE = "students.json"
@@ -77,7 +77,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
         _apply_override(recipe, override, path)
     if not isinstance(recipe, dict) or not isinstance(recipe.get("name"), str) or "model_dir" not in recipe:
         raise XtremeDistilError(f"{path}: a recipe needs 'name', 'model_dir' and the sections {', '.join(STEPS)}")
-    unknown = sorted(set(recipe) - {"name", "model_dir", "results", "description", "students", *STEPS})
+    unknown = sorted(set(recipe) - {"name", "model_dir", "results", "description", "students", "pick", *STEPS})
     if unknown:
         raise XtremeDistilError(f"{path}: unknown top-level key(s) {', '.join(unknown)}")
     recipe = _expand(recipe)
@@ -92,6 +92,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
     for student in recipe["students"]:
         _check_keys("distill", {k: v for k, v in student.items() if k != DEPLOY_KEY}, DistilOptions, path,
                     fixed=("model_dir",))
+    from xtremedistil.bench.pick import budgets_from_recipe
+
+    recipe["pick"] = budgets_from_recipe(recipe["pick"], path) if recipe.get("pick") is not None else []
     recipe.setdefault("results", f"bench/results/{recipe['name']}")
     recipe["path"] = str(path)
     return recipe
@@ -190,7 +193,10 @@ def run_recipe(path: str | Path, steps=STEPS, model_dir: str | None = None, resu
                     logger.info("%s; export and bench run on the chief", worker_done(out["metrics"]))
                     return out
             results_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(results_dir / STUDENTS_FILE, students_table(out["students"]))
+            table = students_table(out["students"])
+            if only and (results_dir / STUDENTS_FILE).exists():   # a subset of students: keep the others' rows
+                table = {**read_json(results_dir / STUDENTS_FILE), **table}
+            write_json_atomic(results_dir / STUDENTS_FILE, table)
         if "export" in steps:
             for bundle in bundles:
                 out["manifest"] = _export(bundle, recipe["export"], run_export, ExportOptions)
@@ -203,6 +209,8 @@ def run_recipe(path: str | Path, steps=STEPS, model_dir: str | None = None, resu
             options = BenchOptions(bundles=[str(b) for b in bundles], out=str(bench_dir),
                                    command=_command(recipe["path"], overrides, only), **bench)
             out["report"] = run_bench(options, progress=progress)
+            if recipe["pick"]:
+                _pick(out["report"], recipe["pick"], bench_dir)
             results_dir.mkdir(parents=True, exist_ok=True)
             for name in RESULT_FILES:
                 if (bench_dir / name).exists():
@@ -212,6 +220,19 @@ def run_recipe(path: str | Path, steps=STEPS, model_dir: str | None = None, resu
         logging.getLogger().removeHandler(handler)
         handler.close()
     return out
+
+
+def _pick(report: dict, budgets, bench_dir: Path) -> None:
+    """The recipe's budgets: picks saved to pick.json, listed in report.json/report.md and the log."""
+    from xtremedistil.bench.pick import PICK_FILE, describe, pick
+    from xtremedistil.bench.report import render
+
+    report["picks"] = [pick(report, budget) for budget in budgets]
+    write_json_atomic(bench_dir / PICK_FILE, report["picks"])
+    write_json_atomic(bench_dir / "report.json", report)
+    render(report, bench_dir)
+    for result in report["picks"]:
+        logger.info("%s", describe(result))
 
 
 def _command(path: str, overrides: list[str] | None, only: list[str] | None) -> str:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from xtremedistil.errors import XtremeDistilError
+
 PLOTS = ("accuracy_vs_latency.png", "speedup_by_batch.png")
 
 
@@ -112,6 +114,7 @@ def render_markdown(report: dict) -> str:
                     f"{_fmt(row['speedup_best'], '.1f', 'x')} | {row['size_bytes'] / 1e6:.1f} | "
                     f"{row['peak_rss_mb']:.0f} | {_fmt(row['metric'], '.4f')} | {_fmt(row['retention'], '.1%')} |")
             lines.append("")
+    lines += _front_and_picks(report, _main_threads(report))
     languages = _per_language(report)
     if languages:
         lines += languages
@@ -126,6 +129,30 @@ def render_markdown(report: dict) -> str:
               "(for the teacher, 4 bytes per parameter). '(sliced)': a static-batch artifact fed in slices.",
               "", "![accuracy vs latency](accuracy_vs_latency.png)", "", "![speedup by batch](speedup_by_batch.png)", ""]
     return "\n".join(lines)
+
+
+def _front_and_picks(report: dict, threads: int) -> list[str]:
+    """The Pareto front per batch size (what is worth shipping) and any picks made for a budget."""
+    from xtremedistil.bench.pick import candidates, describe, front
+
+    lines = []
+    for batch in report["protocol"]["batch_sizes"]:
+        try:
+            rows = front(candidates(report, batch, threads))
+        except XtremeDistilError:
+            continue
+        lines += [f"## Pareto front, batch {batch}, {threads} threads", "",
+                  "Nothing else measured is both faster (p50 of one call) and at least as accurate.", "",
+                  "| model | artifact | p50 ms | ms/sentence | " + (report["task"]["metric"] or "metric")
+                  + " | retention | size MB |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {r['model']} | {r['artifact']} | {r['p50_ms']:.3f} | {r['ms_per_sentence']:.4f} | "
+                  f"{r['metric']:.4f} | {_fmt(r['retention'], '.1%')} | {r['size_bytes'] / 1e6:.1f} |" for r in rows]
+        lines.append("")
+    if report.get("picks"):
+        lines += ["## Pick for the budget", ""]
+        lines += [f"- {describe(result)}" for result in report["picks"]]
+        lines.append("")
+    return lines
 
 
 def _per_language(report: dict) -> list[str]:

@@ -334,6 +334,16 @@ def _cmd_gate(args) -> int:
     return 0
 
 
+def _cmd_pick(args) -> int:
+    from xtremedistil.bench.pick import Budget, describe, run_pick
+
+    budget = Budget(batch_size=args.batch_size, threads=args.threads, max_latency_ms=args.max_latency_ms,
+                    min_retention=args.min_retention, max_size_mb=args.max_size_mb)
+    result = run_pick(args.report, budget, args.out)
+    print(describe(result))
+    return 0 if result["pick"] else 1
+
+
 def _cmd_recipe(args) -> int:
     from xtremedistil.bench.recipe import run_recipe, summary
 
@@ -482,6 +492,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--fresh", action="store_true", help="measure everything again instead of resuming")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(handler=_cmd_bench)
+
+    pick = commands.add_parser(
+        "pick", help="which artifact to ship for a latency/accuracy/size budget: the Pareto front of a bench report",
+        description="Read a bench report and pick, among every measured artifact (students' and the teacher's, any "
+                    "runtime and precision) at one batch size and thread count, the most accurate one that meets "
+                    "every constraint given; ties go to the faster, then the smaller. Writes pick.json (the pick, "
+                    "the Pareto front, or the constraints no candidate meets and the nearest miss) beside the "
+                    "report. Exit 0 with a pick, 1 when nothing meets the budget, 2 on unusable input.",
+        epilog="example: xtremedistil pick bench/results/sst2 --batch_size 1 --max_latency_ms 2 --min_retention 0.98",
+    )
+    pick.add_argument("report", metavar="REPORT", help="a bench report.json, or the folder holding it")
+    pick.add_argument("--batch_size", type=int, default=1, help="batch size the budget is for (default: 1)")
+    pick.add_argument("--threads", type=int, help="thread count (default: the report's largest)")
+    pick.add_argument("--max_latency_ms", type=float, help="largest p50 latency of one batch call, in ms")
+    pick.add_argument("--min_retention", type=float,
+                      help="smallest test metric as a fraction of the teacher's (e.g. 0.98)")
+    pick.add_argument("--max_size_mb", type=float, help="largest artifact size on disk, in MB")
+    pick.add_argument("--out", help="where to write the result (default: pick.json beside the report)")
+    pick.set_defaults(handler=_cmd_pick)
 
     recipe = commands.add_parser(
         "recipe", help="distill -> export -> bench from one YAML recipe (bench/recipes/*.yaml), resumable",

@@ -1,0 +1,101 @@
+"""`xtremedistil pick`: the Pareto front of a bench report and the artifact to ship for a budget."""
+import json
+
+import pytest
+
+from xtremedistil.bench.pick import Budget, budgets_from_recipe, front, pick, run_pick
+from xtremedistil.bench.report import render_markdown
+from xtremedistil.cli import main
+from xtremedistil.errors import XtremeDistilError
+
+
+def _row(model, artifact, p50, metric, size_mb, batch=1, threads=2, teacher_metric=0.90):
+    return {"model": model, "role": "teacher" if model == "teacher" else "student", "artifact": artifact,
+            "runtime": artifact.split("-")[0], "quantization": artifact.split("-")[-1], "batch_size": batch,
+            "threads": threads, "p50_ms": p50, "p90_ms": p50, "p99_ms": p50, "ms_per_sentence": p50 / batch,
+            "sentences_per_s": 1000 * batch / p50, "metric": metric, "retention": None if metric is None else metric / teacher_metric,
+            "size_bytes": int(size_mb * 1e6), "peak_rss_mb": 10.0, "speedup_same_runtime": None,
+            "speedup_best": None, "teacher_same_runtime": None, "teacher_best": None, "compression_params": 1.0}
+
+
+ROWS = [
+    _row("teacher", "onnx-fp32", 12.0, 0.900, 90.0),
+    _row("teacher", "onnx-dynamic", 6.0, 0.895, 23.0),
+    _row("big", "onnx-fp32", 3.0, 0.885, 40.0),
+    _row("big", "litert-dynamic", 2.5, 0.884, 10.0),
+    _row("big", "litert-fp16", 2.5, 0.884, 20.0),       # same point as litert-dynamic, larger
+    _row("small", "onnx-fp32", 0.8, 0.850, 5.0),
+    _row("small", "onnx-dynamic", 0.9, 0.840, 1.5),     # dominated: slower and less accurate than onnx-fp32
+    _row("small", "onnx-fp32", 0.5, 0.860, 5.0, batch=32),
+    _row("teacher", "onnx-fp32", 9.0, None, 90.0, batch=1, threads=1),
+]
+REPORT = {"rows": ROWS, "protocol": {"batch_sizes": [1, 32], "threads": [1, 2], "seq_len": 16, "queries": 10,
+                                     "warmup": 1, "repeats": 1},
+          "task": {"metric": "accuracy"}}
+
+
+def test_the_front_keeps_what_nothing_beats_and_the_smaller_of_equal_points():
+    names = [(r["model"], r["artifact"]) for r in front([r for r in ROWS if r["batch_size"] == 1 and r["threads"] == 2])]
+    assert names == [("small", "onnx-fp32"), ("big", "litert-dynamic"), ("big", "onnx-fp32"),
+                     ("teacher", "onnx-dynamic"), ("teacher", "onnx-fp32")]
+
+
+@pytest.mark.parametrize("budget, expected", [
+    (Budget(), ("teacher", "onnx-fp32")),                                   # no constraint: the most accurate
+    (Budget(max_latency_ms=5), ("big", "onnx-fp32")),
+    (Budget(max_latency_ms=5, max_size_mb=15), ("big", "litert-dynamic")),
+    (Budget(min_retention=0.98, max_size_mb=15), ("big", "litert-dynamic")),  # 0.884/0.9 = 98.2%
+    (Budget(max_size_mb=2), ("small", "onnx-dynamic")),                      # off the front, but the only one that fits
+    (Budget(batch_size=32), ("small", "onnx-fp32")),
+])
+def test_the_pick_is_the_most_accurate_candidate_within_the_budget(budget, expected):
+    result = pick(REPORT, budget)
+    assert (result["pick"]["model"], result["pick"]["artifact"]) == expected
+    assert result["budget"]["threads"] == 2 and result["unmet"] == [] and result["nearest_miss"] is None
+
+
+def test_no_pick_names_the_constraint_nobody_meets_and_the_nearest_miss():
+    result = pick(REPORT, Budget(max_latency_ms=0.6, min_retention=0.9))
+    assert result["pick"] is None and result["unmet"] == ["max_latency_ms"]
+    miss = result["nearest_miss"]
+    assert (miss["model"], miss["artifact"]) == ("small", "onnx-fp32") and set(miss["misses"]) == {"max_latency_ms"}
+    both = pick(REPORT, Budget(max_latency_ms=3.0, min_retention=0.99))    # each met by someone, never together
+    assert both["pick"] is None and both["unmet"] == []
+
+
+def test_budgets_are_checked():
+    with pytest.raises(XtremeDistilError, match="--min_retention is a fraction"):
+        Budget(min_retention=98)
+    with pytest.raises(XtremeDistilError, match="--max_latency_ms must be positive"):
+        Budget(max_latency_ms=0)
+    with pytest.raises(XtremeDistilError, match="--max_size_mb must be a number"):
+        Budget(max_size_mb="small")
+    with pytest.raises(XtremeDistilError, match="no measurement with an accuracy at batch 8"):
+        pick(REPORT, Budget(batch_size=8))
+    with pytest.raises(XtremeDistilError, match="pick: unknown key"):
+        budgets_from_recipe([{"batch": 1}], "r.yaml")
+    assert budgets_from_recipe({"batch_size": 32, "min_retention": "0.95"}, "r.yaml") == [
+        Budget(batch_size=32, min_retention=0.95)]
+
+
+def test_cli_writes_pick_json_and_exits_1_when_nothing_fits(tmp_path, capsys):
+    (tmp_path / "report.json").write_text(json.dumps(REPORT))
+    assert main(["pick", str(tmp_path), "--max_latency_ms", "5"]) == 0
+    assert "pick (batch 1, 2 threads): big onnx-fp32" in capsys.readouterr().out
+    assert json.loads((tmp_path / "pick.json").read_text())["pick"]["artifact"] == "onnx-fp32"
+    assert main(["pick", str(tmp_path / "report.json"), "--max_latency_ms", "0.1"]) == 1
+    assert "no candidate at batch 1, 2 threads meets the budget" in capsys.readouterr().out
+    (tmp_path / "report.json").write_text(json.dumps(REPORT)[:50])
+    assert main(["pick", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot read the bench report" in err and "Traceback" not in err
+
+
+def test_report_md_lists_the_front_and_the_picks():
+    report = {**REPORT, "picks": [pick(REPORT, Budget(max_latency_ms=5))], "teacher": {"name": "t", "parameters": 1,
+              "metric": 0.9}, "students": [], "failures": [],
+              "environment": {"cpu": "cpu", "cores": 2, "git_commit": "abc", "cpu_flags": []}}
+    text = render_markdown(report)
+    assert "## Pareto front, batch 1, 2 threads" in text and "## Pareto front, batch 32, 2 threads" in text
+    assert "| big | litert-dynamic | 2.500 |" in text and "| small | onnx-dynamic |" not in text
+    assert "## Pick for the budget" in text and "- pick (batch 1, 2 threads): big onnx-fp32" in text
