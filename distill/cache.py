@@ -28,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from xtremedistil.distill import batching
-from xtremedistil.distill.files import read_json, write_json_atomic
+from xtremedistil.distill.files import file_crc32, read_json, write_json_atomic
 from xtremedistil.distill.tokenization import encode_sentences
 from xtremedistil.errors import XtremeDistilError
 
@@ -40,6 +40,39 @@ ARRAYS = ("input_ids", "logits", "hidden")
 WORD_START = "word_start"
 PER_POSITION = ("input_ids", WORD_START)   # arrays with a time axis whatever the task
 TOKENIZE_BATCH = 1024
+
+
+def _read_or_none(path: Path) -> dict | None:
+    """A cache's JSON file, or None when it is missing or damaged (what it described is then recomputed)."""
+    if not path.exists():
+        return None
+    try:
+        return read_json(path)
+    except XtremeDistilError as err:
+        logger.warning("%s; scoring what it described again", err)
+        return None
+
+
+def _chunk_intact(folder: Path) -> bool:
+    """A chunk folder whose meta.json is readable and whose arrays have the recorded rows and CRC-32s.
+
+    Chunks written before CRCs were recorded are checked for a readable header and their row count only.
+    """
+    meta = _read_or_none(folder / META_FILE)
+    if meta is None:
+        return False
+    try:
+        for name in ARRAYS:
+            array = np.load(folder / f"{name}.npy", mmap_mode="r")
+            if array.shape[0] != meta["rows"]:
+                raise ValueError(f"{name}.npy has {array.shape[0]} rows, not {meta['rows']}")
+        for file, crc in (meta.get("crc32") or {}).items():
+            if file_crc32(folder / file) != crc:
+                raise ValueError(f"{file} differs from the CRC-32 recorded when it was written")
+    except (OSError, ValueError, KeyError) as err:
+        logger.warning("%s: damaged cache chunk (%s); scoring it again", folder, err)
+        return False
+    return True
 
 
 def signature_hash(signature: dict) -> str:
@@ -143,15 +176,17 @@ def build_cache(folder: str | Path, sentences: Iterable[str], score: Callable, t
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     index_path = folder / INDEX_FILE
-    index = read_json(index_path) if index_path.exists() else None
-    if index is not None and index["signature"] == signature and index["complete"]:
+    index = _read_or_none(index_path)
+    if (index is not None and index["signature"] == signature and index["complete"]
+            and all(_chunk_intact(folder / c["name"]) for c in index["chunks"])):
         logger.info("%s: reusing the complete teacher cache in %s (%d sentences)", description, folder, index["rows"])
         return TeacherCache(folder)
     listed = {c["name"]: c for c in index["chunks"]} if index is not None and index["signature"] == signature else {}
 
     def finished(name: str) -> dict | None:
-        path = folder / name / META_FILE
-        meta = read_json(path) if path.exists() else None
+        if not _chunk_intact(folder / name):
+            return None
+        meta = _read_or_none(folder / name / META_FILE)
         return meta if meta is not None and meta.get("signature") == signature else listed.get(name)
 
     stream = iter(sentences)
@@ -171,8 +206,10 @@ def build_cache(folder: str | Path, sentences: Iterable[str], score: Callable, t
         shutil.rmtree(temp, ignore_errors=True)
         chunk_started = time.time()
         truncated = _write_chunk(temp, batch, score, tokenizer, seq_len, tagging, batch_size, progress)
+        crcs = {p.name: file_crc32(p) for p in sorted(temp.glob("*.npy"))}
         write_json_atomic(temp / META_FILE, {"name": name, "rows": len(batch), "truncated": truncated,
-                                             "signature": signature, "seconds": round(time.time() - chunk_started, 2)})
+                                             "signature": signature, "seconds": round(time.time() - chunk_started, 2),
+                                             "crc32": crcs})
         shutil.rmtree(folder / name, ignore_errors=True)  # a chunk without meta.json is incomplete
         temp.rename(folder / name)
     progress.close()

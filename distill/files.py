@@ -6,7 +6,10 @@ import json
 import os
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
+
+from xtremedistil.errors import XtremeDistilError
 
 
 def write_json_atomic(path: str | Path, payload) -> None:
@@ -31,9 +34,24 @@ def path_size(path: str | Path) -> int:
     return path.stat().st_size
 
 
-def read_json(path: str | Path):
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+def read_json(path: str | Path, fix: str | None = None):
+    """JSON from `path`; a damaged file (cut off, garbled, not UTF-8) is one clear error naming it and `fix`."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        reason = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8"
+        raise XtremeDistilError(f"{path}: damaged ({reason}); "
+                                f"{fix or 'delete it and rerun the command that wrote it'}") from None
+
+
+def file_crc32(path: str | Path) -> int:
+    """CRC-32 of a file's bytes (about 1 GB/s): recorded beside results a rerun reuses, checked before reuse."""
+    crc = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 22):
+            crc = zlib.crc32(block, crc)
+    return crc
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from xtremedistil.distill import losses as losses_lib
 from xtremedistil.distill import metrics as metrics_lib
 from xtremedistil.distill.batching import bucketed_batches, width
-from xtremedistil.distill.files import read_json, write_json_atomic
+from xtremedistil.distill.files import file_crc32, read_json, write_json_atomic
 from xtremedistil.distill.metrics import metrics_from_predictions
 from xtremedistil.distill.cluster import Cluster, lost_worker
 from xtremedistil.distill.tokenization import IGNORE_INDEX, Encoded
@@ -194,10 +194,24 @@ def _set_trainable(groups, sub: SubStage) -> None:
             layer.trainable = i in trainable
 
 
-def _save_weights(model, path: Path) -> None:
+def _save_weights(model, path: Path) -> int:
+    """Writes a checkpoint atomically; returns its CRC-32 (recorded in state.json, checked on resume)."""
     temp = path.with_name(f".tmp-{path.name}")  # same suffix: it picks the Keras weights format
     model.save_weights(str(temp))
+    crc = file_crc32(temp)
     os.replace(temp, path)
+    return crc
+
+
+def _intact(path: Path, crc: int | None) -> bool:
+    """The checkpoint exists and, when its CRC-32 was recorded, still has it (not cut off or garbled)."""
+    if not path.exists():
+        return False
+    if crc is not None and file_crc32(path) != crc:
+        logger.warning("%s is damaged (its CRC-32 differs from the one recorded when it was written): "
+                       "training that sub-stage again", path)
+        return False
+    return True
 
 
 class StageRunner:
@@ -216,7 +230,8 @@ class StageRunner:
             self.folder.mkdir(parents=True, exist_ok=True)
         self.on_batch = on_batch
         self.state_path = self.folder / STATE_FILE
-        self.state = read_json(self.state_path) if self.state_path.exists() else {"completed": {}}
+        self.state = (read_json(self.state_path, fix="delete it to train every sub-stage again (checkpoints "
+                                "without it are not trusted)") if self.state_path.exists() else {"completed": {}})
 
     def _output_key(self, target):
         return "projection" if target == HIDDEN else "logits"
@@ -318,13 +333,14 @@ class StageRunner:
         """Runs (or resumes) every sub-stage; returns the state with per-sub-stage dev metrics."""
         chief = self.cluster.is_chief
         init = self.folder / INIT_CHECKPOINT
-        if chief and not init.exists():
-            _save_weights(self.model, init)
+        if chief and not _intact(init, self.state.get("init_crc32")):
+            self.state["init_crc32"] = _save_weights(self.model, init)   # the model is still the fresh student
+            write_json_atomic(self.state_path, self.state)
         self.cluster.barrier("initial weights")
         in_memory, previous = None, init   # the first sub-stage to run loads its start from the file
         for sub in plan:
             done = self.state["completed"].get(sub.name)
-            if done and (self.folder / sub.checkpoint).exists():
+            if done and _intact(self.folder / sub.checkpoint, done.get("crc32")):
                 logger.info("%s: done in an earlier run (dev %s %.4f), skipping",
                             sub.name, done["dev_metric_name"], done["dev_metric"])
                 previous = self.folder / sub.checkpoint
@@ -339,8 +355,9 @@ class StageRunner:
                 logger.info("%s done in %.0f s (worker %d)", sub.name, time.time() - started, self.cluster.worker)
                 continue
             dev = self.dev_metrics()
-            _save_weights(self.model, self.folder / sub.checkpoint)
+            crc = _save_weights(self.model, self.folder / sub.checkpoint)
             self.state["completed"][sub.name] = {
+                "crc32": crc,
                 "index": sub.index, "stage": sub.stage, "trainable_groups": sub.trainable_groups,
                 "val_loss": result["val_loss"], "history": result["history"],
                 "dev_metric": metrics_lib.headline(dev), "dev_metric_name": dev["metric"], "dev": dev,

@@ -86,3 +86,46 @@ def test_changed_signature_rebuilds(tmp_path, tokenizer):
     build_cache(tmp_path / "c", iter(SENTENCES), teacher, tokenizer, seq_len=8, tagging=True,
                 chunk_size=4, batch_size=3, signature={"v": 2})
     assert teacher.scored == 10
+
+
+def _garble(path, offset_from_end=3):
+    data = bytearray(path.read_bytes())
+    data[-offset_from_end] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["truncated array", "garbled array", "garbled header", "garbled meta",
+                                    "missing array"])
+def test_a_damaged_chunk_is_scored_again_and_only_it(tmp_path, tokenizer, damage):
+    build(tmp_path / "c", CountingTeacher(), tokenizer)
+    chunk = tmp_path / "c" / "chunk-00001"
+    if damage == "truncated array":
+        path = chunk / "hidden.npy"
+        path.write_bytes(path.read_bytes()[:-7])
+    elif damage == "garbled array":
+        _garble(chunk / "logits.npy")                    # a flipped byte in the data, the header intact
+    elif damage == "garbled header":
+        path = chunk / "input_ids.npy"
+        path.write_bytes(b"\x00" * 16 + path.read_bytes()[16:])
+    elif damage == "garbled meta":
+        (chunk / "meta.json").write_text('{"name": "chunk-00001", "rows": 4, "trunc')
+    else:
+        (chunk / "logits.npy").unlink()
+    teacher = CountingTeacher()
+    cache = build(tmp_path / "c", teacher, tokenizer)
+    assert teacher.scored == 4                           # chunk 1 only
+    reference = build(tmp_path / "ref", CountingTeacher(), tokenizer)
+    for k in range(3):
+        for name in ("input_ids", "logits", "hidden"):
+            np.testing.assert_array_equal(cache.chunk(k)[name], reference.chunk(k)[name])
+
+
+def test_a_damaged_index_is_rebuilt_from_the_intact_chunks_without_the_teacher(tmp_path, tokenizer):
+    build(tmp_path / "c", CountingTeacher(), tokenizer)
+    index = tmp_path / "c" / INDEX_FILE
+    original = json.loads(index.read_text())
+    index.write_text(index.read_text()[:40])
+    teacher = CountingTeacher()
+    cache = build(tmp_path / "c", teacher, tokenizer)
+    assert teacher.scored == 0 and len(cache) == 10
+    assert json.loads(index.read_text()) == original

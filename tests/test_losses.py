@@ -182,3 +182,49 @@ def test_a_non_finite_loss_stops_the_substage_with_a_clear_error(tmp_path, taggi
     with pytest.raises(XtremeDistilError, match=r"stage2-top1 epoch 1: the validation loss is nan \(not finite\); "
                                                 r"likely causes: a learning rate too high"):
         runner._train(schedule(4)[1])
+
+
+def _fresh_runner(tmp_path, tagging_data, folder):
+    tf.keras.utils.set_random_seed(7)
+    runner, model = _runner(tmp_path / folder, tagging_data, epochs=1)
+    return runner, model
+
+
+def _checkpoint_weights(model, path):
+    model.load_weights(str(path))
+    return [w.copy() for w in model.get_weights()]
+
+
+@pytest.mark.parametrize("damaged", ["01-stage1.weights.h5", "02-stage2-top1.weights.h5", "00-init.weights.h5"])
+def test_a_damaged_checkpoint_is_trained_again_to_the_same_weights(tmp_path, tagging_data, monkeypatch, damaged):
+    """A checkpoint garbled after its sub-stage finished (CRC-32 in state.json) is not trusted: that
+    sub-stage runs again from the previous checkpoint and gives identical weights; intact later
+    sub-stages are kept (a damaged initial checkpoint is rewritten from the fresh student)."""
+    monkeypatch.setattr(StageRunner, "dev_metrics", lambda self: {"metric": "f1", "overall": {"f1": 0.5}})
+    plan = schedule(4)[:3]
+    runner, model = _fresh_runner(tmp_path, tagging_data, "run")
+    runner.run(plan)
+    folder = tmp_path / "run" / "student"
+    before = {p.name: _checkpoint_weights(model, p) for p in sorted(folder.glob("*.weights.h5"))}
+    path = folder / damaged
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    trained = []
+    real_train = StageRunner._train
+    monkeypatch.setattr(StageRunner, "_train", lambda self, sub: trained.append(sub.name) or real_train(self, sub))
+    again, model = _fresh_runner(tmp_path, tagging_data, "run")
+    again.run(plan)
+    assert trained == ([] if damaged.startswith("00") else [damaged[3:].split(".")[0]])
+    after = {p.name: _checkpoint_weights(model, p) for p in sorted(folder.glob("*.weights.h5"))}
+    assert list(after) == list(before)
+    for name in before:
+        for a, b in zip(after[name], before[name]):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_a_damaged_state_file_is_one_clear_error(tmp_path, tagging_data):
+    (tmp_path / "student").mkdir()
+    (tmp_path / "student" / "state.json").write_text('{"completed": {"stage1": {')
+    with pytest.raises(XtremeDistilError, match=r"state.json: damaged .*delete it to train every sub-stage again"):
+        _runner(tmp_path, tagging_data)
