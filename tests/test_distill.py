@@ -80,7 +80,7 @@ def test_stage1_loss_decreases_and_each_recorded_dev_metric_is_its_checkpoints(t
         assert headline(again) == pytest.approx(done["dev_metric"]), name
 
 
-@pytest.mark.slow   # two full runs (about 2 minutes); best() on real state is also covered by the recipe tests
+@pytest.mark.slow   # two full distill runs
 def test_the_bundle_is_the_substage_best_on_dev_whatever_test_says(tiny_models, tmp_path, monkeypatch):
     """Dev metrics scripted per sub-stage (a peak at stage2-top3; stage 1 higher still, never a candidate);
     the test labels are garbage. The bundle must be stage2-top3's checkpoint, and the same bundle must
