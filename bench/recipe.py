@@ -33,6 +33,7 @@ from xtremedistil.layout import RunLayout
 logger = logging.getLogger(__name__)
 
 STEPS = ("distill", "export", "bench")
+EXTENDED = "__extended__"
 RESULT_FILES = ("report.json", "report.md", "accuracy_vs_latency.png", "speedup_by_batch.png", "pick.json")
 EXPORT_STAMP = "export.stamp.json"
 DEPLOY_KEY = "deploy"     # per student: false = distil only (an ablation), not exported nor benched
@@ -59,25 +60,24 @@ def _check_keys(section: str, values: dict, cls, path: Path, fixed=()) -> None:
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
     """The recipe with variables expanded and every key checked against the step's options."""
-    import yaml
-
     from xtremedistil.bench.harness import BenchOptions
     from xtremedistil.distill.pipeline import DistilOptions
     from xtremedistil.export.pipeline import ExportOptions
 
     path = Path(path)
     os.environ.setdefault("XD_DATA", "../shared/data")
-    try:
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise XtremeDistilError(f"{path}: cannot read the recipe: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise XtremeDistilError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    recipe = _read_yaml(path)
+    if isinstance(recipe, dict) and "extends" in recipe:
+        recipe = _extend(recipe, path)
+        extended = recipe.pop(EXTENDED)
+    else:
+        extended = False
     for override in overrides or ():
         _apply_override(recipe, override, path)
     if not isinstance(recipe, dict) or not isinstance(recipe.get("name"), str) or "model_dir" not in recipe:
         raise XtremeDistilError(f"{path}: a recipe needs 'name', 'model_dir' and the sections {', '.join(STEPS)}")
-    unknown = sorted(set(recipe) - {"name", "model_dir", "results", "description", "students", "pick", *STEPS})
+    unknown = sorted(set(recipe) - {"name", "model_dir", "results", "description", "students", "pick", "extends",
+                                    *STEPS})
     if unknown:
         raise XtremeDistilError(f"{path}: unknown top-level key(s) {', '.join(unknown)}")
     recipe = _expand(recipe)
@@ -97,7 +97,43 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
     recipe["pick"] = budgets_from_recipe(recipe["pick"], path) if recipe.get("pick") is not None else []
     recipe.setdefault("results", f"bench/results/{recipe['name']}")
     recipe["path"] = str(path)
+    # A recipe extending another shares its model_dir (teacher, cache, students) but benches in its own folder.
+    recipe["bench_dir"] = f"bench-{recipe['name']}" if extended else "bench"
     return recipe
+
+
+def _read_yaml(path: Path):
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise XtremeDistilError(f"{path}: cannot read the recipe: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise XtremeDistilError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+
+
+def _extend(recipe: dict, path: Path, seen: tuple = ()) -> dict:
+    """`extends: BASE.yaml` (relative to this recipe): the base recipe with this one's keys on top; the
+    distill, export and bench sections merge key by key, anything else (students, pick, model_dir) replaces.
+    A sweep over a recipe's teacher and cache extends it and lists its own students."""
+    base_path = path.parent / str(recipe["extends"])
+    if base_path.resolve() in seen or base_path.resolve() == path.resolve():
+        raise XtremeDistilError(f"{path}: 'extends' goes round in a circle through {base_path}")
+    if not base_path.is_file():
+        raise XtremeDistilError(f"{path}: extends '{recipe['extends']}', but {base_path} is not a file")
+    base = _read_yaml(base_path)
+    if not isinstance(base, dict):
+        raise XtremeDistilError(f"{base_path}: a recipe must be a mapping (extended by {path})")
+    if "extends" in base:
+        base = _extend(base, base_path, seen + (path.resolve(),))
+    merged = {**base, **recipe}
+    for section in STEPS:
+        if isinstance(base.get(section), dict) and isinstance(recipe.get(section), dict):
+            merged[section] = {**base[section], **recipe[section]}
+    merged.pop("extends")
+    merged[EXTENDED] = True
+    return merged
 
 
 def _apply_override(recipe, override: str, path: Path) -> None:
@@ -153,14 +189,18 @@ def _export_stamp(bundle: Path, export: dict) -> dict:
 
 
 def run_recipe(path: str | Path, steps=STEPS, model_dir: str | None = None, results: str | None = None,
-               progress: bool = True, overrides: list[str] | None = None, only: list[str] | None = None) -> dict:
-    """Runs the recipe's steps in order; returns {"metrics", "manifest", "report"} of what ran."""
+               progress: bool = True, overrides: list[str] | None = None, only: list[str] | None = None,
+               budgets: list | None = None) -> dict:
+    """Runs the recipe's steps in order; returns {"metrics", "manifest", "report"} of what ran.
+
+    `budgets` (bench.pick.Budget) are picked after bench, with the recipe's own `pick:` budgets."""
     from xtremedistil.bench.harness import BenchOptions, run_bench
     from xtremedistil.distill.pipeline import DistilOptions, run_distill, worker_done
     from xtremedistil.distill.seeding import resolve_seed
     from xtremedistil.export.pipeline import ExportOptions, run_export
 
     recipe = load_recipe(path, overrides)
+    recipe["pick"] = recipe["pick"] + list(budgets or [])
     if only:
         recipe["students"] = _select_students(recipe["students"], only, recipe["path"])
     unknown = [s for s in steps if s not in STEPS]
@@ -202,7 +242,7 @@ def run_recipe(path: str | Path, steps=STEPS, model_dir: str | None = None, resu
                 out["manifest"] = _export(bundle, recipe["export"], run_export, ExportOptions)
         if "bench" in steps:
             started = time.time()
-            bench_dir = model_dir / "bench"
+            bench_dir = model_dir / recipe["bench_dir"]
             bench = dict(recipe["bench"])
             if len(bundles) > 1 or any(s.get("student_name") for s in deployed):
                 bench.setdefault("names", ",".join(s.get("student_name") or "student" for s in deployed))
@@ -287,4 +327,8 @@ def summary(out: dict) -> str:
         from xtremedistil.bench.report import format_headline
 
         lines.append(format_headline(out["report"]))
+        if out["report"].get("picks"):
+            from xtremedistil.bench.pick import describe
+
+            lines += [describe(result) for result in out["report"]["picks"]]
     return "\n".join(lines)

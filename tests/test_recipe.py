@@ -27,6 +27,27 @@ def test_committed_recipes_are_valid(monkeypatch):
     overridden = load_recipe(REPO / "bench" / "recipes" / "wikiann-e5.yaml", ["distill.ft_epochs=1", "bench.threads='1'"])
     assert overridden["distill"]["ft_epochs"] == 1 and overridden["bench"]["threads"] == "1"
     assert [s.get("student_name") for s in overridden["students"]] == ["300-600", "50-200"]
+    sweep, base = load_recipe(REPO / "bench" / "recipes" / "sst2-sweep.yaml"), load_recipe(REPO / "bench" / "recipes" / "sst2.yaml")
+    assert sweep["distill"] == base["distill"] and sweep["model_dir"] == base["model_dir"]   # same teacher and cache
+    assert sweep["bench_dir"] == "bench-sst2-sweep" and base["bench_dir"] == "bench"
+    assert {s.get("student", "bilstm") for s in sweep["students"]} == {"bilstm", "cnn", "transformer"}
+    assert [b.batch_size for b in sweep["pick"]] == [1, 32]
+
+
+def test_extends_merges_sections_key_by_key_and_refuses_circles(tmp_path, capsys):
+    _write(tmp_path / "base.yaml", {"name": "base", "model_dir": "m", "distill": {"seq_len": 16, "seed": 1},
+                                    "bench": {"threads": "2"}, "students": [{"student_name": "a"}]})
+    child = load_recipe(_write(tmp_path / "child.yaml", {"extends": "base.yaml", "name": "child",
+                                                          "distill": {"seed": 2}, "students": [{"student_name": "b"}]}))
+    assert child["distill"] == {"seq_len": 16, "seed": 2} and child["bench"] == {"threads": "2"}
+    assert child["model_dir"] == "m" and [s["student_name"] for s in child["students"]] == ["b"]
+    _write(tmp_path / "loop.yaml", {"extends": "loop2.yaml", "name": "loop", "model_dir": "m"})
+    _write(tmp_path / "loop2.yaml", {"extends": "loop.yaml", "name": "loop2", "model_dir": "m"})
+    assert main(["recipe", str(tmp_path / "loop.yaml")]) == 2
+    assert "goes round in a circle" in capsys.readouterr().err
+    _write(tmp_path / "orphan.yaml", {"extends": "none.yaml", "name": "o", "model_dir": "m"})
+    assert main(["sweep", str(tmp_path / "orphan.yaml")]) == 2
+    assert "none.yaml is not a file" in capsys.readouterr().err
 
 
 def test_recipe_runs_end_to_end_and_resumes(tiny_models, tmp_path, monkeypatch):
@@ -81,6 +102,8 @@ def test_recipe_runs_end_to_end_and_resumes(tiny_models, tmp_path, monkeypatch):
     ("name: x\nmodel_dir: y\nstudents: [{deploy: 3}]\n", "must be true or false"),
     ("name: x\nmodel_dir: y\nstudents: [{deploy: false}]\n", "at least one student"),
     ("name: x\nmodel_dir: y\nstudents: [{stagez: 1}]\n", "unknown key(s) in 'distill': stagez"),
+    ("name: x\nmodel_dir: y\npick: [{batch: 1}]\n", "pick: unknown key(s) batch"),
+    ("name: x\nmodel_dir: y\npick: {min_retention: 95}\n", "--min_retention is a fraction"),
 ])
 def test_bad_recipes_are_one_line_errors(tmp_path, capsys, content, message):
     path = tmp_path / "bad.yaml"

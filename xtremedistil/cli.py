@@ -345,14 +345,21 @@ def _cmd_pick(args) -> int:
 
 
 def _cmd_recipe(args) -> int:
+    from xtremedistil.bench.pick import Budget
     from xtremedistil.bench.recipe import run_recipe, summary
 
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
     only = [s.strip() for s in args.students.split(",") if s.strip()] if args.students else None
+    budgets = []
+    if args.command == "sweep" and any(getattr(args, k) is not None for k in ("max_latency_ms", "min_retention",
+                                                                               "max_size_mb")):
+        budgets.append(Budget(batch_size=args.batch_size, threads=args.threads, max_latency_ms=args.max_latency_ms,
+                              min_retention=args.min_retention, max_size_mb=args.max_size_mb))
     out = run_recipe(args.recipe, steps, args.model_dir, args.results, progress=not args.quiet, overrides=args.set,
-                     only=only)
+                     only=only, budgets=budgets)
     print(summary(out))
-    return 0
+    picks = (out.get("report") or {}).get("picks") or []
+    return 1 if any(result["pick"] is None for result in picks) else 0
 
 
 def build_gate_parser() -> argparse.ArgumentParser:
@@ -374,6 +381,18 @@ def build_gate_parser() -> argparse.ArgumentParser:
                       help="largest allowed drop of a test metric, in points (default: %(default)s)")
     gate.set_defaults(handler=_cmd_gate, command="bench gate")
     return gate
+
+
+def _recipe_arguments(parser, what: str) -> None:
+    parser.add_argument("recipe", metavar="RECIPE", help=what)
+    parser.add_argument("--steps", default="distill,export,bench", help="steps to run (default: all three)")
+    parser.add_argument("--model_dir", help="override the recipe's model_dir")
+    parser.add_argument("--results", help="override the recipe's results folder")
+    parser.add_argument("--quiet", action="store_true", help="log warnings only, no progress bars")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one key of the recipe, e.g. --set distill.ft_epochs=1 (repeatable)")
+    parser.add_argument("--students", metavar="NAME[,NAME]",
+                        help="run only these of the recipe's students (the unnamed one is 'student')")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -520,16 +539,26 @@ def build_parser() -> argparse.ArgumentParser:
                     "from its last sub-stage, export is skipped when nothing changed, bench skips what it measured. "
                     "The report's small files are copied to the recipe's results folder (bench/results/NAME).",
     )
-    recipe.add_argument("recipe", metavar="RECIPE", help="a recipe file, e.g. bench/recipes/sst2.yaml")
-    recipe.add_argument("--steps", default="distill,export,bench", help="steps to run (default: all three)")
-    recipe.add_argument("--model_dir", help="override the recipe's model_dir")
-    recipe.add_argument("--results", help="override the recipe's results folder")
-    recipe.add_argument("--quiet", action="store_true", help="log warnings only, no progress bars")
-    recipe.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one key of the recipe, e.g. --set distill.ft_epochs=1 (repeatable)")
-    recipe.add_argument("--students", metavar="NAME[,NAME]",
-                        help="run only these of the recipe's students (the unnamed one is 'student')")
+    _recipe_arguments(recipe, "a recipe file, e.g. bench/recipes/sst2.yaml")
     recipe.set_defaults(handler=_cmd_recipe)
+
+    sweep = commands.add_parser(
+        "sweep", help="several students from one teacher and one scored cache, benched together, and the pick",
+        description="Distil every student of a recipe's 'students:' list from its one fine-tuned teacher and one "
+                    "teacher-output cache (never fine-tuned or scored again: the log shows only each student's "
+                    "stages), export each, bench them all in one run beside every teacher artifact, and pick the "
+                    "artifact to ship for the recipe's 'pick:' budgets and the one given here. Resumable: a killed "
+                    "sweep redoes only the unfinished student. Exit 1 when a budget has no pick.",
+        epilog="example: xtremedistil sweep bench/recipes/sst2-sweep.yaml --batch_size 1 --max_latency_ms 2 "
+               "--min_retention 0.98",
+    )
+    _recipe_arguments(sweep, "a recipe with a 'students:' list, e.g. bench/recipes/sst2-sweep.yaml")
+    sweep.add_argument("--batch_size", type=int, default=1, help="batch size of the budget below (default: 1)")
+    sweep.add_argument("--threads", type=int, help="thread count of the budget (default: the largest benched)")
+    sweep.add_argument("--max_latency_ms", type=float, help="budget: largest p50 latency of one batch call, ms")
+    sweep.add_argument("--min_retention", type=float, help="budget: smallest fraction of the teacher's test metric")
+    sweep.add_argument("--max_size_mb", type=float, help="budget: largest artifact size, MB")
+    sweep.set_defaults(handler=_cmd_recipe)
     return parser
 
 
