@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import errno
 import hashlib
 import logging
 import os
@@ -159,6 +160,8 @@ def augment_file(sources_path: str | Path, out_path: str | Path, config: Augment
             os.fsync(handle.fileno())
     except OSError as err:
         temp.unlink(missing_ok=True)
+        if err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise                      # the CLI's disk-full line (exit 3); the earlier file is untouched
         raise XtremeDistilError(f"{out_path}: cannot write the augmented transfer file ({err.strerror})") from None
     finally:
         progress.close()

@@ -7,6 +7,7 @@ printed as one line per problem, without a traceback, with exit code 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import dataclasses
 import logging
 import os
@@ -588,6 +589,34 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"xtremedistil {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as err:   # noqa: BLE001 - a full disk surfaces as OSError, h5py's, or TensorFlow's errors
+        if _disk_full(err):
+            where = f" writing {err.filename}" if getattr(err, "filename", None) else ""
+            print(f"xtremedistil {args.command}: error: no space left on the device{where} ({_first_line(err)}); "
+                  "everything finished before is intact: free space and rerun the same command to resume",
+                  file=sys.stderr)
+            return 3
+        if isinstance(err, OSError) and err.filename and err.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+            print(f"xtremedistil {args.command}: error: cannot write {err.filename}: {err.strerror}; choose a "
+                  "writable folder or fix its permissions", file=sys.stderr)
+            return 2
+        raise
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__
+
+
+def _disk_full(err: BaseException) -> bool:
+    """ENOSPC / EFBIG / EDQUOT from the OS, or the same condition reported by h5py or TensorFlow."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            return True
+        if any(text in str(err) for text in ("No space left on device", "File too large", "Disk quota exceeded")):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 if __name__ == "__main__":
