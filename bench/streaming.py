@@ -62,7 +62,7 @@ def measure(lines: int, out: Path, keep: bool = False, chunk_size: int = 100_000
     import xtremedistil  # noqa: F401
     import tensorflow as tf
 
-    from xtremedistil.bench.worker import peak_rss_mb
+    from xtremedistil.distill.memory import peak_rss_mb
     from xtremedistil.distill.cache import build_cache
     from xtremedistil.distill.data import iter_transfer
     from xtremedistil.distill.stages import StageConfig, StageData, StageRunner, schedule

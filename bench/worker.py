@@ -8,7 +8,6 @@ a LiteRT or ONNX Runtime measurement never loads TensorFlow.
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -16,19 +15,8 @@ from pathlib import Path
 import numpy as np
 
 import xtremedistil  # noqa: F401
+from xtremedistil.distill.memory import peak_rss_mb
 from xtremedistil.errors import XtremeDistilError
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, so a
-    child would report its parent's peak if that was higher."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024   # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _predictor(spec: dict):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -43,6 +44,26 @@ def read_json(path: str | Path, fix: str | None = None):
         reason = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8"
         raise XtremeDistilError(f"{path}: damaged ({reason}); "
                                 f"{fix or 'delete it and rerun the command that wrote it'}") from None
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-1 of a file's content (hashed once per process while its size and mtime stay the same).
+
+    Cache signatures use it, not the path or the mtime: a data folder copied afresh (new mtimes, same bytes)
+    or moved keeps its caches, and a file edited in place does not."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha1()
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 22):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
 
 
 def file_crc32(path: str | Path) -> int:

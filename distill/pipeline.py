@@ -23,13 +23,14 @@ from xtremedistil.distill import metrics as metrics_lib
 from xtremedistil.distill.bundle import write_bundle
 from xtremedistil.distill.cache import build_cache, signature_hash
 from xtremedistil.distill.cluster import make_cluster
-from xtremedistil.distill.files import read_json, write_json_atomic
+from xtremedistil.distill.files import file_digest, read_json, write_json_atomic
 from xtremedistil.distill.runner import encode_split, run_teacher
 from xtremedistil.distill.seeding import seed_everything
 from xtremedistil.distill.stages import (
     LABELS, StageConfig, StageData, StageRunner, SubStage, predict_student_logits, schedule,
 )
 from xtremedistil.distill.students import StudentConfig, build_student, layer_groups
+from xtremedistil.distill.memory import PhasePeaks
 from xtremedistil.distill.metrics import metrics_from_predictions
 from xtremedistil.distill.teacher import SPEC_FILE, FineTuneConfig
 from xtremedistil.errors import XtremeDistilError
@@ -37,7 +38,7 @@ from xtremedistil.layout import RunLayout
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2    # 2: tagging chunks carry word_start (the positions the losses count)
+CACHE_FORMAT = 3    # 2: tagging chunks carry word_start (the positions the losses count); 3: content-hashed sources
 
 
 @dataclasses.dataclass
@@ -100,6 +101,7 @@ def _teacher_layer(options: DistilOptions, num_layers: int) -> int:
 def run_distill(options: DistilOptions, on_batch=None) -> dict:
     """Runs (or resumes) the whole distillation; returns the bundle's metrics dict."""
     phases: dict[str, float] = {}
+    peaks = PhasePeaks()
     started = time.time()
     StageConfig(distil_loss=options.distil_loss, temperature=options.temperature)  # validate flags early
     augment_config(options)
@@ -117,11 +119,13 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
         )
 
     # The chief fine-tunes (or reloads) the teacher; the other workers then load what it saved.
+    peaks.start()
     teacher = teacher_phase(True) if cluster.is_chief else None
     cluster.barrier("the chief's teacher fine-tuning")
     if teacher is None:
         teacher = teacher_phase(False)
     phases["teacher"] = round(teacher.seconds, 1)
+    peaks.stop("teacher")
     task, tokenizer, model = teacher.task, teacher.tokenizer, teacher.model
     layer = _teacher_layer(options, model.num_layers)
     model_dir = Path(options.model_dir)
@@ -135,13 +139,16 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     transfer_info = {"file": str(transfer_path), "sentences": transfer_lines}
     if options.augment_multiplier > 0:
         t0 = time.time()
+        peaks.start()
         transfer_path, transfer_lines, transfer_info["augment"] = _augmented_transfer(
             options, task, tokenizer, teacher_emb, teacher_stamp, layout, cluster)
         transfer_info.update(file=str(transfer_path), sentences=transfer_lines)
         phases["augment"] = round(time.time() - t0, 1)
+        peaks.stop("augment")
 
     # Teacher outputs, once.
     t0 = time.time()
+    peaks.start()
     spec = tf.TensorSpec([None, None], tf.int32)
     score_fn = tf.function(lambda ids, mask: model.teacher_outputs(ids, mask, layer), input_signature=[spec, spec])
 
@@ -153,9 +160,7 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
         ("transfer", transfer_path, lambda: data_lib.iter_transfer(transfer_path), transfer_lines),
         ("dev", task.path / "dev.tsv", lambda: (ex.text for ex in task.splits["dev"]), len(task.splits["dev"])),
     ):
-        stat = Path(path).stat()
-        signature = {"source": str(Path(path).resolve()), "size": stat.st_size, "mtime": stat.st_mtime_ns,
-                     "teacher": teacher_stamp, "layer": layer, "seq_len": options.seq_len, "tagging": task.is_tagging,
+        signature = {"source_sha1": file_digest(path), "teacher": teacher_stamp, "layer": layer, "seq_len": options.seq_len, "tagging": task.is_tagging,
                      "format": CACHE_FORMAT, "chunk_size": options.distil_chunk_size}
         caches[name] = build_cache(
             layout.cache / f"{name}-{signature_hash(signature)}", sentences(), score, tokenizer,
@@ -164,6 +169,7 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
             description=f"teacher scoring {name}", worker=cluster.worker, workers=cluster.workers,
             barrier=cluster.barrier)
     phases["teacher_outputs"] = round(time.time() - t0, 1)
+    peaks.stop("teacher_outputs")
 
     # Student vocabulary, embeddings, model.
     t0 = time.time()
@@ -190,6 +196,7 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
 
     # The stages.
     t0 = time.time()
+    peaks.start()
     stage_config = StageConfig(options.distil_epochs, options.distil_batch_size, patience=options.distil_patience,
                                distil_loss=options.distil_loss, temperature=options.temperature, seed=options.seed,
                                label_epochs=options.distil_label_epochs or None)
@@ -207,6 +214,7 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     best = runner.best(plan)
     student.load_weights(str(layout.student / best.checkpoint))
     phases["stages"] = round(time.time() - t0, 1)
+    peaks.stop("stages")
 
     # Test is only reported, for the sub-stage chosen on dev.
     test = encode_split(tokenizer, task, "test", options.seq_len)
@@ -225,6 +233,9 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
                                                          state["completed"][best.name]["dev"]),
                                     metrics_lib.headline(teacher.metrics[split])) for split in ("dev", "test")},
         "seconds": {**phases, "total": round(time.time() - started, 1)},
+        # Per phase of this run; teacher_fine_tune from teacher.json (the run that fine-tuned it).
+        "peak_rss_mb": {"teacher_fine_tune": read_json(layout.teacher / SPEC_FILE).get("peak_rss_mb"),
+                        **peaks.mb, "per_phase": peaks.per_phase},
         "transfer": transfer_info,
         "distillation": {"stages": options.stages, "distil_loss": options.distil_loss,
                          "augment_multiplier": options.augment_multiplier, "student_name": options.student_name},
@@ -275,9 +286,9 @@ def augment_config(options: DistilOptions) -> AugmentConfig:
 def _augmented_transfer(options, task, tokenizer, teacher_emb, teacher_stamp, layout: RunLayout, cluster):
     """MODEL_DIR/augmented/transfer-<hash>.txt for these settings (made once); (path, lines, stats)."""
     config = augment_config(options)
-    stat = task.transfer_path.stat()
-    signature = {"source": str(task.transfer_path.resolve()), "size": stat.st_size, "mtime": stat.st_mtime_ns,
-                 "teacher": teacher_stamp, "config": dataclasses.asdict(config)}
+    signature = {"source_sha1": file_digest(task.transfer_path), "teacher": teacher_stamp,
+                 "screened_sha1": [file_digest(task.path / f"{split}.tsv") for split in ("dev", "test")],
+                 "config": dataclasses.asdict(config)}
     path = layout.augmented / f"transfer-{signature_hash(signature)}.txt"
     stats_path = path.with_suffix(".json")
     if cluster.is_chief and not (path.exists() and stats_path.exists()):

@@ -10,7 +10,8 @@ from pathlib import Path
 from xtremedistil.distill import data as data_lib
 from xtremedistil.distill import metrics as metrics_lib
 from xtremedistil.distill import teacher as teacher_lib
-from xtremedistil.distill.files import read_json, write_json_atomic
+from xtremedistil.distill.files import file_digest, read_json, write_json_atomic
+from xtremedistil.distill.memory import peak_rss_mb, reset_peak_rss
 from xtremedistil.distill.seeding import seed_everything
 from xtremedistil.distill.tokenization import encode_examples, load_tokenizer
 from xtremedistil.errors import XtremeDistilError
@@ -60,8 +61,10 @@ def run_teacher(task_dir, model_dir, checkpoint, tagging, seq_len, fine_tune: te
         train = encode_split(tokenizer, task, "train", seq_len)
         dev = encode_split(tokenizer, task, "dev", seq_len)
         work = layout.teacher_training
+        per_phase = reset_peak_rss()
         history = teacher_lib.fine_tune(model, train, dev, task.splits["dev"], task.labels, fine_tune, seed, work)
-        extra = {"history": history, "fine_tune": dataclasses.asdict(fine_tune), "seed": seed}
+        extra = {"history": history, "fine_tune": dataclasses.asdict(fine_tune), "seed": seed,
+                 "peak_rss_mb": round(peak_rss_mb(), 1), "peak_rss_per_phase": per_phase}
         teacher_lib.save_teacher(model, tokenizer, spec, folder, extra)
         shutil.rmtree(work, ignore_errors=True)
     else:
@@ -83,8 +86,7 @@ def run_teacher(task_dir, model_dir, checkpoint, tagging, seq_len, fine_tune: te
 def _split_stamps(task: data_lib.Task) -> dict:
     stamps = {}
     for split in ("dev", "test"):
-        stat = (task.path / f"{split}.tsv").stat()
-        stamps[split] = [str((task.path / f"{split}.tsv").resolve()), stat.st_size, stat.st_mtime_ns]
+        stamps[split] = file_digest(task.path / f"{split}.tsv")
     return stamps
 
 
@@ -95,7 +97,7 @@ def _saved_metrics(folder: Path, task: data_lib.Task) -> dict | None:
         return None
     try:
         saved = read_json(path)
-    except ValueError:
+    except XtremeDistilError:    # damaged: evaluated again
         return None
     if saved.get("sources") != _split_stamps(task) or not {"dev", "test"} <= set(saved):
         return None

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -188,6 +189,15 @@ def test_recipe_and_flag_errors_are_one_line(tmp_path, capsys):
     assert "missing --model_dir, --pt_teacher_checkpoint" in capsys.readouterr().err
 
 
+def test_metrics_record_wall_time_and_peak_memory_per_phase(tagging_run):
+    _, metrics = tagging_run
+    peaks = metrics["peak_rss_mb"]
+    assert peaks["per_phase"] is True                           # VmHWM reset at each phase start (Linux)
+    for phase in ("teacher", "teacher_outputs", "stages", "teacher_fine_tune"):
+        assert 50 < peaks[phase] < 20_000, phase                  # MB: a TensorFlow process, not bytes or GB
+        assert phase == "teacher_fine_tune" or metrics["seconds"][phase] > 0
+
+
 def test_student_config_round_trips_through_the_bundle(tagging_run):
     opts, _ = tagging_run
     bundle = load_bundle(f"{opts.model_dir}/bundle")
@@ -201,8 +211,11 @@ def test_a_second_student_shares_the_teacher_and_cache_and_labels_only_needs_no_
     stamps = {p: p.stat().st_mtime_ns for p in [root / "teacher" / "teacher.json", root / "teacher" / "metrics.json",
                                                *root.glob("cache/*/index.json")]}
     bundle_before = (root / "bundle" / "student.weights.h5").read_bytes()
+    for path in Path(opts.task).iterdir():     # the data copied afresh: new mtimes, the same bytes
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**12))
     metrics = run_distill(dataclasses.replace(opts, student_name="labels-only", stages="labels"))
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps     # nothing fine-tuned, evaluated or scored again
+    assert sorted(p.name for p in root.glob("cache/*")) == sorted(p.parent.name for p in stamps if p.parent.parent.name == "cache")
     assert set(metrics["substages"]) == {"labels-only"} and metrics["student"]["best_substage"] == "labels-only"
     state = json.loads((root / "student-labels-only" / "state.json").read_text())
     assert state["completed"]["labels-only"]["trainable_groups"] == 4            # every layer trains on labels

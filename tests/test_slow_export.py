@@ -19,7 +19,7 @@ vocab = int(sys.argv[1])
 encoder = TFBertModel(BertConfig(vocab_size=vocab, hidden_act="gelu_new"))   # 12 layers, 768 wide
 model = TeacherModel(encoder, num_labels=2, tagging=False)
 model({"input_ids": tf.ones((1, 8), tf.int32), "attention_mask": tf.ones((1, 8), tf.int32)})
-from xtremedistil.bench.worker import peak_rss_mb   # VmHWM: ru_maxrss would carry pytest's peak over exec
+from xtremedistil.distill.memory import peak_rss_mb   # VmHWM: ru_maxrss would carry pytest's peak over exec
 before = peak_rss_mb() * 2**20
 with tempfile.TemporaryDirectory() as folder:
     rows = export_teacher_onnx(model, 0, vocab, folder, seq_len=32, quantizations=[Quantization.FP32])
