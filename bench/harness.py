@@ -106,10 +106,9 @@ def _student_name(bundle: Path, taken: set[str]) -> str:
 
 
 def _describe_student(config: dict) -> str:
-    student = config["student"]
-    if student.get("kind", "bilstm") == "transformer":
-        return f"transformer {student.get('transformer_layers')}x{student.get('transformer_hidden')}"
-    return f"BiLSTM {student.get('word_emb_dim')}/{student.get('bilstm_hidden_size')}"
+    from xtremedistil.distill.students.base import describe_student
+
+    return describe_student(config["student"])
 
 
 def _read_students(options: BenchOptions, seq_len: int, runtimes: list[str]):

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from xtremedistil.distill.embeddings import UNK_ROW, build_vocab, pca_embeddings
-from xtremedistil.distill.students import StudentConfig, build_student, layer_groups
+from xtremedistil.distill.students import STUDENTS, StudentConfig, build_student, layer_groups
+from xtremedistil.distill.students.base import describe_student
 from xtremedistil.errors import XtremeDistilError
 
 
@@ -13,12 +14,21 @@ def config(kind="bilstm", tagging=True, **overrides):
     return StudentConfig(**{**base, **overrides})
 
 
+def test_every_student_describes_its_shape_for_reports():
+    import dataclasses
+
+    descriptions = {kind: describe_student(dataclasses.asdict(config(kind))) for kind in STUDENTS}
+    assert descriptions["bilstm"] == "BiLSTM 8/6" and descriptions["transformer"] == "transformer 2x8"
+    assert descriptions["cnn"] == "cnn 8/3x8 k3"
+    assert len(set(descriptions.values())) == len(STUDENTS)
+
+
 def test_unknown_student_lists_valid_names():
     with pytest.raises(XtremeDistilError, match="unknown student 'gru'; valid students: bilstm, cnn, transformer"):
         config(kind="gru")
 
 
-@pytest.mark.parametrize("kind", ["bilstm", "transformer", "cnn"])
+@pytest.mark.parametrize("kind", sorted(STUDENTS))
 @pytest.mark.parametrize("tagging", [True, False])
 def test_students_take_teacher_ids_and_give_named_outputs(kind, tagging):
     model = build_student(config(kind, tagging))
@@ -50,7 +60,7 @@ def test_bilstm_is_the_papers_shape_with_fused_kernel_defaults():
     assert with_dropout.get_layer("bilstm_backward").recurrent_dropout == 0.1
 
 
-@pytest.mark.parametrize("kind", ["bilstm", "transformer", "cnn"])
+@pytest.mark.parametrize("kind", sorted(STUDENTS))
 @pytest.mark.parametrize("tagging", [True, False])
 def test_logits_do_not_depend_on_padding_or_batch_company(kind, tagging):
     """A sentence gets the same logits unpadded, padded to any width, and beside a longer one."""

@@ -11,15 +11,27 @@ from xtremedistil.errors import XtremeDistilError
 
 STUDENTS: dict[str, Callable] = {}
 GROUPS: dict[str, Callable] = {}
+DESCRIPTIONS: dict[str, Callable] = {}
 
 
-def register_student(name: str, groups: Callable):
-    """Registers a builder `fn(config) -> tf.keras.Model` and its bottom-up layer groups."""
+def register_student(name: str, groups: Callable, describe: Callable | None = None):
+    """Registers a builder `fn(config) -> tf.keras.Model`, its bottom-up layer groups, and a short
+    description of a config (reports name students by it, e.g. "BiLSTM 300/600")."""
     def wrap(builder):
         STUDENTS[name] = builder
         GROUPS[name] = groups
+        DESCRIPTIONS[name] = describe or (lambda config: name)
         return builder
     return wrap
+
+
+def describe_student(student: dict) -> str:
+    """A bundle config's student section, in a few words ("BiLSTM 300/600", "cnn 3x256 k3")."""
+    kind = student.get("kind", "bilstm")
+    if kind not in DESCRIPTIONS:
+        return kind
+    fields = {f.name for f in dataclasses.fields(StudentConfig)}
+    return DESCRIPTIONS[kind](StudentConfig(**{k: v for k, v in student.items() if k in fields}))
 
 
 @tf.keras.utils.register_keras_serializable(package="xtremedistil")

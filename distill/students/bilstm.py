@@ -59,7 +59,7 @@ class LastStep(tf.keras.layers.Layer):
         return tf.gather(sequence, lengths - 1, batch_dims=1)
 
 
-@register_student("bilstm", _groups)
+@register_student("bilstm", _groups, lambda c: f"BiLSTM {c.word_emb_dim}/{c.bilstm_hidden_size}")
 def build_bilstm(config: StudentConfig, batch_size: int | None = None, unroll: bool = False) -> tf.keras.Model:
     """BiLSTM student; sequence output for tagging, each direction's last real step for classification.
 

@@ -48,7 +48,8 @@ class MaskedMaxPool(tf.keras.layers.Layer):
         return tf.reduce_max(sequence + (mask - 1.0) * 1e4, axis=1)
 
 
-@register_student("cnn", _groups)
+@register_student("cnn", _groups,
+                  lambda c: f"cnn {c.word_emb_dim}/{c.cnn_layers}x{c.cnn_filters} k{c.cnn_kernel_size}")
 def build_cnn(config: StudentConfig, batch_size: int | None = None, unroll: bool = False) -> tf.keras.Model:
     """Convolutional student; `unroll` does not apply (nothing recurrent)."""
     ids, rows = student_inputs(config, batch_size)

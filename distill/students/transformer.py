@@ -28,7 +28,7 @@ class PositionEmbedding(tf.keras.layers.Layer):
         return {**super().get_config(), "seq_len": self.seq_len, "dim": self.dim}
 
 
-@register_student("transformer", _groups)
+@register_student("transformer", _groups, lambda c: f"transformer {c.transformer_layers}x{c.transformer_hidden}")
 def build_transformer(config: StudentConfig, batch_size: int | None = None, unroll: bool = False) -> tf.keras.Model:
     ids, rows = student_inputs(config, batch_size)
     hidden, drop = config.transformer_hidden, config.dropout_rate
