@@ -9,6 +9,7 @@ Everything lands in MODEL_DIR: `teacher/`, `cache/`, `student/` (checkpoints, st
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -103,10 +104,7 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     phases: dict[str, float] = {}
     peaks = PhasePeaks()
     started = time.time()
-    StageConfig(distil_loss=options.distil_loss, temperature=options.temperature)  # validate flags early
-    augment_config(options)
-    _plan(options.stages, 4, options.distil_loss)
-    RunLayout(options.model_dir, options.student_name)
+    _validate_early(options)
     cluster = make_cluster(options.strategy)   # first: a multi-worker strategy must precede any TF op
 
     def teacher_phase(chief: bool):
@@ -180,13 +178,8 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     embedding = emb_lib.pca_embeddings(teacher_emb, vocab, options.word_emb_dim, options.seed)
     if options.word_emb_file:
         embedding = emb_lib.read_embedding_file(options.word_emb_file, vocab, tokenizer, options.word_emb_dim, embedding)
-    architecture = {f.name: getattr(options, f.name) for f in dataclasses.fields(StudentConfig)
-                    if hasattr(options, f.name) and f.name != "kind"}
-    student_config = StudentConfig(
-        kind=options.student, tagging=task.is_tagging, num_labels=len(task.labels),
-        teacher_vocab_size=teacher_emb.shape[0], vocab_size=vocab.size,
-        teacher_hidden_size=model.encoder.config.hidden_size, pad_row=emb_lib.PAD_ROW, **architecture,
-    )
+    student_config = _student_config(options, task.is_tagging, len(task.labels), teacher_emb.shape[0], vocab.size,
+                                     model.encoder.config.hidden_size)
     seed_everything(options.seed)
     with cluster.scope():
         student = build_student(student_config)
@@ -197,9 +190,7 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     # The stages.
     t0 = time.time()
     peaks.start()
-    stage_config = StageConfig(options.distil_epochs, options.distil_batch_size, patience=options.distil_patience,
-                               distil_loss=options.distil_loss, temperature=options.temperature, seed=options.seed,
-                               label_epochs=options.distil_label_epochs or None)
+    stage_config = _stage_config(options)
     groups = layer_groups(student, student_config)
     plan = _plan(options.stages, len(groups), options.distil_loss)
     data = StageData(caches["transfer"], caches["dev"], train, dev, task.splits["dev"], task.labels, task.is_tagging,
@@ -263,6 +254,49 @@ def _throughput(layout: RunLayout, caches: dict, state: dict) -> dict:
 
 
 STAGE_CHOICES = "a subset of 1,2,3 (e.g. 1,2,3 or 2,3), or 'labels'"
+
+
+def _student_config(options: DistilOptions, tagging: bool, num_labels: int, teacher_vocab_size: int,
+                    vocab_size: int, teacher_hidden_size: int) -> StudentConfig:
+    architecture = {f.name: getattr(options, f.name) for f in dataclasses.fields(StudentConfig)
+                    if hasattr(options, f.name) and f.name != "kind"}
+    return StudentConfig(kind=options.student, tagging=tagging, num_labels=num_labels,
+                         teacher_vocab_size=teacher_vocab_size, vocab_size=vocab_size,
+                         teacher_hidden_size=teacher_hidden_size, pad_row=emb_lib.PAD_ROW, **architecture)
+
+
+def _stage_config(options: DistilOptions) -> StageConfig:
+    return StageConfig(options.distil_epochs, options.distil_batch_size, patience=options.distil_patience,
+                       distil_loss=options.distil_loss, temperature=options.temperature, seed=options.seed,
+                       label_epochs=options.distil_label_epochs or None)
+
+
+def _validate_early(options: DistilOptions) -> None:
+    """Every setting that can be checked without the teacher's fine-tuning or scoring, checked first:
+    stage, augmentation and student settings (a bad --student or --transformer_hidden must not wait for an
+    hour of fine-tuning), the run layout, and --teacher_layer against the checkpoint's config when it can be
+    read without loading weights."""
+    _stage_config(options)
+    augment_config(options)
+    _plan(options.stages, 4, options.distil_loss)
+    RunLayout(options.model_dir, options.student_name)
+    _student_config(options, options.do_NER, 2, 2, 2, 2)        # shapes checked; sizes come later
+    layers = _checkpoint_layers(options.pt_teacher_checkpoint)
+    if layers is not None:
+        _teacher_layer(options, layers)
+
+
+def _checkpoint_layers(checkpoint: str) -> int | None:
+    """The pre-trained checkpoint's layer count from its config.json (None when it cannot be read cheaply)."""
+    from xtremedistil.distill.sources import resolve_checkpoint
+
+    config = Path(resolve_checkpoint(checkpoint)) / "config.json"    # pip: sources resolve to a local folder
+    try:
+        values = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    layers = values.get("num_hidden_layers", values.get("n_layers"))
+    return layers if isinstance(layers, int) else None
 
 
 def _plan(stages: str, n_groups: int, distil_loss: str) -> list:

@@ -248,3 +248,18 @@ def test_augmented_transfer_set_is_made_once_screened_and_scored(tagging_run):
     stamp = path.stat().st_mtime_ns
     again = run_distill(augmented)
     assert path.stat().st_mtime_ns == stamp and again["student"]["test"] == metrics["student"]["test"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"student": "gru"}, "unknown student 'gru'"),
+    ({"student": "transformer", "transformer_hidden": 250, "transformer_heads": 4}, "multiple of --transformer_heads"),
+    ({"teacher_layer": 9}, r"--teacher_layer 9 is out of range for this teacher: use 0 \(embeddings\) to 2"),
+    ({"distil_label_epochs": -1}, "--distil_label_epochs must be at least 1"),
+])
+def test_bad_settings_fail_before_the_teacher_is_fine_tuned(tiny_models, tmp_path, monkeypatch, override, message):
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher was fine-tuned before the settings were checked")
+    monkeypatch.setattr("xtremedistil.distill.pipeline.run_teacher", no_teacher)
+    task = tagging_task(tmp_path / "task")
+    with pytest.raises(XtremeDistilError, match=message):
+        run_distill(dataclasses.replace(options(task, tmp_path / "out", tiny_models("bert"), True), **override))
