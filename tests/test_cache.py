@@ -65,6 +65,13 @@ def test_shuffled_batches_cover_every_row_once_in_a_seeded_order(tmp_path, token
     assert order == same and order != other and order != unshuffled
 
 
+def _assert_same_as_a_clean_build(cache, tmp_path, tokenizer):
+    reference = build(tmp_path / "ref", CountingTeacher(), tokenizer)
+    for k in range(3):
+        for name in ("input_ids", "logits", "hidden"):
+            np.testing.assert_array_equal(cache.chunk(k)[name], reference.chunk(k)[name])
+
+
 def test_incomplete_chunk_is_recomputed_and_complete_ones_kept(tmp_path, tokenizer):
     with pytest.raises(RuntimeError, match="killed"):
         build(tmp_path / "c", CountingTeacher(fail_after=6), tokenizer)  # dies inside chunk 2
@@ -74,10 +81,7 @@ def test_incomplete_chunk_is_recomputed_and_complete_ones_kept(tmp_path, tokeniz
     resumed_teacher = CountingTeacher()
     cache = build(tmp_path / "c", resumed_teacher, tokenizer)
     assert resumed_teacher.scored == 6  # chunks 2 and 3 only
-    reference = build(tmp_path / "ref", CountingTeacher(), tokenizer)
-    for k in range(3):
-        for name in ("input_ids", "logits", "hidden"):
-            np.testing.assert_array_equal(cache.chunk(k)[name], reference.chunk(k)[name])
+    _assert_same_as_a_clean_build(cache, tmp_path, tokenizer)
 
 
 def test_changed_signature_rebuilds(tmp_path, tokenizer):
@@ -114,10 +118,7 @@ def test_a_damaged_chunk_is_scored_again_and_only_it(tmp_path, tokenizer, damage
     teacher = CountingTeacher()
     cache = build(tmp_path / "c", teacher, tokenizer)
     assert teacher.scored == 4                           # chunk 1 only
-    reference = build(tmp_path / "ref", CountingTeacher(), tokenizer)
-    for k in range(3):
-        for name in ("input_ids", "logits", "hidden"):
-            np.testing.assert_array_equal(cache.chunk(k)[name], reference.chunk(k)[name])
+    _assert_same_as_a_clean_build(cache, tmp_path, tokenizer)
 
 
 def test_a_damaged_index_is_rebuilt_from_the_intact_chunks_without_the_teacher(tmp_path, tokenizer):

@@ -108,6 +108,17 @@ class IdRemap(tf.keras.layers.Layer):
         return {**super().get_config(), "teacher_vocab_size": self.teacher_vocab_size}
 
 
+class PadRowLayer(tf.keras.layers.Layer):
+    """A layer that needs to know which student row is padding (saved in its config)."""
+
+    def __init__(self, pad_row: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.pad_row = pad_row
+
+    def get_config(self):
+        return {**super().get_config(), "pad_row": self.pad_row}
+
+
 def student_inputs(config: StudentConfig, batch_size: int | None = None):
     """`input_ids` [batch, width] and their student rows.
 

@@ -12,7 +12,9 @@ and ONNX LSTM kernels could not take.
 """
 import tensorflow as tf
 
-from xtremedistil.distill.students.base import StudentConfig, register_student, student_inputs, student_outputs
+from xtremedistil.distill.students.base import (
+    PadRowLayer, StudentConfig, register_student, student_inputs, student_outputs,
+)
 
 
 def _groups(config: StudentConfig):
@@ -20,18 +22,11 @@ def _groups(config: StudentConfig):
 
 
 @tf.keras.utils.register_keras_serializable(package="xtremedistil")
-class SequenceLengths(tf.keras.layers.Layer):
+class SequenceLengths(PadRowLayer):
     """Real length of each post-padded row of student ids (at least 1)."""
-
-    def __init__(self, pad_row: int = 0, **kwargs):
-        super().__init__(**kwargs)
-        self.pad_row = pad_row
 
     def call(self, rows):
         return tf.maximum(tf.reduce_sum(tf.cast(tf.not_equal(rows, self.pad_row), tf.int32), axis=1), 1)
-
-    def get_config(self):
-        return {**super().get_config(), "pad_row": self.pad_row}
 
 
 def _reversed_positions(lengths, width):

@@ -12,7 +12,7 @@ whatever the batch's width; the pool ignores padded positions. Every runtime get
 import tensorflow as tf
 
 from xtremedistil.distill.students.base import (
-    StudentConfig, gelu_tanh, register_student, student_inputs, student_outputs,
+    PadRowLayer, StudentConfig, gelu_tanh, register_student, student_inputs, student_outputs,
 )
 
 
@@ -25,18 +25,11 @@ def _groups(config: StudentConfig):
 
 
 @tf.keras.utils.register_keras_serializable(package="xtremedistil")
-class PositionMask(tf.keras.layers.Layer):
+class PositionMask(PadRowLayer):
     """[batch, width, 1] float: 1 at real positions, 0 at padding (student row `pad_row`)."""
-
-    def __init__(self, pad_row: int = 0, **kwargs):
-        super().__init__(**kwargs)
-        self.pad_row = pad_row
 
     def call(self, rows):
         return tf.cast(tf.not_equal(rows, self.pad_row), tf.float32)[:, :, tf.newaxis]
-
-    def get_config(self):
-        return {**super().get_config(), "pad_row": self.pad_row}
 
 
 @tf.keras.utils.register_keras_serializable(package="xtremedistil")
