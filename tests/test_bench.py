@@ -136,7 +136,8 @@ def test_a_rerun_resumes_without_measuring_again(benched):
 
 def test_gate_passes_on_identical_reports_and_catches_regressions(benched, tmp_path, capsys):
     report, out, _, _ = benched
-    baseline = out / "report.json"
+    baseline = tmp_path / "baseline.json"     # this run's report: out/report.json is rewritten by the resume test
+    baseline.write_text(json.dumps(report))
     assert main(["bench", "gate", str(baseline), "--baseline", str(baseline)]) == 0
     assert "gate passed" in capsys.readouterr().out
 
