@@ -237,6 +237,7 @@ def run_recipe(path: str | Path, steps=STEPS, model_dir: str | None = None, resu
             if only and (results_dir / STUDENTS_FILE).exists():   # a subset of students: keep the others' rows
                 table = {**read_json(results_dir / STUDENTS_FILE), **table}
             write_json_atomic(results_dir / STUDENTS_FILE, table)
+            (results_dir / STUDENTS_FILE).with_suffix(".md").write_text(students_markdown(table), encoding="utf-8")
         if "export" in steps:
             for bundle in bundles:
                 out["manifest"] = _export(bundle, recipe["export"], run_export, ExportOptions)
@@ -312,6 +313,26 @@ def students_table(students: dict) -> dict:
             "sentences_per_second": metrics.get("sentences_per_second"),
         }
     return rows
+
+
+def students_markdown(table: dict) -> str:
+    """students.json as the ablation table a README shows: how each student was made and what it kept."""
+    lines = ["| student | transfer set | stages | parameters | dev | test | teacher test | retention (test) | "
+             "stages time |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, row in table.items():
+        distillation = row.get("distillation") or {}
+        transfer = row.get("transfer") or {}
+        multiplier = distillation.get("augment_multiplier") or 0
+        made = (f"{transfer.get('sentences', 0):,} (augmented {multiplier}x)" if multiplier
+                else f"{transfer.get('sentences', 0):,}")
+        stages = distillation.get("stages", "1,2,3")
+        stages = "labels only (no teacher)" if stages == "labels" else f"{stages} (best {row['best_substage']})"
+        seconds = (row.get("seconds") or {}).get("stages")
+        minutes = f"{seconds / 60:.1f} min" if seconds is not None else "n/a"
+        retention = f"{100 * row['retention_test']:.1f}%" if row.get("retention_test") is not None else "n/a"
+        lines.append(f"| {name} | {made} | {stages} | {row['parameters']:,} | {100 * row['student_dev']:.2f} | "
+                     f"{100 * row['student_test']:.2f} | {100 * row['teacher_test']:.2f} | {retention} | {minutes} |")
+    return "\n".join(lines) + "\n"
 
 
 def summary(out: dict) -> str:

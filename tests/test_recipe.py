@@ -76,6 +76,8 @@ def test_recipe_runs_end_to_end_and_resumes(tiny_models, tmp_path, monkeypatch):
     table = yaml.safe_load((tmp_path / "results" / "students.json").read_text())
     assert set(table) == {"student", "labels-only"} and table["labels-only"]["best_substage"] == "labels-only"
     assert table["labels-only"]["teacher_test"] == table["student"]["teacher_test"]
+    ablation = (tmp_path / "results" / "students.md").read_text().splitlines()
+    assert len(ablation) == 4 and "| labels-only |" in ablation[3] and "labels only (no teacher)" in ablation[3]
     assert not (tmp_path / "run" / "bundle-labels-only" / "manifest.json").exists()
     assert [s["name"] for s in out["report"]["students"]] == ["run"]
     # A rerun resumes: nothing is exported or measured again.
