@@ -291,7 +291,7 @@ def fine_tune(model: TeacherModel, train: Encoded, dev: Encoded, dev_examples, l
         dev_metrics = evaluate(model, dev, dev_examples, labels, model.tagging)
         score = metrics_lib.headline(dev_metrics)
         state["history"].append({
-            "epoch": epoch + 1, "train_loss": total / max(steps, 1), "dev": score,
+            "epoch": epoch + 1, "planned_epochs": config.epochs, "train_loss": total / max(steps, 1), "dev": score,
             "seconds": round(time.time() - started, 1), "train_sentences_per_second": round(n / train_seconds, 1)})
         logger.info("teacher epoch %d/%d: loss %.4f, dev %s %.4f, %.0f sentences/s",
                     epoch + 1, config.epochs, total / max(steps, 1), dev_metrics["metric"], score, n / train_seconds)

@@ -153,7 +153,7 @@ def test_a_run_planned_longer_can_be_stopped_at_its_finished_epochs(tiny_models,
     monkeypatch.setattr(teacher_lib, "evaluate", lambda *a, **k: pytest.fail("nothing is trained or evaluated"))
     best = teacher_lib.read_json(tmp_path / "work" / teacher_lib.PROGRESS_STATE)["best"]
     model, *_, history = _fine_tuned(tiny_models("bert"), task_dir, True, seed=7, epochs=2, work_dir=tmp_path / "work")
-    assert [h["epoch"] for h in history] == [1, 2]
+    assert [(h["epoch"], h["planned_epochs"]) for h in history] == [(1, 4), (2, 4)]   # the plan stays on record
     reference = teacher_lib.build_teacher(teacher_lib.TeacherSpec(str(tiny_models("bert")), True, TAGGING_LABELS, 16))
     import tensorflow as tf
     tf.train.Checkpoint(model=reference).read(str(tmp_path / "work" / best)).expect_partial()
