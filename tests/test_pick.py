@@ -99,3 +99,24 @@ def test_report_md_lists_the_front_and_the_picks():
     assert "## Pareto front, batch 1, 2 threads" in text and "## Pareto front, batch 32, 2 threads" in text
     assert "| big | litert-dynamic | 2.500 |" in text and "| small | onnx-dynamic |" not in text
     assert "## Pick for the budget" in text and "- pick (batch 1, 2 threads): big onnx-fp32" in text
+
+
+def test_length_buckets_split_the_test_set_and_match_each_model(tiny_models, tmp_path):
+    import numpy as np
+
+    from helpers import tiny_bundle, tiny_teacher
+    from xtremedistil.bench.length_buckets import length_buckets, main as buckets_main
+    from xtremedistil.distill import load_bundle
+    from xtremedistil.distill.data import load_task
+
+    bundle = tiny_bundle(tmp_path, tiny_models("bert"), tagging=False)
+    tiny_teacher(tmp_path, tiny_models("bert"), tagging=False)
+    rows = length_buckets(str(bundle), edges=[3])
+    test = load_task(tmp_path / "task", False).splits["test"]
+    assert sum(r["sentences"] for r in rows) == len(test)
+    predicted = load_bundle(bundle).predict([ex.text for ex in test])
+    accuracy = np.mean([p == ex.label for p, ex in zip(predicted, test)])
+    assert sum(r["student"] * r["sentences"] for r in rows) / len(test) == pytest.approx(accuracy)
+    assert all(0 <= r["teacher"] <= 1 and 0 <= r["agreement"] <= 1 for r in rows)
+    tagging = tiny_bundle(tmp_path / "tag", tiny_models("bert"), tagging=True)
+    assert buckets_main(["--bundle", str(tagging)]) == 2
