@@ -84,6 +84,7 @@ def test_auto_is_the_default_strategy_without_gpus_and_mirrored_runs_on_cpu():
     assert cluster.name == "mirrored" and cluster.replicas == 1 and cluster.is_chief
 
 
+@pytest.mark.slow   # two full distill runs (about 2 minutes); keeps the fast suite near 15 minutes
 def test_mirrored_strategy_distils_like_the_default_one(tiny_models, tmp_path):
     """In-process MirroredStrategy (one CPU replica here) takes the same path as a multi-GPU run:
     variables under its scope, batches through distribute_datasets_from_function, strategy.run."""
