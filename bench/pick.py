@@ -11,9 +11,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import json
-
-from xtremedistil.distill.files import write_json_atomic
+from xtremedistil.distill.files import read_json, write_json_atomic
 from xtremedistil.errors import XtremeDistilError
 
 PICK_FILE = "pick.json"
@@ -140,11 +138,7 @@ def run_pick(report_path: str | Path, budget: Budget, out: str | Path | None = N
         path = path / "report.json"
     if not path.is_file():
         raise XtremeDistilError(f"{path}: no bench report here; run `xtremedistil bench` (or a recipe) first")
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise XtremeDistilError(f"{path}: cannot read the bench report ({type(err).__name__}: "
-                                f"{str(err).splitlines()[0]}); rerun bench to write it again") from None
+    report = read_json(path, fix="cannot read the bench report: rerun bench to write it again")
     if not isinstance(report, dict) or not isinstance(report.get("rows"), list):
         raise XtremeDistilError(f"{path}: not a bench report (no 'rows'); pass the report.json bench wrote")
     result = pick(report, budget)
@@ -155,15 +149,14 @@ def run_pick(report_path: str | Path, budget: Budget, out: str | Path | None = N
 def budgets_from_recipe(values, path) -> list[Budget]:
     """A recipe's `pick:` section: one budget (a mapping) or a list of them."""
     items = values if isinstance(values, list) else [values]
+    keys = [f.name for f in dataclasses.fields(Budget)]
     budgets = []
     for item in items:
         if not isinstance(item, dict):
-            raise XtremeDistilError(f"{path}: 'pick' must be a mapping (or a list of mappings) of "
-                                    f"{', '.join(f.name for f in dataclasses.fields(Budget))}")
-        unknown = sorted(set(item) - {f.name for f in dataclasses.fields(Budget)})
+            raise XtremeDistilError(f"{path}: 'pick' must be a mapping (or a list of mappings) of {', '.join(keys)}")
+        unknown = sorted(set(item) - set(keys))
         if unknown:
-            raise XtremeDistilError(f"{path}: pick: unknown key(s) {', '.join(unknown)}; valid: "
-                                    f"{', '.join(f.name for f in dataclasses.fields(Budget))}")
+            raise XtremeDistilError(f"{path}: pick: unknown key(s) {', '.join(unknown)}; valid: {', '.join(keys)}")
         try:
             budgets.append(Budget(**item))
         except TypeError as err:

@@ -53,14 +53,14 @@ def _read_or_none(path: Path) -> dict | None:
         return None
 
 
-def _chunk_intact(folder: Path) -> bool:
-    """A chunk folder whose meta.json is readable and whose arrays have the recorded rows and CRC-32s.
+def _intact_meta(folder: Path) -> dict | None:
+    """The meta.json of a chunk folder whose arrays have the recorded rows and CRC-32s, else None.
 
     Chunks written before CRCs were recorded are checked for a readable header and their row count only.
     """
     meta = _read_or_none(folder / META_FILE)
     if meta is None:
-        return False
+        return None
     try:
         for name in ARRAYS:
             array = np.load(folder / f"{name}.npy", mmap_mode="r")
@@ -71,8 +71,8 @@ def _chunk_intact(folder: Path) -> bool:
                 raise ValueError(f"{file} differs from the CRC-32 recorded when it was written")
     except (OSError, ValueError, KeyError) as err:
         logger.warning("%s: damaged cache chunk (%s); scoring it again", folder, err)
-        return False
-    return True
+        return None
+    return meta
 
 
 def signature_hash(signature: dict) -> str:
@@ -178,16 +178,20 @@ def build_cache(folder: str | Path, sentences: Iterable[str], score: Callable, t
     index_path = folder / INDEX_FILE
     index = _read_or_none(index_path)
     if (index is not None and index["signature"] == signature and index["complete"]
-            and all(_chunk_intact(folder / c["name"]) for c in index["chunks"])):
+            and all(_intact_meta(folder / c["name"]) is not None for c in index["chunks"])):
         logger.info("%s: reusing the complete teacher cache in %s (%d sentences)", description, folder, index["rows"])
         return TeacherCache(folder)
     listed = {c["name"]: c for c in index["chunks"]} if index is not None and index["signature"] == signature else {}
 
+    known: dict[str, dict] = {}     # chunks checked or written by this worker: not read and hashed twice
+
     def finished(name: str) -> dict | None:
-        if not _chunk_intact(folder / name):
-            return None
-        meta = _read_or_none(folder / name / META_FILE)
-        return meta if meta is not None and meta.get("signature") == signature else listed.get(name)
+        if name not in known:
+            meta = _intact_meta(folder / name)
+            if meta is None:
+                return None
+            known[name] = meta if meta.get("signature") == signature else listed.get(name)
+        return known[name]
 
     stream = iter(sentences)
     mine = "" if workers == 1 else f" (worker {worker} of {workers}: every {workers}th chunk)"
@@ -207,11 +211,12 @@ def build_cache(folder: str | Path, sentences: Iterable[str], score: Callable, t
         chunk_started = time.time()
         truncated = _write_chunk(temp, batch, score, tokenizer, seq_len, tagging, batch_size, progress)
         crcs = {p.name: file_crc32(p) for p in sorted(temp.glob("*.npy"))}
-        write_json_atomic(temp / META_FILE, {"name": name, "rows": len(batch), "truncated": truncated,
-                                             "signature": signature, "seconds": round(time.time() - chunk_started, 2),
-                                             "crc32": crcs})
+        meta = {"name": name, "rows": len(batch), "truncated": truncated, "signature": signature,
+                "seconds": round(time.time() - chunk_started, 2), "crc32": crcs}
+        write_json_atomic(temp / META_FILE, meta)
         shutil.rmtree(folder / name, ignore_errors=True)  # a chunk without meta.json is incomplete
         temp.rename(folder / name)
+        known[name] = meta
     progress.close()
     if not names:
         raise XtremeDistilError(f"{description}: no sentences to score")

@@ -59,9 +59,8 @@ def file_digest(path: str | Path) -> str:
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _DIGESTS:
         digest = hashlib.sha1()
-        with open(path, "rb") as handle:
-            while block := handle.read(1 << 22):
-                digest.update(block)
+        for block in _blocks(path):
+            digest.update(block)
         _DIGESTS[key] = digest.hexdigest()
     return _DIGESTS[key]
 
@@ -69,10 +68,15 @@ def file_digest(path: str | Path) -> str:
 def file_crc32(path: str | Path) -> int:
     """CRC-32 of a file's bytes (about 1 GB/s): recorded beside results a rerun reuses, checked before reuse."""
     crc = 0
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 22):
-            crc = zlib.crc32(block, crc)
+    for block in _blocks(path):
+        crc = zlib.crc32(block, crc)
     return crc
+
+
+def _blocks(path: str | Path, size: int = 1 << 22):
+    with open(path, "rb") as handle:
+        while block := handle.read(size):
+            yield block
 
 
 @contextlib.contextmanager

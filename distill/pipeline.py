@@ -9,7 +9,6 @@ Everything lands in MODEL_DIR: `teacher/`, `cache/`, `student/` (checkpoints, st
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -158,8 +157,9 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
         ("transfer", transfer_path, lambda: data_lib.iter_transfer(transfer_path), transfer_lines),
         ("dev", task.path / "dev.tsv", lambda: (ex.text for ex in task.splits["dev"]), len(task.splits["dev"])),
     ):
-        signature = {"source_sha1": file_digest(path), "teacher": teacher_stamp, "layer": layer, "seq_len": options.seq_len, "tagging": task.is_tagging,
-                     "format": CACHE_FORMAT, "chunk_size": options.distil_chunk_size}
+        signature = {"source_sha1": file_digest(path), "teacher": teacher_stamp, "layer": layer,
+                     "seq_len": options.seq_len, "tagging": task.is_tagging, "format": CACHE_FORMAT,
+                     "chunk_size": options.distil_chunk_size}
         caches[name] = build_cache(
             layout.cache / f"{name}-{signature_hash(signature)}", sentences(), score, tokenizer,
             seq_len=options.seq_len, tagging=task.is_tagging, chunk_size=options.distil_chunk_size,
@@ -292,8 +292,8 @@ def _checkpoint_layers(checkpoint: str) -> int | None:
 
     config = Path(resolve_checkpoint(checkpoint)) / "config.json"    # pip: sources resolve to a local folder
     try:
-        values = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        values = read_json(config)
+    except (OSError, XtremeDistilError):     # a hub id, or no readable config: checked after loading
         return None
     layers = values.get("num_hidden_layers", values.get("n_layers"))
     return layers if isinstance(layers, int) else None

@@ -335,18 +335,22 @@ def _cmd_gate(args) -> int:
     return 0
 
 
-def _cmd_pick(args) -> int:
-    from xtremedistil.bench.pick import Budget, describe, run_pick
+def _budget(args):
+    from xtremedistil.bench.pick import Budget
 
-    budget = Budget(batch_size=args.batch_size, threads=args.threads, max_latency_ms=args.max_latency_ms,
-                    min_retention=args.min_retention, max_size_mb=args.max_size_mb)
-    result = run_pick(args.report, budget, args.out)
+    return Budget(batch_size=args.batch_size, threads=args.threads, max_latency_ms=args.max_latency_ms,
+                  min_retention=args.min_retention, max_size_mb=args.max_size_mb)
+
+
+def _cmd_pick(args) -> int:
+    from xtremedistil.bench.pick import describe, run_pick
+
+    result = run_pick(args.report, _budget(args), args.out)
     print(describe(result))
     return 0 if result["pick"] else 1
 
 
 def _cmd_recipe(args) -> int:
-    from xtremedistil.bench.pick import Budget
     from xtremedistil.bench.recipe import run_recipe, summary
 
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
@@ -354,8 +358,7 @@ def _cmd_recipe(args) -> int:
     budgets = []
     if args.command == "sweep" and any(getattr(args, k) is not None for k in ("max_latency_ms", "min_retention",
                                                                                "max_size_mb")):
-        budgets.append(Budget(batch_size=args.batch_size, threads=args.threads, max_latency_ms=args.max_latency_ms,
-                              min_retention=args.min_retention, max_size_mb=args.max_size_mb))
+        budgets.append(_budget(args))
     out = run_recipe(args.recipe, steps, args.model_dir, args.results, progress=not args.quiet, overrides=args.set,
                      only=only, budgets=budgets)
     print(summary(out))
@@ -382,6 +385,15 @@ def build_gate_parser() -> argparse.ArgumentParser:
                       help="largest allowed drop of a test metric, in points (default: %(default)s)")
     gate.set_defaults(handler=_cmd_gate, command="bench gate")
     return gate
+
+
+def _budget_arguments(parser) -> None:
+    parser.add_argument("--batch_size", type=int, default=1, help="batch size the budget is for (default: 1)")
+    parser.add_argument("--threads", type=int, help="thread count (default: the report's largest)")
+    parser.add_argument("--max_latency_ms", type=float, help="largest p50 latency of one batch call, in ms")
+    parser.add_argument("--min_retention", type=float,
+                        help="smallest test metric as a fraction of the teacher's (e.g. 0.98)")
+    parser.add_argument("--max_size_mb", type=float, help="largest artifact size on disk, in MB")
 
 
 def _recipe_arguments(parser, what: str) -> None:
@@ -523,12 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: xtremedistil pick bench/results/sst2 --batch_size 1 --max_latency_ms 2 --min_retention 0.98",
     )
     pick.add_argument("report", metavar="REPORT", help="a bench report.json, or the folder holding it")
-    pick.add_argument("--batch_size", type=int, default=1, help="batch size the budget is for (default: 1)")
-    pick.add_argument("--threads", type=int, help="thread count (default: the report's largest)")
-    pick.add_argument("--max_latency_ms", type=float, help="largest p50 latency of one batch call, in ms")
-    pick.add_argument("--min_retention", type=float,
-                      help="smallest test metric as a fraction of the teacher's (e.g. 0.98)")
-    pick.add_argument("--max_size_mb", type=float, help="largest artifact size on disk, in MB")
+    _budget_arguments(pick)
     pick.add_argument("--out", help="where to write the result (default: pick.json beside the report)")
     pick.set_defaults(handler=_cmd_pick)
 
@@ -554,11 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
                "--min_retention 0.98",
     )
     _recipe_arguments(sweep, "a recipe with a 'students:' list, e.g. bench/recipes/sst2-sweep.yaml")
-    sweep.add_argument("--batch_size", type=int, default=1, help="batch size of the budget below (default: 1)")
-    sweep.add_argument("--threads", type=int, help="thread count of the budget (default: the largest benched)")
-    sweep.add_argument("--max_latency_ms", type=float, help="budget: largest p50 latency of one batch call, ms")
-    sweep.add_argument("--min_retention", type=float, help="budget: smallest fraction of the teacher's test metric")
-    sweep.add_argument("--max_size_mb", type=float, help="budget: largest artifact size, MB")
+    _budget_arguments(sweep)
     sweep.set_defaults(handler=_cmd_recipe)
     return parser
 
