@@ -11,6 +11,15 @@ variants are drawn from it. A variant walks the words; each word is, with probab
 - otherwise kept;
 then, with probability `p_ngram`, only a random n-gram (n in 1..`max_ngram`) of the variant is kept.
 
+How many variants a sentence gets (`allocation`):
+- `sentence` (Tang et al.): `multiplier` each, whatever its length;
+- `word`: in proportion to its words, `multiplier * words / mean words` (stochastically rounded), so every
+  word of the source text is in about as many variants. SST-2's transfer text is treebank phrases (median
+  7 words) while its test set is whole sentences (median 19): with `sentence` allocation 13% of the
+  transfer lines had 20+ words (test: 48%), and the student's retention fell with sentence length (98% under
+  10 words, 91.5% at 20-29). `word` keeps the same number of lines but puts 29% of them at 20+ words; a
+  one-word phrase, which has almost no distinct variants anyway, mostly gets none.
+
 Words are whitespace tokens, so tagging keeps word boundaries (the teacher labels the new
 sentences when it scores them). Output is streamed to the file (a temp name renamed when
 complete), deduplicated with 8-byte hashes (bounded memory: about 80 bytes a line), and screened:
@@ -37,6 +46,9 @@ from xtremedistil.errors import XtremeDistilError
 logger = logging.getLogger(__name__)
 
 
+ALLOCATIONS = ("sentence", "word")
+
+
 @dataclasses.dataclass
 class AugmentConfig:
     multiplier: int = 10          # variants drawn per source sentence (Tang et al.: 20 for SST-2)
@@ -47,6 +59,7 @@ class AugmentConfig:
     neighbours: int = 10
     max_vocab: int = 30_000
     seed: int = 42
+    allocation: str = "sentence"  # or "word": variants in proportion to a sentence's words (see the docstring)
 
     def __post_init__(self):
         if self.multiplier < 0:
@@ -56,6 +69,8 @@ class AugmentConfig:
                 raise XtremeDistilError(f"--augment_{name} must be in [0, 1]")
         if self.p_mask + self.p_replace > 1.0:
             raise XtremeDistilError("--augment_p_mask + --augment_p_replace must not exceed 1")
+        if self.allocation not in ALLOCATIONS:
+            raise XtremeDistilError(f"--augment_allocation '{self.allocation}' is not one of {', '.join(ALLOCATIONS)}")
         if self.max_ngram < 1 or self.neighbours < 1 or self.max_vocab < 2:
             raise XtremeDistilError("--augment_max_ngram and --augment_neighbours must be at least 1, "
                                     "--augment_max_vocab at least 2")
@@ -65,11 +80,13 @@ def _key(sentence: str) -> bytes:
     return hashlib.blake2b(" ".join(sentence.split()).encode("utf-8"), digest_size=8).digest()
 
 
-def word_counts(sentences: Iterable[str]) -> collections.Counter:
-    counts = collections.Counter()
+def word_counts(sentences: Iterable[str]) -> tuple[collections.Counter, int]:
+    """Occurrences of each word, and the number of sentences."""
+    counts, lines = collections.Counter(), 0
     for sentence in sentences:
         counts.update(sentence.split())
-    return counts
+        lines += 1
+    return counts, lines
 
 
 def nearest_words(words: list[str], embedding: np.ndarray, tokenizer, k: int, block: int = 2048) -> list[list[str]]:
@@ -112,14 +129,26 @@ def variant(words: list[str], rng: random.Random, config: AugmentConfig, mask_to
     return out
 
 
+def variant_count(n_words: int, config: AugmentConfig, mean_words: float, rng: random.Random) -> int:
+    """How many variants a sentence of `n_words` words gets (see `allocation` in the module docstring)."""
+    if config.allocation == "sentence":
+        return config.multiplier
+    share = config.multiplier * n_words / max(mean_words, 1e-9)
+    whole = int(share)
+    return whole + (rng.random() < share - whole)
+
+
 def augment_stream(sources: Iterable[str], config: AugmentConfig, mask_token: str,
-                   neighbours: dict[str, list[str]], screened: set[bytes]) -> Iterator[str]:
-    """Source sentences and their variants, deduplicated, none in `screened` (hashes of dev/test)."""
+                   neighbours: dict[str, list[str]], screened: set[bytes], mean_words: float = 1.0) -> Iterator[str]:
+    """Source sentences and their variants, deduplicated, none in `screened` (hashes of dev/test).
+
+    `mean_words`: the sources' mean sentence length in words (used by `allocation="word"`)."""
     seen: set[bytes] = set()
     for line_number, sentence in enumerate(sources):
         words = sentence.split()
         rng = random.Random(config.seed * 1_000_003 + line_number)
-        candidates = [words] + [variant(words, rng, config, mask_token, neighbours) for _ in range(config.multiplier)]
+        count = variant_count(len(words), config, mean_words, rng)
+        candidates = [words] + [variant(words, rng, config, mask_token, neighbours) for _ in range(count)]
         for candidate in candidates:
             text = " ".join(candidate)
             key = _key(text)
@@ -135,7 +164,8 @@ def augment_file(sources_path: str | Path, out_path: str | Path, config: Augment
     from xtremedistil.distill.data import iter_transfer
 
     out_path = Path(out_path)
-    counts = word_counts(iter_transfer(sources_path))
+    counts, lines = word_counts(iter_transfer(sources_path))
+    mean_words = sum(counts.values()) / max(lines, 1)
     vocab = [w for w, c in counts.most_common(config.max_vocab) if c >= 2 or len(counts) < config.max_vocab]
     table = dict(zip(vocab, nearest_words(vocab, embedding, tokenizer, config.neighbours))) if config.p_replace and len(vocab) > 1 else {}
     screened = {_key(s) for s in screen}
@@ -153,7 +183,7 @@ def augment_file(sources_path: str | Path, out_path: str | Path, config: Augment
 
     try:
         with open(temp, "w", encoding="utf-8") as handle:
-            for text in augment_stream(counted(), config, mask_token, table, screened):
+            for text in augment_stream(counted(), config, mask_token, table, screened, mean_words):
                 handle.write(text + "\n")
                 written += 1
             handle.flush()
@@ -170,6 +200,7 @@ def augment_file(sources_path: str | Path, out_path: str | Path, config: Augment
         raise XtremeDistilError(f"{sources_path}: augmentation produced no sentence (every line is a dev/test sentence?)")
     os.replace(temp, out_path)
     stats = {"sources": sources, "written": written, "vocabulary": len(vocab), "multiplier": config.multiplier,
+             "allocation": config.allocation, "mean_source_words": round(mean_words, 2),
              "ratio": round(written / max(sources, 1), 2)}
     logger.info("augment: %d source sentences -> %d lines in %s (%.1fx; %d words with neighbours)",
                 sources, written, out_path, stats["ratio"], len(table))

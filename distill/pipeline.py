@@ -74,6 +74,7 @@ class DistilOptions:
     ft_freeze_word_embeddings: bool = FineTuneConfig.freeze_word_embeddings
     distil_epochs: int = StageConfig.epochs
     distil_label_epochs: int = 0         # stage-3 (labels) sub-stages; 0 = distil_epochs
+    distil_final_epochs: int = 0         # the last stage-2 sub-stage (every layer trains); 0 = distil_epochs
     distil_batch_size: int = StageConfig.batch_size
     distil_chunk_size: int = 100_000
     distil_patience: int = StageConfig.patience
@@ -85,6 +86,7 @@ class DistilOptions:
     augment_p_replace: float = AugmentConfig.p_replace
     augment_p_ngram: float = AugmentConfig.p_ngram
     augment_max_ngram: int = AugmentConfig.max_ngram
+    augment_allocation: str = AugmentConfig.allocation
     seed: int = 42
     strategy: str = "auto"
     student_name: str = ""       # several students of one teacher and cache: MODEL_DIR/student-NAME, bundle-NAME
@@ -195,8 +197,11 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     plan = _plan(options.stages, len(groups), options.distil_loss)
     data = StageData(caches["transfer"], caches["dev"], train, dev, task.splits["dev"], task.labels, task.is_tagging,
                      pad_id=tokenizer.pad_token_id)
+    settings = {"student": dataclasses.asdict(student_config), "stages": dataclasses.asdict(stage_config),
+                "plan": [sub.name for sub in plan], "transfer": caches["transfer"].index["signature"],
+                "dev": caches["dev"].index["signature"]}
     runner = StageRunner(student, groups, data, stage_config, layout.student, on_batch=on_batch,
-                         cluster=cluster)
+                         cluster=cluster, settings=settings)
     state = runner.run(plan)
     if not cluster.is_chief:
         logger.info("worker %d: all sub-stages done; the chief writes the bundle", cluster.worker)
@@ -268,7 +273,8 @@ def _student_config(options: DistilOptions, tagging: bool, num_labels: int, teac
 def _stage_config(options: DistilOptions) -> StageConfig:
     return StageConfig(options.distil_epochs, options.distil_batch_size, patience=options.distil_patience,
                        distil_loss=options.distil_loss, temperature=options.temperature, seed=options.seed,
-                       label_epochs=options.distil_label_epochs or None)
+                       label_epochs=options.distil_label_epochs or None,
+                       final_epochs=options.distil_final_epochs or None)
 
 
 def _validate_early(options: DistilOptions) -> None:
@@ -314,7 +320,8 @@ def _plan(stages: str, n_groups: int, distil_loss: str) -> list:
 
 def augment_config(options: DistilOptions) -> AugmentConfig:
     return AugmentConfig(options.augment_multiplier, options.augment_p_mask, options.augment_p_replace,
-                         options.augment_p_ngram, options.augment_max_ngram, seed=options.seed)
+                         options.augment_p_ngram, options.augment_max_ngram, seed=options.seed,
+                         allocation=options.augment_allocation)
 
 
 def _augmented_transfer(options, task, tokenizer, teacher_emb, teacher_stamp, layout: RunLayout, cluster):

@@ -6,7 +6,7 @@ import pytest
 
 from helpers import bert_tokenizer, write_task
 from xtremedistil.cli import main
-from xtremedistil.distill.augment import AugmentConfig, augment_file, nearest_words, variant
+from xtremedistil.distill.augment import AugmentConfig, augment_file, augment_stream, nearest_words, variant
 from xtremedistil.errors import XtremeDistilError
 
 SOURCES = ["the movie was very good .", "a great film .", "the film is not good", "very bad movie",
@@ -57,6 +57,27 @@ def test_variants_keep_word_boundaries_and_follow_each_rule(tokenizer):
         assert 1 <= len(gram) <= 3 and " ".join(gram) in " ".join(words)   # a contiguous n-gram
     kept = variant(words, rng, AugmentConfig(p_mask=0.0, p_replace=0.0, p_ngram=0.0), "[MASK]", neighbours)
     assert kept == words
+
+
+def test_word_allocation_gives_long_sentences_more_variants_at_the_same_total():
+    """allocation='word': variants in proportion to words (the mean length gets `multiplier`), so a long sentence
+    gets more variants than a short one while the expected number of lines stays `multiplier` per source."""
+    config = dict(multiplier=5, p_mask=0.5, p_replace=0.0, p_ngram=0.0)
+    sources = [" ".join(f"s{i}w{j}" for j in range(2 if i % 2 == 0 else 18)) for i in range(200)]   # mean 10 words
+
+    def lines_per_length(allocation):
+        per_length = {2: 0, 18: 0}
+        for text in augment_stream(iter(sources), AugmentConfig(allocation=allocation, **config), "[M]", {}, set(),
+                                   mean_words=10.0):
+            per_length[len(text.split())] += 1
+        return per_length
+
+    by_sentence, by_word = lines_per_length("sentence"), lines_per_length("word")
+    assert by_sentence[18] == 100 * 6                        # each: itself and 5 distinct variants
+    assert 100 * (1 + 8) <= by_word[18] <= 100 * (1 + 9)     # 5 * 18/10 = 9 variants (8 or 9 when rounded)
+    assert by_word[2] < 100 * 2.1 < by_sentence[2]           # 5 * 2/10 = 1 variant, not 5 (dedup aside)
+    with pytest.raises(XtremeDistilError, match="--augment_allocation 'words' is not one of sentence, word"):
+        AugmentConfig(allocation="words")
 
 
 def test_nearest_words_come_from_the_teacher_embedding_space(tokenizer):

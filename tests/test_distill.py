@@ -248,6 +248,16 @@ def test_augmented_transfer_set_is_made_once_screened_and_scored(tagging_run):
     stamp = path.stat().st_mtime_ns
     again = run_distill(augmented)
     assert path.stat().st_mtime_ns == stamp and again["student"]["test"] == metrics["student"]["test"]
+    # Another transfer set (or other stage settings) under the same student name: its finished sub-stages,
+    # trained on the first set, are not resumed as if they were this run's; nothing of them is touched.
+    state = root / "student-augmented" / "state.json"
+    before = state.read_bytes()
+    with pytest.raises(XtremeDistilError, match=r"student-augmented: its sub-stages were trained with other "
+                                                r"settings \([a-z, ]*transfer differ\); give this run its own "):
+        run_distill(dataclasses.replace(augmented, augment_allocation="word", augment_multiplier=5))
+    with pytest.raises(XtremeDistilError, match=r"\(stages differ\)"):
+        run_distill(dataclasses.replace(augmented, distil_final_epochs=2))
+    assert state.read_bytes() == before
 
 
 @pytest.mark.parametrize("override, message", [
@@ -255,6 +265,7 @@ def test_augmented_transfer_set_is_made_once_screened_and_scored(tagging_run):
     ({"student": "transformer", "transformer_hidden": 250, "transformer_heads": 4}, "multiple of --transformer_heads"),
     ({"teacher_layer": 9}, r"--teacher_layer 9 is out of range for this teacher: use 0 \(embeddings\) to 2"),
     ({"distil_label_epochs": -1}, "--distil_label_epochs must be at least 1"),
+    ({"distil_final_epochs": -2}, "--distil_final_epochs must be at least 1"),
 ])
 def test_bad_settings_fail_before_the_teacher_is_fine_tuned(tiny_models, tmp_path, monkeypatch, override, message):
     def no_teacher(*args, **kwargs):

@@ -106,13 +106,14 @@ def test_batches_are_bucketed_by_length_and_cut_to_their_longest_sentence():
     assert batching.lengths(ids, 0).tolist() == [2, 1, 1]
 
 
-def _runner(tmp_path, tagging_data, epochs=4, patience=10, label_epochs=None):
+def _runner(tmp_path, tagging_data, epochs=4, patience=10, label_epochs=None, final_epochs=None):
     data, tokenizer = tagging_data
     config = StudentConfig(kind="bilstm", tagging=True, num_labels=3, seq_len=12, teacher_vocab_size=len(tokenizer),
                            vocab_size=len(tokenizer), teacher_hidden_size=2, word_emb_dim=4, bilstm_hidden_size=4)
     model = build_student(config)
     model.get_layer("id_remap").set_weights([np.arange(len(tokenizer), dtype=np.int32)])
-    stage_config = StageConfig(epochs=epochs, batch_size=2, patience=patience, label_epochs=label_epochs)
+    stage_config = StageConfig(epochs=epochs, batch_size=2, patience=patience, label_epochs=label_epochs,
+                               final_epochs=final_epochs)
     return StageRunner(model, layer_groups(model, config), data, stage_config, tmp_path / "student"), model
 
 
@@ -155,8 +156,10 @@ def test_a_substage_trains_with_that_schedule(tmp_path, tagging_data, monkeypatc
     assert seen == [(runner.data.steps(LOGITS, 2), 2)]
 
 
-def test_label_substages_run_their_own_epochs_and_decay_over_them(tmp_path, tagging_data, monkeypatch):
-    runner, _ = _runner(tmp_path, tagging_data, epochs=1, label_epochs=3)
+def test_label_and_final_substages_run_their_own_epochs_and_decay_over_them(tmp_path, tagging_data, monkeypatch):
+    """--distil_label_epochs: stage-3 sub-stages; --distil_final_epochs: the stage-2 sub-stage training every group
+    (stage2-top4 of a 4-group student), not the partly frozen ones before it nor stage 1."""
+    runner, _ = _runner(tmp_path, tagging_data, epochs=1, label_epochs=3, final_epochs=2)
     monkeypatch.setattr(runner, "_validation_loss", lambda sub, forward: 1.0 / (1 + len(seen)))
     seen = []
     real = learning_rate_schedule
@@ -166,14 +169,17 @@ def test_label_substages_run_their_own_epochs_and_decay_over_them(tmp_path, tagg
         return real(config, steps_per_epoch, epochs)
     monkeypatch.setattr("xtremedistil.distill.stages.learning_rate_schedule", spy)
     plan = schedule(4)
-    logits_run = runner._train(plan[1])                 # stage2-top1: transfer epochs
-    labels_run = runner._train(plan[5])                 # stage3-top1: label epochs
-    assert [len(logits_run["history"]), len(labels_run["history"])] == [1, 3]
-    assert seen == [1, 3]
+    assert [plan[i].name for i in (0, 1, 3, 4, 5, 8)] == ["stage1", "stage2-top1", "stage2-top3", "stage2-top4",
+                                                           "stage3-top1", "stage3-top4"]
+    runs = [runner._train(plan[i]) for i in (0, 1, 3, 4, 5, 8)]
+    assert [len(run["history"]) for run in runs] == [1, 1, 1, 2, 3, 3]
+    assert seen == [1, 1, 1, 2, 3, 3]
     lr = learning_rate_schedule(runner.config, 10, 3)
     assert float(lr(30)) == pytest.approx(runner.config.final_learning_rate, rel=1e-3)
     with pytest.raises(XtremeDistilError, match="--distil_label_epochs"):
         StageConfig(label_epochs=0)
+    with pytest.raises(XtremeDistilError, match="--distil_final_epochs"):
+        StageConfig(final_epochs=0)
 
 
 def test_a_non_finite_loss_stops_the_substage_with_a_clear_error(tmp_path, tagging_data, monkeypatch):

@@ -116,6 +116,9 @@ DISTILL_FLAGS = [
     ("--distil_label_epochs", int, "maximum epochs of the sub-stages on labeled data (stage 3, or the labels-only "
                                    "ablation) when they should differ from a large transfer set's; "
                                    "0 = --distil_epochs (default: 0)"),
+    ("--distil_final_epochs", int, "maximum epochs of the last stage-2 sub-stage, the one where every layer learns "
+                                   "the teacher's logits (where a time budget is best spent); "
+                                   "0 = --distil_epochs (default: 0)"),
     ("--distil_batch_size", int, "student batch size in every stage (default: 128)"),
     ("--distil_chunk_size", int, "sentences per teacher-output cache chunk; bounds memory (default: 100000)"),
     ("--distil_patience", int, "sub-stage early-stopping patience in epochs (default: 2)"),
@@ -129,6 +132,9 @@ DISTILL_FLAGS = [
     ("--augment_p_replace", float, "augmentation: probability of replacing a word by a near one (default: 0.1)"),
     ("--augment_p_ngram", float, "augmentation: probability of keeping only an n-gram (default: 0.25)"),
     ("--augment_max_ngram", int, "augmentation: longest n-gram kept (default: 5)"),
+    ("--augment_allocation", str, "augmentation: 'sentence' = N variants per sentence (Tang et al., default), "
+                                  "'word' = variants in proportion to a sentence's words (more sentence-length "
+                                  "text when the transfer text is short phrases, as SST-2's is)"),
     ("--seed", int, "seed for Python, NumPy and TensorFlow (default: $PYTHONHASHSEED, else 42)"),
     ("--student_name", str, "name of this student when several share MODEL_DIR's teacher and cache: its checkpoints "
                             "go to MODEL_DIR/student-NAME and its bundle to MODEL_DIR/bundle-NAME (default: none)"),
@@ -194,7 +200,7 @@ def _cmd_augment(args) -> int:
     from xtremedistil.distill.tokenization import load_tokenizer
 
     config = AugmentConfig(args.augment_multiplier, args.augment_p_mask, args.augment_p_replace, args.augment_p_ngram,
-                           args.augment_max_ngram, seed=resolve_seed(args.seed))
+                           args.augment_max_ngram, seed=resolve_seed(args.seed), allocation=args.augment_allocation)
     task = load_task(args.task, args.do_NER, args.transfer_file, require_transfer=True)
     tokenizer = load_tokenizer(args.pt_teacher_checkpoint)
     embedding = teacher_word_embeddings(load_encoder(args.pt_teacher_checkpoint))
@@ -464,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("p_mask", "p_replace", "p_ngram", "max_ngram"):
         default = getattr(AugmentConfig, name)
         augment.add_argument(f"--augment_{name}", type=type(default), default=default, help=f"(default: {default})")
+    augment.add_argument("--augment_allocation", choices=("sentence", "word"), default=AugmentConfig.allocation,
+                         help="'sentence': N variants per sentence (Tang et al., default); 'word': in proportion to "
+                              "its words (more sentence-length text from short-phrase transfer sets)")
     augment.add_argument("--seed", type=int, default=None, help="seed (default: $PYTHONHASHSEED, else 42)")
     augment.add_argument("--quiet", action="store_true", help="log warnings only")
     augment.set_defaults(handler=_cmd_augment)
