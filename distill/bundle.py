@@ -46,7 +46,7 @@ def write_bundle(folder: str | Path, model, student_config: StudentConfig, token
             "format_version": FORMAT_VERSION,
             "task": {"kind": "tagging" if student_config.tagging else "classification",
                      "labels": labels, "seq_len": student_config.seq_len},
-            "student": dataclasses.asdict(student_config),
+            "student": student_config.to_dict(),
             "teacher": teacher,
             **(extra or {}),
         })

@@ -30,6 +30,7 @@ from xtremedistil.distill.stages import (
     LABELS, StageConfig, StageData, StageRunner, SubStage, predict_student_logits, schedule,
 )
 from xtremedistil.distill.students import StudentConfig, build_student, layer_groups
+from xtremedistil.distill.students.base import OPTIONS, CommonStudentSettings, student_option_fields
 from xtremedistil.distill.memory import PhasePeaks
 from xtremedistil.distill.metrics import metrics_from_predictions
 from xtremedistil.distill.teacher import SPEC_FILE, FineTuneConfig
@@ -42,8 +43,8 @@ CACHE_FORMAT = 3    # 2: tagging chunks carry word_start (the positions the loss
 
 
 @dataclasses.dataclass
-class DistilOptions:
-    """Every `distill` flag; names follow the original run_xtreme_distil.py."""
+class _DistilSettings:
+    """Every `distill` flag but the students' own options; names follow the original run_xtreme_distil.py."""
 
     task: str
     model_dir: str
@@ -53,19 +54,10 @@ class DistilOptions:
     transfer_file: str | None = None
     seq_len: int = 32
     student: str = "bilstm"
-    word_emb_dim: int = StudentConfig.word_emb_dim
+    word_emb_dim: int = CommonStudentSettings.word_emb_dim
     word_emb_file: str | None = None
-    bilstm_hidden_size: int = StudentConfig.bilstm_hidden_size
-    recurrent_dropout: float = StudentConfig.recurrent_dropout
-    dropout_rate: float = StudentConfig.dropout_rate
-    dense_act_func: str = StudentConfig.dense_act_func
-    transformer_layers: int = StudentConfig.transformer_layers
-    transformer_heads: int = StudentConfig.transformer_heads
-    transformer_hidden: int = StudentConfig.transformer_hidden
-    transformer_ffn: int = StudentConfig.transformer_ffn
-    cnn_layers: int = StudentConfig.cnn_layers
-    cnn_filters: int = StudentConfig.cnn_filters
-    cnn_kernel_size: int = StudentConfig.cnn_kernel_size
+    dropout_rate: float = CommonStudentSettings.dropout_rate
+    dense_act_func: str = CommonStudentSettings.dense_act_func
     teacher_layer: int = 6
     ft_epochs: int = FineTuneConfig.epochs
     ft_batch_size: int = FineTuneConfig.batch_size
@@ -91,6 +83,14 @@ class DistilOptions:
     strategy: str = "auto"
     student_name: str = ""       # several students of one teacher and cache: MODEL_DIR/student-NAME, bundle-NAME
     stages: str = "1,2,3"        # or "labels": one sub-stage, every layer on labels (the no-teacher ablation)
+
+
+# Every `distill` flag: the settings above plus each registered student's own options (`--bilstm_hidden_size`,
+# `--cnn_filters`, ...; see `students.base.register_student`), so a new student's options need no edit here.
+DistilOptions = dataclasses.make_dataclass(
+    "DistilOptions",
+    [(field.name, field.type, dataclasses.field(default=field.default)) for _, field in student_option_fields()],
+    bases=(_DistilSettings,), namespace={"__module__": __name__})
 
 
 def _teacher_layer(options: DistilOptions, num_layers: int) -> int:
@@ -197,7 +197,7 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     plan = _plan(options.stages, len(groups), options.distil_loss)
     data = StageData(caches["transfer"], caches["dev"], train, dev, task.splits["dev"], task.labels, task.is_tagging,
                      pad_id=tokenizer.pad_token_id)
-    settings = {"student": dataclasses.asdict(student_config), "stages": dataclasses.asdict(stage_config),
+    settings = {"student": student_config.to_dict(), "stages": dataclasses.asdict(stage_config),
                 "plan": [sub.name for sub in plan], "transfer": caches["transfer"].index["signature"],
                 "dev": caches["dev"].index["signature"]}
     runner = StageRunner(student, groups, data, stage_config, layout.student, on_batch=on_batch,
@@ -263,8 +263,9 @@ STAGE_CHOICES = "a subset of 1,2,3 (e.g. 1,2,3 or 2,3), or 'labels'"
 
 def _student_config(options: DistilOptions, tagging: bool, num_labels: int, teacher_vocab_size: int,
                     vocab_size: int, teacher_hidden_size: int) -> StudentConfig:
-    architecture = {f.name: getattr(options, f.name) for f in dataclasses.fields(StudentConfig)
-                    if hasattr(options, f.name) and f.name != "kind"}
+    shared = ("seq_len", "word_emb_dim", "dropout_rate", "dense_act_func")
+    own = dataclasses.fields(OPTIONS[options.student]) if options.student in OPTIONS else ()
+    architecture = {name: getattr(options, name) for name in (*shared, *(f.name for f in own))}
     return StudentConfig(kind=options.student, tagging=tagging, num_labels=num_labels,
                          teacher_vocab_size=teacher_vocab_size, vocab_size=vocab_size,
                          teacher_hidden_size=teacher_hidden_size, pad_row=emb_lib.PAD_ROW, **architecture)

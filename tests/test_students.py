@@ -15,12 +15,61 @@ def config(kind="bilstm", tagging=True, **overrides):
 
 
 def test_every_student_describes_its_shape_for_reports():
-    import dataclasses
-
-    descriptions = {kind: describe_student(dataclasses.asdict(config(kind))) for kind in STUDENTS}
+    descriptions = {kind: describe_student(config(kind).to_dict()) for kind in STUDENTS}
     assert descriptions["bilstm"] == "BiLSTM 8/6" and descriptions["transformer"] == "transformer 2x8"
     assert descriptions["cnn"] == "cnn 8/3x8 k3"
     assert len(set(descriptions.values())) == len(STUDENTS)
+
+
+def test_a_student_is_one_file_its_options_become_flags_config_keys_and_checked_settings(monkeypatch):
+    """register_student(..., options=) is all a new student needs: its options are `--flags` of distill, keys of
+    its config (flat in the bundle, read as config.NAME), checked on creation; names clash with nothing."""
+    import dataclasses
+
+    import tensorflow as tf
+
+    from xtremedistil.cli import build_parser, student_flags
+    from xtremedistil.distill.students import base
+
+    for registry in ("STUDENTS", "GROUPS", "DESCRIPTIONS", "OPTIONS"):     # the toy leaves no trace
+        monkeypatch.setattr(base, registry, dict(getattr(base, registry)))
+
+    @dataclasses.dataclass
+    class ToyOptions(base.StudentOptions):
+        toy_width: int = base.option(7, "units of the toy layer", minimum=2)
+
+    @base.register_student("toy", lambda c: [["word_embedding"], ["toy"], ["projection"], ["logits"]],
+                           lambda c: f"toy {c.toy_width}", ToyOptions)
+    def build_toy(cfg, batch_size=None, unroll=False):
+        ids, rows = base.student_inputs(cfg, batch_size)
+        x = tf.keras.layers.Embedding(cfg.vocab_size, cfg.word_emb_dim, name="word_embedding")(rows)
+        x = tf.keras.layers.Dense(cfg.toy_width, name="toy")(tf.keras.layers.GlobalAveragePooling1D()(x))
+        return tf.keras.Model(ids, base.student_outputs(cfg, x))
+
+    toy = config("toy", False, toy_width=3)
+    assert toy.toy_width == 3 and toy.to_dict()["toy_width"] == 3 and "bilstm_hidden_size" not in toy.to_dict()
+    assert base.StudentConfig(**toy.to_dict()) == toy and describe_student(toy.to_dict()) == "toy 3"
+    assert build_student(toy)(np.ones((2, 12), np.int32))["logits"].shape == (2, 5)
+    assert ("--toy_width", int, "toy student: units of the toy layer (default: 7)") in student_flags()
+    args = build_parser(students=True).parse_args(["distill", "--student", "toy", "--toy_width", "4"])
+    assert (args.student, args.toy_width) == ("toy", 4)
+    with pytest.raises(XtremeDistilError, match="--toy_width must be at least 2"):
+        config("toy", toy_width=1)
+    with pytest.raises(XtremeDistilError, match="unknown student setting"):
+        config("toy", toy_depth=1)
+    with pytest.raises(AttributeError, match="'toy' student has no setting 'bilstm_hidden_size'"):
+        toy.bilstm_hidden_size
+
+    @dataclasses.dataclass
+    class Clash(base.StudentOptions):
+        cnn_filters: int = base.option(1, "taken")
+    with pytest.raises(ValueError, match="option 'cnn_filters' is already an option of cnn"):
+        base.register_student("clash", lambda c: [], options=Clash)
+
+
+def test_old_bundle_configs_with_every_students_fields_still_load():
+    flat = {**config("cnn").to_dict(), "bilstm_hidden_size": 600, "transformer_layers": 2}   # as bundles were
+    assert StudentConfig(**flat) == config("cnn") and StudentConfig(**flat).to_dict() == config("cnn").to_dict()
 
 
 def test_unknown_student_lists_valid_names():

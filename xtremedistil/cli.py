@@ -93,20 +93,11 @@ DISTILL_FLAGS = [
     ("--transfer_file", str, "unlabeled sentences, one per line; looked up in --task first (default: transfer.txt)"),
     ("--seq_len", int, "word pieces per sentence (default: 32)"),
     ("--student", str, "student architecture: bilstm (the paper's), transformer, or cnn (dilated residual "
-                       "convolutions, fast at batch 1) (default: bilstm)"),
+                       "convolutions, fast at batch 1) (default: bilstm); each student's own flags follow"),
     ("--word_emb_dim", int, "student word-embedding size; teacher embeddings PCA-reduced to it (default: 300)"),
     ("--word_emb_file", str, "text file 'piece v1 ... vN' with student embeddings (overrides PCA rows it covers)"),
-    ("--bilstm_hidden_size", int, "BiLSTM units per direction (default: 600)"),
-    ("--recurrent_dropout", float, "LSTM recurrent dropout (default: 0; non-zero disables fused kernels)"),
     ("--dropout_rate", float, "dropout after embeddings and after the encoder (default: 0.2)"),
     ("--dense_act_func", str, "projection activation: gelu_tanh, gelu, tanh, relu, linear (default: gelu_tanh)"),
-    ("--transformer_layers", int, "transformer student: layers (default: 2)"),
-    ("--transformer_heads", int, "transformer student: attention heads (default: 4)"),
-    ("--transformer_hidden", int, "transformer student: hidden size (default: 256)"),
-    ("--transformer_ffn", int, "transformer student: feed-forward size (default: 512)"),
-    ("--cnn_layers", int, "cnn student: residual convolution blocks, dilation 1, 2, 4, ... (default: 3)"),
-    ("--cnn_filters", int, "cnn student: filters per block (default: 256)"),
-    ("--cnn_kernel_size", int, "cnn student: kernel width in word pieces (default: 3)"),
     ("--teacher_layer", int, "teacher layer the student's projection mimics in stage 1; 0 = embeddings (default: 6)"),
     ("--ft_epochs", int, "teacher fine-tuning epochs (default: 3)"),
     ("--ft_batch_size", int, "teacher fine-tuning batch size (default: 32)"),
@@ -145,6 +136,15 @@ DISTILL_FLAGS = [
                         "worker, MODEL_DIR shared). Batch sizes are global (default: auto)"),
 ]
 REQUIRED_DISTILL = ("task", "model_dir", "pt_teacher_checkpoint")
+
+
+def student_flags() -> list[tuple[str, type, str]]:
+    """Each registered student's own flags (`register_student(..., options=)`), generated: a new student's
+    options need no edit here. Imports the students (TensorFlow), so only `distill` builds them."""
+    from xtremedistil.distill.students.base import student_option_fields
+
+    return [(f"--{field.name}", type(field.default), f"{kind} student: {field.metadata.get('help', '')} "
+             f"(default: {field.default})") for kind, field in student_option_fields()]
 
 
 def _distill_options(args):
@@ -414,7 +414,9 @@ def _recipe_arguments(parser, what: str) -> None:
                         help="run only these of the recipe's students (the unnamed one is 'student')")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(students: bool = False) -> argparse.ArgumentParser:
+    """The CLI; `students` adds every student's own flags to `distill` (they import TensorFlow, so the other
+    commands' parsing and --help stay fast)."""
     parser = argparse.ArgumentParser(
         prog="xtremedistil", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -445,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--do_NER", action="store_true", default=argparse.SUPPRESS, help="the task is tagging (NER)")
     distill.add_argument("--ft_freeze_word_embeddings", action="store_true", default=argparse.SUPPRESS,
                          help=FREEZE_HELP)
-    for flag, kind, text in DISTILL_FLAGS:
+    for flag, kind, text in DISTILL_FLAGS + (student_flags() if students else []):
         distill.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=text)
     distill.add_argument("--quiet", action="store_true", help="log warnings only")
     distill.set_defaults(handler=_cmd_distill)
@@ -590,7 +592,7 @@ def main(argv=None) -> int:
     if argv[:2] == ["bench", "gate"]:
         args = build_gate_parser().parse_args(argv[2:])
     else:
-        args = build_parser().parse_args(argv)
+        args = build_parser(students=argv[:1] == ["distill"]).parse_args(argv)
     args.raw_argv = argv[1:]
     _configure_logging(getattr(args, "quiet", False))
     try:

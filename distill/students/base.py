@@ -12,17 +12,58 @@ from xtremedistil.errors import XtremeDistilError
 STUDENTS: dict[str, Callable] = {}
 GROUPS: dict[str, Callable] = {}
 DESCRIPTIONS: dict[str, Callable] = {}
+OPTIONS: dict[str, type] = {}
 
 
-def register_student(name: str, groups: Callable, describe: Callable | None = None):
-    """Registers a builder `fn(config) -> tf.keras.Model`, its bottom-up layer groups, and a short
-    description of a config (reports name students by it, e.g. "BiLSTM 300/600")."""
+def option(default, help: str, *, minimum=None, below=None):
+    """A field of a student's own settings: its flag `--NAME` (CLI, recipe key) says `help`; values under
+    `minimum` or not under `below` are one-line errors."""
+    return dataclasses.field(default=default, metadata={"help": help, "minimum": minimum, "below": below})
+
+
+@dataclasses.dataclass
+class StudentOptions:
+    """Base of a student's own settings. Field names are flag names, unique across students (the CLI and
+    recipe keys are generated from them); `check()` adds checks across fields."""
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value, minimum, below = getattr(self, field.name), field.metadata.get("minimum"), field.metadata.get("below")
+            if minimum is not None and below is not None and not minimum <= value < below:
+                raise XtremeDistilError(f"--{field.name} must be in [{minimum}, {below})")
+            if minimum is not None and value < minimum:
+                raise XtremeDistilError(f"--{field.name} must be at least {minimum}")
+        self.check()
+
+    def check(self) -> None:
+        pass
+
+
+def register_student(name: str, groups: Callable, describe: Callable | None = None,
+                     options: type = StudentOptions):
+    """Registers a builder `fn(config) -> tf.keras.Model`, its bottom-up layer groups, a short description of
+    a config (reports name students by it, e.g. "BiLSTM 300/600") and its own settings (a `StudentOptions`
+    dataclass: they become `--flags`, recipe keys and bundle config keys, read as `config.NAME`)."""
+    common = {f.name for f in dataclasses.fields(CommonStudentSettings)}
+    for field in dataclasses.fields(options):
+        owner = next((kind for kind, cls in OPTIONS.items() if kind != name and
+                      field.name in {f.name for f in dataclasses.fields(cls)}), None)
+        if field.name in common or owner:
+            raise ValueError(f"student '{name}': option '{field.name}' is already "
+                             f"{'a setting of every student' if field.name in common else f'an option of {owner}'}")
+
     def wrap(builder):
         STUDENTS[name] = builder
         GROUPS[name] = groups
         DESCRIPTIONS[name] = describe or (lambda config: name)
+        OPTIONS[name] = options
         return builder
     return wrap
+
+
+def student_option_fields() -> list[tuple[str, dataclasses.Field]]:
+    """(student kind, field) for every registered student's own settings, in registration order."""
+    return [(kind, field) for kind, cls in OPTIONS.items() for field in dataclasses.fields(cls)]
 
 
 def describe_student(student: dict) -> str:
@@ -30,8 +71,7 @@ def describe_student(student: dict) -> str:
     kind = student.get("kind", "bilstm")
     if kind not in DESCRIPTIONS:
         return kind
-    fields = {f.name for f in dataclasses.fields(StudentConfig)}
-    return DESCRIPTIONS[kind](StudentConfig(**{k: v for k, v in student.items() if k in fields}))
+    return DESCRIPTIONS[kind](StudentConfig(**{"kind": kind, **student}))
 
 
 @tf.keras.utils.register_keras_serializable(package="xtremedistil")
@@ -44,8 +84,8 @@ ACTIVATIONS = {"gelu_tanh": gelu_tanh, "gelu": "gelu", "tanh": "tanh", "relu": "
 
 
 @dataclasses.dataclass
-class StudentConfig:
-    """Everything needed to rebuild a student; mirrored in the bundle's config.json."""
+class CommonStudentSettings:
+    """What every student has: the task's and teacher's shapes, and the shared layers' settings."""
 
     kind: str
     tagging: bool
@@ -58,31 +98,58 @@ class StudentConfig:
     word_emb_dim: int = 300
     dropout_rate: float = 0.2
     dense_act_func: str = "gelu_tanh"
-    bilstm_hidden_size: int = 600
-    recurrent_dropout: float = 0.0
-    transformer_layers: int = 2
-    transformer_heads: int = 4
-    transformer_hidden: int = 256
-    transformer_ffn: int = 512
-    cnn_layers: int = 3
-    cnn_filters: int = 256
-    cnn_kernel_size: int = 3
 
-    def __post_init__(self):
-        if self.kind not in STUDENTS:
-            raise XtremeDistilError(
-                f"unknown student '{self.kind}'; valid students: {', '.join(sorted(STUDENTS))}")
+
+_COMMON = [f.name for f in dataclasses.fields(CommonStudentSettings)]
+
+
+class StudentConfig:
+    """Everything needed to rebuild a student: the common settings and the kind's own options
+    (`config.bilstm_hidden_size`, ...), kept flat in the bundle's config.json (`to_dict`).
+
+    Options of other kinds are ignored (bundles written before options were per student carry every
+    kind's); a name that is no student's option is an error."""
+
+    def __init__(self, kind: str, tagging: bool, num_labels: int, seq_len: int, teacher_vocab_size: int,
+                 vocab_size: int, teacher_hidden_size: int, **settings):
+        if kind not in STUDENTS:
+            raise XtremeDistilError(f"unknown student '{kind}'; valid students: {', '.join(sorted(STUDENTS))}")
+        known = {field.name for _, field in student_option_fields()}
+        unknown = sorted(set(settings) - known - set(_COMMON))
+        if unknown:
+            raise XtremeDistilError(f"unknown student setting(s) {', '.join(unknown)}")
+        common = {k: settings[k] for k in _COMMON if k in settings}
+        own = {f.name for f in dataclasses.fields(OPTIONS[kind])}
+        self.common = CommonStudentSettings(kind, tagging, num_labels, seq_len, teacher_vocab_size, vocab_size,
+                                            teacher_hidden_size, **common)
+        self.options = OPTIONS[kind](**{k: v for k, v in settings.items() if k in own})
         if self.dense_act_func not in ACTIVATIONS:
             raise XtremeDistilError(
                 f"--dense_act_func '{self.dense_act_func}' is not one of {', '.join(ACTIVATIONS)}")
-        for name in ("word_emb_dim", "bilstm_hidden_size", "transformer_layers", "transformer_heads",
-                     "transformer_hidden", "transformer_ffn", "cnn_layers", "cnn_filters", "cnn_kernel_size"):
-            if getattr(self, name) < 1:
-                raise XtremeDistilError(f"--{name} must be at least 1")
-        if not 0.0 <= self.dropout_rate < 1.0 or not 0.0 <= self.recurrent_dropout < 1.0:
-            raise XtremeDistilError("--dropout_rate and --recurrent_dropout must be in [0, 1)")
-        if self.transformer_hidden % self.transformer_heads:
-            raise XtremeDistilError("--transformer_hidden must be a multiple of --transformer_heads")
+        if self.word_emb_dim < 1:
+            raise XtremeDistilError("--word_emb_dim must be at least 1")
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise XtremeDistilError("--dropout_rate must be in [0, 1)")
+
+    def __getattr__(self, name):             # only for names not found the usual way
+        for part in ("common", "options"):
+            value = self.__dict__.get(part)
+            if value is not None and name in {f.name for f in dataclasses.fields(value)}:
+                return getattr(value, name)
+        raise AttributeError(f"{type(self).__name__} of a '{self.__dict__.get('common') and self.common.kind}' "
+                             f"student has no setting '{name}'")
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self.common), **dataclasses.asdict(self.options)}
+
+    def replace(self, **changes) -> "StudentConfig":
+        return StudentConfig(**{**self.to_dict(), **changes})
+
+    def __eq__(self, other):
+        return isinstance(other, StudentConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self):
+        return f"StudentConfig({', '.join(f'{k}={v!r}' for k, v in self.to_dict().items())})"
 
     @property
     def activation(self):

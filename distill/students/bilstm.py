@@ -10,11 +10,20 @@ artifact (whatever its padded width) give a sentence the same logits. The revers
 gather (GATHER / GatherElements in TFLite and ONNX), not a mask, which the fused TFLite
 and ONNX LSTM kernels could not take.
 """
+import dataclasses
+
 import tensorflow as tf
 
 from xtremedistil.distill.students.base import (
-    PadRowLayer, StudentConfig, register_student, student_inputs, student_outputs,
+    PadRowLayer, StudentConfig, StudentOptions, option, register_student, student_inputs, student_outputs,
 )
+
+
+@dataclasses.dataclass
+class BiLSTMOptions(StudentOptions):
+    bilstm_hidden_size: int = option(600, "BiLSTM units per direction", minimum=1)
+    recurrent_dropout: float = option(0.0, "LSTM recurrent dropout (non-zero disables fused kernels)",
+                                      minimum=0.0, below=1.0)
 
 
 def _groups(config: StudentConfig):
@@ -54,7 +63,7 @@ class LastStep(tf.keras.layers.Layer):
         return tf.gather(sequence, lengths - 1, batch_dims=1)
 
 
-@register_student("bilstm", _groups, lambda c: f"BiLSTM {c.word_emb_dim}/{c.bilstm_hidden_size}")
+@register_student("bilstm", _groups, lambda c: f"BiLSTM {c.word_emb_dim}/{c.bilstm_hidden_size}", BiLSTMOptions)
 def build_bilstm(config: StudentConfig, batch_size: int | None = None, unroll: bool = False) -> tf.keras.Model:
     """BiLSTM student; sequence output for tagging, each direction's last real step for classification.
 

@@ -9,11 +9,21 @@ positions, so a real position's receptive field sees exactly the zeros it would 
 whatever the batch's width; the pool ignores padded positions. Every runtime gets plain convolutions
 (TFLite CONV_2D, ONNX Conv), no recurrence.
 """
+import dataclasses
+
 import tensorflow as tf
 
 from xtremedistil.distill.students.base import (
-    PadRowLayer, StudentConfig, gelu_tanh, register_student, student_inputs, student_outputs,
+    PadRowLayer, StudentConfig, StudentOptions, gelu_tanh, option, register_student, student_inputs,
+    student_outputs,
 )
+
+
+@dataclasses.dataclass
+class CNNOptions(StudentOptions):
+    cnn_layers: int = option(3, "residual convolution blocks, dilation 1, 2, 4, ...", minimum=1)
+    cnn_filters: int = option(256, "filters per block", minimum=1)
+    cnn_kernel_size: int = option(3, "kernel width in word pieces", minimum=1)
 
 
 def _blocks(config: StudentConfig):
@@ -42,7 +52,7 @@ class MaskedMaxPool(tf.keras.layers.Layer):
 
 
 @register_student("cnn", _groups,
-                  lambda c: f"cnn {c.word_emb_dim}/{c.cnn_layers}x{c.cnn_filters} k{c.cnn_kernel_size}")
+                  lambda c: f"cnn {c.word_emb_dim}/{c.cnn_layers}x{c.cnn_filters} k{c.cnn_kernel_size}", CNNOptions)
 def build_cnn(config: StudentConfig, batch_size: int | None = None, unroll: bool = False) -> tf.keras.Model:
     """Convolutional student; `unroll` does not apply (nothing recurrent)."""
     ids, rows = student_inputs(config, batch_size)

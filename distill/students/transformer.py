@@ -1,9 +1,24 @@
 """A small Transformer encoder student (post-LN blocks, tanh-GELU feed-forward)."""
+import dataclasses
+
 import tensorflow as tf
 
 from xtremedistil.distill.students.base import (
-    StudentConfig, gelu_tanh, register_student, student_inputs, student_outputs,
+    StudentConfig, StudentOptions, gelu_tanh, option, register_student, student_inputs, student_outputs,
 )
+from xtremedistil.errors import XtremeDistilError
+
+
+@dataclasses.dataclass
+class TransformerOptions(StudentOptions):
+    transformer_layers: int = option(2, "layers", minimum=1)
+    transformer_heads: int = option(4, "attention heads", minimum=1)
+    transformer_hidden: int = option(256, "hidden size (a multiple of --transformer_heads)", minimum=1)
+    transformer_ffn: int = option(512, "feed-forward size", minimum=1)
+
+    def check(self) -> None:
+        if self.transformer_hidden % self.transformer_heads:
+            raise XtremeDistilError("--transformer_hidden must be a multiple of --transformer_heads")
 
 
 def _groups(config: StudentConfig):
@@ -28,7 +43,8 @@ class PositionEmbedding(tf.keras.layers.Layer):
         return {**super().get_config(), "seq_len": self.seq_len, "dim": self.dim}
 
 
-@register_student("transformer", _groups, lambda c: f"transformer {c.transformer_layers}x{c.transformer_hidden}")
+@register_student("transformer", _groups, lambda c: f"transformer {c.transformer_layers}x{c.transformer_hidden}",
+                  TransformerOptions)
 def build_transformer(config: StudentConfig, batch_size: int | None = None, unroll: bool = False) -> tf.keras.Model:
     ids, rows = student_inputs(config, batch_size)
     hidden, drop = config.transformer_hidden, config.dropout_rate
