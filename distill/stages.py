@@ -254,8 +254,9 @@ class StageRunner:
         if self.settings is None:
             return
         recorded = self.state.get("settings")
-        if recorded is not None and recorded != self.settings and self.state["completed"]:
-            differ = sorted(k for k in set(recorded) | set(self.settings) if recorded.get(k) != self.settings.get(k))
+        differ = sorted(k for k in set(recorded or {}) | set(self.settings)
+                        if not _same_setting((recorded or {}).get(k), self.settings.get(k)))
+        if recorded is not None and differ and self.state["completed"]:
             raise XtremeDistilError(
                 f"{self.folder}: its sub-stages were trained with other settings ({', '.join(differ)} differ); "
                 f"give this run its own --student_name, or move that folder away to train it again")
@@ -406,6 +407,14 @@ class StageRunner:
         if not candidates:
             raise XtremeDistilError("no completed stage-2/3 sub-stage to choose from")
         return max(candidates, key=lambda sub: (self.state["completed"][sub.name]["dev_metric"], -sub.index))
+
+
+def _same_setting(recorded, current) -> bool:
+    """Equal where both runs recorded a value: a key only one version of the code writes (a setting added
+    since, with its default, or one no longer recorded) is not a difference."""
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        return all(_same_setting(recorded[k], current[k]) for k in recorded.keys() & current.keys())
+    return recorded == current
 
 
 def _local_rows(batch) -> int:

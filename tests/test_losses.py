@@ -249,3 +249,13 @@ def test_a_damaged_state_file_is_one_clear_error(tmp_path, tagging_data):
     (tmp_path / "student" / "state.json").write_text('{"completed": {"stage1": {')
     with pytest.raises(XtremeDistilError, match=r"state.json: damaged .*delete it to train every sub-stage again"):
         _runner(tmp_path, tagging_data)
+
+
+def test_settings_differ_only_where_both_runs_recorded_a_value():
+    from xtremedistil.distill.stages import _same_setting
+
+    old = {"kind": "bilstm", "bilstm_hidden_size": 300, "cnn_filters": 256}       # flat, every kind's fields
+    assert _same_setting(old, {"kind": "bilstm", "bilstm_hidden_size": 300})       # the per-student format
+    assert not _same_setting(old, {"kind": "bilstm", "bilstm_hidden_size": 600})
+    assert _same_setting({"stages": {"epochs": 1}}, {"stages": {"epochs": 1, "final_epochs": None}})
+    assert not _same_setting({"stages": {"final_epochs": None}}, {"stages": {"final_epochs": 4}})
