@@ -105,25 +105,24 @@ class TeacherPredictor(Predictor):
 
     def __init__(self, source: TeacherSource, num_labels: int, tagging: bool, threads: int | None = None):
         from xtremedistil.export.predictor import set_tf_threads
-        from xtremedistil.export.teacher import teacher_function
+        from xtremedistil.export.inference import logits_function
 
         super().__init__(Path(source.folder or source.preset))
         if threads:
             set_tf_threads(threads)
         self.model, self.vocab_size, self.pad_id, self.tokenizer = build_teacher(source, num_labels, tagging)
-        self._function = teacher_function(self.model, self.pad_id)
+        self._function = logits_function(self.model, pad_id=self.pad_id)
 
     def _run(self, input_ids: np.ndarray) -> np.ndarray:
         return self._function(input_ids)["logits"].numpy()
 
 
-def _tflite_teacher(model, function, batch_size: int, seq_len: int, dynamic: bool) -> bytes:
+def _tflite_teacher(model, pad_id: int, batch_size: int, seq_len: int, dynamic: bool) -> bytes:
     import tensorflow as tf
 
-    @tf.function(input_signature=[tf.TensorSpec([batch_size, seq_len], tf.int32, name="input_ids")])
-    def fixed(input_ids):
-        return function(input_ids)
+    from xtremedistil.export.inference import logits_function
 
+    fixed = logits_function(model, seq_len=seq_len, batch_size=batch_size, pad_id=pad_id)   # static shapes
     converter = tf.lite.TFLiteConverter.from_concrete_functions([fixed.get_concrete_function()], model)
     if dynamic:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -138,7 +137,8 @@ def prepare_teacher(source: TeacherSource, num_labels: int, tagging: bool, folde
     import tensorflow as tf
 
     from xtremedistil.export.base import Quantization
-    from xtremedistil.export.teacher import FP32_MAX_DELTA, export_teacher_onnx, teacher_function
+    from xtremedistil.export.inference import logits_function
+    from xtremedistil.export.teacher import FP32_MAX_DELTA, export_teacher_onnx
 
     folder.mkdir(parents=True, exist_ok=True)
     wanted = {"source": dataclasses.asdict(source), "num_labels": num_labels, "tagging": tagging, "seq_len": seq_len,
@@ -150,7 +150,7 @@ def prepare_teacher(source: TeacherSource, num_labels: int, tagging: bool, folde
     done = {row["name"] for row in manifest["artifacts"]}
     model, vocab_size, pad_id, _ = build_teacher(source, num_labels, tagging)
     manifest.update(parameters=count_parameters(model), vocab_size=vocab_size, pad_id=pad_id)
-    function = teacher_function(model, pad_id)
+    function = logits_function(model, pad_id=pad_id)
 
     def add(row):
         manifest["artifacts"] = [r for r in manifest["artifacts"] if r["name"] != row["name"]] + [row]
@@ -184,7 +184,7 @@ def prepare_teacher(source: TeacherSource, num_labels: int, tagging: bool, folde
                 target = folder / f"{name}.tflite"
                 temp = target.with_name(f".{target.name}.tmp")
                 try:
-                    flatbuffer = _tflite_teacher(model, function, batch_size, seq_len, quantization == "dynamic")
+                    flatbuffer = _tflite_teacher(model, pad_id, batch_size, seq_len, quantization == "dynamic")
                     temp.write_bytes(flatbuffer)
                     del flatbuffer
                     parity = _parity(temp, function, vocab_size, pad_id, batch_size, seq_len)

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from xtremedistil.errors import XtremeDistilError
 from xtremedistil.export.base import Quantization
+from xtremedistil.export.inference import logits_function
 from xtremedistil.export.onnx.convert import convert_function, op_counts, quantize_dynamic
 
 TEACHER_QUANTIZATIONS = (Quantization.FP32, Quantization.DYNAMIC)
@@ -41,15 +42,6 @@ def erf_gelu(model) -> int:
     return swapped
 
 
-def teacher_function(model, pad_id: int):
-    """input_ids [batch, seq] -> {"logits"}; the attention mask is derived from the pad id inside the graph."""
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="input_ids")])
-    def logits(input_ids):
-        mask = tf.cast(tf.not_equal(input_ids, pad_id), tf.int32)
-        return {"logits": model({"input_ids": input_ids, "attention_mask": mask}, training=False)}
-    return logits
-
-
 def sample_ids(vocab_size: int, pad_id: int, rows: int, seq_len: int, seed: int = 0) -> np.ndarray:
     """Random ids with trailing padding of random length (what real batches look like)."""
     rng = np.random.default_rng(seed)
@@ -68,7 +60,7 @@ def export_teacher_onnx(model, pad_id: int, vocab_size: int, folder: str | Path,
     """
     folder = Path(folder)
     erf_gelu(model)
-    function = teacher_function(model, pad_id)
+    function = logits_function(model, pad_id=pad_id)
     ids = sample_ids(vocab_size, pad_id, check_rows, seq_len)
     reference = function(ids)["logits"].numpy()
     base = folder / "teacher-onnx-fp32.onnx"

@@ -168,14 +168,6 @@ def quantize_static(source: Path, target: Path, input_name: str, representative_
             "calibration_examples": int(len(representative_ids))}
 
 
-def logits_function(model, seq_len: int):
-    """The student's inference graph on `input_ids` [dynamic batch, seq_len] -> {"logits"}."""
-    @tf.function(input_signature=[tf.TensorSpec([None, seq_len], tf.int32, name="input_ids")])
-    def logits(input_ids):
-        return {"logits": model(input_ids, training=False)["logits"]}
-    return logits
-
-
 def convert(ctx, quantization):
     """Writes `artifacts/onnx-<quantization>.onnx` for the student."""
     import tempfile
@@ -183,7 +175,9 @@ def convert(ctx, quantization):
     from xtremedistil.export.base import Artifact, Quantization
 
     target = ctx.artifacts_dir / f"onnx-{quantization.value}.onnx"
-    function = logits_function(ctx.model, ctx.student_config.seq_len)
+    from xtremedistil.export.inference import logits_function
+
+    function = logits_function(ctx.model, seq_len=ctx.student_config.seq_len)
     if quantization is Quantization.FP32:
         model = convert_function(function, [], target, opset=ctx.opset)
         return [Artifact(target.stem, "onnx", quantization, target,

@@ -13,6 +13,7 @@ import xtremedistil  # noqa: F401
 import tensorflow as tf
 
 from xtremedistil.export.base import Artifact, ExportContext, Quantization
+from xtremedistil.export.inference import logits_function
 
 VERSION = "1"
 LABELS_ASSET = "labels.txt"
@@ -23,11 +24,7 @@ class _Serving(tf.Module):
         super().__init__()
         self.model = model
         self.labels = tf.saved_model.Asset(labels_file)
-        self.serve = tf.function(
-            self._serve, input_signature=[tf.TensorSpec([None, seq_len], tf.int32, name="input_ids")])
-
-    def _serve(self, input_ids):
-        return {"logits": self.model(input_ids, training=False)["logits"]}
+        self.serve = logits_function(model, seq_len=seq_len)
 
 
 def convert(ctx: ExportContext, quantization: Quantization) -> list[Artifact]:
