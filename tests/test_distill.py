@@ -261,7 +261,7 @@ def test_augmented_transfer_set_is_made_once_screened_and_scored(tagging_run):
 
 
 @pytest.mark.parametrize("override, message", [
-    ({"student": "gru"}, "unknown student 'gru'"),
+    ({"student": "lstm"}, "unknown student 'lstm'"),
     ({"student": "transformer", "transformer_hidden": 250, "transformer_heads": 4}, "multiple of --transformer_heads"),
     ({"teacher_layer": 9}, r"--teacher_layer 9 is out of range for this teacher: use 0 \(embeddings\) to 2"),
     ({"distil_label_epochs": -1}, "--distil_label_epochs must be at least 1"),

@@ -197,6 +197,27 @@ def test_litert_predictor_does_not_need_tensorflow(exported):
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+def _every_student():
+    from xtremedistil.distill.students import STUDENTS
+
+    return sorted(STUDENTS)
+
+
+@pytest.mark.parametrize("kind", _every_student())
+def test_every_registered_student_exports_with_parity(tiny_models, tmp_path, kind):
+    """The export battery every student gets without being listed: SavedModel, ONNX fp32 and dynamic int8,
+    TFLite fp32 at batch 1, each within parity of the Keras student."""
+    bundle = tiny_bundle(tmp_path, tiny_models("bert"), tagging=False, kind=kind)
+    manifest = run_export(ExportOptions(bundle=str(bundle), formats="savedmodel,onnx:fp32,onnx:dynamic,tflite:fp32",
+                                        tflite_batch_sizes="1", **LOOSE))
+    rows = {row["name"]: row for row in manifest["artifacts"]}
+    assert set(rows) == {"savedmodel-fp32", "onnx-fp32", "onnx-dynamic", "tflite-fp32-b1"}, kind
+    for name, row in rows.items():
+        assert row["passed"] and row["parity"]["finite"], (kind, row)
+        if name != "onnx-dynamic":
+            assert row["parity"]["max_abs_logit_delta"] <= 1e-4, (kind, name, row["parity"])
+
+
 @pytest.mark.parametrize("tagging", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["classification", "tagging"])
 def test_cnn_student_exports_to_every_format_with_parity_and_plain_convolutions(tiny_models, tmp_path, tagging):
     bundle = tiny_bundle(tmp_path, tiny_models("bert"), tagging=tagging, kind="cnn")

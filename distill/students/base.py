@@ -211,11 +211,13 @@ def build_student(config: StudentConfig, batch_size: int | None = None, unroll: 
 
 
 def copy_student_weights(source: tf.keras.Model, target: tf.keras.Model) -> tf.keras.Model:
-    """Copies weights layer by layer, by name (the two may differ in batch size, unrolling or wrappers)."""
+    """Copies weights layer by layer, by name (the two may differ in batch size, unrolling or wrappers).
+
+    Layers without weights are skipped: Keras names unnamed ones (dropout, operators) by a per-process
+    counter, so a second build of the same student has other names for them (`dropout_13` for `dropout_10`)."""
     for layer in target.layers:
-        weights = source.get_layer(layer.name).get_weights()
-        if weights:
-            layer.set_weights(weights)
+        if layer.weights:
+            layer.set_weights(source.get_layer(layer.name).get_weights())
     return target
 
 
