@@ -263,7 +263,8 @@ STAGE_CHOICES = "a subset of 1,2,3 (e.g. 1,2,3 or 2,3), or 'labels'"
 
 def _student_config(options: DistilOptions, tagging: bool, num_labels: int, teacher_vocab_size: int,
                     vocab_size: int, teacher_hidden_size: int) -> StudentConfig:
-    shared = ("seq_len", "word_emb_dim", "dropout_rate", "dense_act_func")
+    shared = [f.name for f in dataclasses.fields(CommonStudentSettings)
+              if f.name != "kind" and f.name in {g.name for g in dataclasses.fields(options)}]   # seq_len, word_emb_dim, ...
     own = dataclasses.fields(OPTIONS[options.student]) if options.student in OPTIONS else ()
     architecture = {name: getattr(options, name) for name in (*shared, *(f.name for f in own))}
     return StudentConfig(kind=options.student, tagging=tagging, num_labels=num_labels,

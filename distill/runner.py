@@ -50,9 +50,7 @@ def run_teacher(task_dir, model_dir, checkpoint, tagging, seq_len, fine_tune: te
     spec = teacher_lib.TeacherSpec(checkpoint, tagging, task.labels, seq_len, model_class)
     layout = RunLayout(model_dir)
     folder = layout.teacher
-    trained = not teacher_lib.check_reusable(folder, spec)
-    if not trained:
-        _check_fine_tuning(folder, fine_tune)
+    trained = not teacher_lib.check_reusable(folder, spec, fine_tune)
     if trained and reuse_only:
         raise XtremeDistilError(f"{folder}: no fine-tuned teacher matching this run after the chief finished; "
                                 "MODEL_DIR must be one folder shared by every worker")
@@ -83,24 +81,6 @@ def run_teacher(task_dir, model_dir, checkpoint, tagging, seq_len, fine_tune: te
             logger.info("teacher dev/test metrics reused from %s (same teacher, same dev/test files)",
                         folder / teacher_lib.METRICS_FILE)
     return TeacherResult(model, spec, tokenizer, task, results, trained, time.time() - started)
-
-
-def _check_fine_tuning(folder: Path, fine_tune: teacher_lib.FineTuneConfig) -> None:
-    """A saved teacher is reused only with the fine-tuning settings it was trained with: another --ft_epochs
-    (say) must not silently keep a teacher trained for fewer or more epochs. The seed is not compared:
-    students with other seeds may share one teacher (it is recorded in teacher.json). Teachers saved before
-    these settings were recorded are reused as they are."""
-    saved = read_json(folder / teacher_lib.SPEC_FILE)
-    if "fine_tune" not in saved:
-        return
-    wanted = {f"ft_{k}": v for k, v in dataclasses.asdict(fine_tune).items()}
-    recorded = {f"ft_{k}": v for k, v in saved["fine_tune"].items()}
-    differing = [k for k in wanted if k in recorded and recorded[k] != wanted[k]]
-    if differing:
-        details = ", ".join(f"--{k}: saved {recorded[k]!r} vs now {wanted[k]!r}" for k in differing)
-        raise XtremeDistilError(
-            f"{folder} holds a teacher fine-tuned with other settings ({details}); pass the saved values to "
-            f"reuse it, use another --model_dir, or delete that folder to fine-tune again")
 
 
 def _split_stamps(task: data_lib.Task) -> dict:

@@ -93,16 +93,16 @@ class StageConfig:
     label_epochs: int | None = None   # stage-3 (labels) sub-stages; None = `epochs`
     final_epochs: int | None = None   # the last stage-2 sub-stage (every layer trains); None = `epochs`
 
-    def epochs_for(self, sub: "SubStage", n_groups: int | None = None) -> int:
+    def epochs_for(self, sub: "SubStage", n_groups: int) -> int:
         """Maximum epochs of a sub-stage: `label_epochs` for the labeled set, `final_epochs` for the stage-2
-        sub-stage that trains all `n_groups` groups (when given), else `epochs`.
+        sub-stage that trains all `n_groups` groups, else `epochs`.
 
         Why the last stage-2 sub-stage apart: on SST-2 (BiLSTM 300/300, one epoch per sub-stage) it was still
         improving fast when it stopped (test 82.8 -> 85.4 in its one epoch, then 85.8 and 86.2 in two more),
         while the partly frozen sub-stages before it gain little; a budget is best spent there."""
         if sub.target == LABELS and self.label_epochs:
             return self.label_epochs
-        if sub.target == LOGITS and self.final_epochs and n_groups is not None and sub.trainable_groups >= n_groups:
+        if sub.target == LOGITS and self.final_epochs and sub.trainable_groups >= n_groups:
             return self.final_epochs
         return self.epochs
 
@@ -254,13 +254,14 @@ class StageRunner:
         if self.settings is None:
             return
         recorded = self.state.get("settings")
-        differ = sorted(k for k in set(recorded or {}) | set(self.settings)
-                        if not _same_setting((recorded or {}).get(k), self.settings.get(k)))
-        if recorded is not None and differ and self.state["completed"]:
-            raise XtremeDistilError(
-                f"{self.folder}: its sub-stages were trained with other settings ({', '.join(differ)} differ); "
-                f"give this run its own --student_name, or move that folder away to train it again")
-        if recorded is None and self.state["completed"]:
+        if recorded is not None and self.state["completed"]:
+            differ = sorted(k for k in set(recorded) | set(self.settings)
+                            if not _same_setting(recorded.get(k), self.settings.get(k)))
+            if differ:
+                raise XtremeDistilError(
+                    f"{self.folder}: its sub-stages were trained with other settings ({', '.join(differ)} differ); "
+                    f"give this run its own --student_name, or move that folder away to train it again")
+        elif recorded is None and self.state["completed"]:
             logger.warning("%s: no settings recorded by the run that trained it (an older version); resuming it "
                            "as it is and recording this run's settings", self.folder)
         self.state["settings"] = self.settings

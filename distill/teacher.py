@@ -360,17 +360,28 @@ def load_teacher(folder: str | Path) -> tuple[TeacherModel, TeacherSpec, object]
     return model, spec, load_tokenizer(str(folder / ENCODER_DIR))
 
 
-def check_reusable(folder: Path, spec: TeacherSpec) -> bool:
-    """True if `folder` holds a teacher fine-tuned with `spec`; an error if it holds another one."""
+def check_reusable(folder: Path, spec: TeacherSpec, fine_tune: FineTuneConfig | None = None) -> bool:
+    """True if `folder` holds a teacher fine-tuned with `spec` (and, when given, the `fine_tune` settings);
+    an error if it holds another one.
+
+    The fine-tuning settings matter too: another --ft_epochs must not silently keep a teacher trained for
+    fewer or more epochs. The seed is not compared (students of several seeds may share one teacher), and
+    teachers saved before the settings were recorded in teacher.json are reused as they are."""
     if not (folder / SPEC_FILE).exists():
         return False
-    saved = read_json(folder / SPEC_FILE)["spec"]
-    wanted = dataclasses.asdict(spec)
+    record = read_json(folder / SPEC_FILE)
+    saved, wanted = dict(record["spec"]), dataclasses.asdict(spec)
     differing = [key for key in wanted if saved.get(key) != wanted[key]]
+    if fine_tune is not None and "fine_tune" in record:
+        tuned = {f"--ft_{k}": v for k, v in record["fine_tune"].items()}
+        asked = {f"--ft_{k}": v for k, v in dataclasses.asdict(fine_tune).items()}
+        differing += [key for key in asked if key in tuned and tuned[key] != asked[key]]   # a newer field: absent
+        saved.update(tuned)
+        wanted.update(asked)
     if differing:
         details = ", ".join(f"{key}: saved {saved.get(key)!r} vs now {wanted[key]!r}" for key in differing)
         raise XtremeDistilError(
-            f"{folder} holds a teacher fine-tuned with other settings ({details}); "
-            "use another --model_dir or delete that folder to fine-tune again"
+            f"{folder} holds a teacher fine-tuned with other settings ({details}); pass the saved values to "
+            "reuse it, use another --model_dir, or delete that folder to fine-tune again"
         )
     return True

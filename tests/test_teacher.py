@@ -83,15 +83,13 @@ def test_saved_teacher_with_other_settings_is_not_silently_reused(tiny_models, t
     with pytest.raises(XtremeDistilError, match="seq_len: saved 16 vs now 32"):
         teacher_lib.check_reusable(tmp_path / "teacher", teacher_lib.TeacherSpec(spec.checkpoint, False, spec.labels, 32))
     # The fine-tuning settings it was trained with are recorded; other ones are refused, the seed is free.
-    from xtremedistil.distill.runner import _check_fine_tuning
-
     trained_with = teacher_lib.FineTuneConfig(epochs=1, batch_size=4)
     teacher_lib.save_teacher(model, tokenizer, spec, tmp_path / "teacher",
                              {"fine_tune": dataclasses.asdict(trained_with), "seed": 1})
-    _check_fine_tuning(tmp_path / "teacher", trained_with)
+    assert teacher_lib.check_reusable(tmp_path / "teacher", spec, trained_with)
     with pytest.raises(XtremeDistilError, match=r"teacher holds a teacher fine-tuned with other settings "
                                                 r"\(--ft_epochs: saved 1 vs now 4\); pass the saved values"):
-        _check_fine_tuning(tmp_path / "teacher", dataclasses.replace(trained_with, epochs=4))
+        teacher_lib.check_reusable(tmp_path / "teacher", spec, dataclasses.replace(trained_with, epochs=4))
 
 
 def test_unknown_teacher_class_and_missing_checkpoint_are_clear_errors(tmp_path):

@@ -467,12 +467,12 @@ def build_parser(students: bool = False) -> argparse.ArgumentParser:
     augment.add_argument("--do_NER", action="store_true", help="the task is tagging (NER)")
     augment.add_argument("--transfer_file", help="source sentences; looked up in --task first (default: transfer.txt)")
     augment.add_argument("--augment_multiplier", type=int, default=10, help="variants per sentence (default: 10)")
-    from xtremedistil.distill.augment import AugmentConfig   # numpy only: --help stays fast
+    from xtremedistil.distill.augment import ALLOCATIONS, AugmentConfig   # numpy only: --help stays fast
 
     for name in ("p_mask", "p_replace", "p_ngram", "max_ngram"):
         default = getattr(AugmentConfig, name)
         augment.add_argument(f"--augment_{name}", type=type(default), default=default, help=f"(default: {default})")
-    augment.add_argument("--augment_allocation", choices=("sentence", "word"), default=AugmentConfig.allocation,
+    augment.add_argument("--augment_allocation", choices=ALLOCATIONS, default=AugmentConfig.allocation,
                          help="'sentence': N variants per sentence (Tang et al., default); 'word': in proportion to "
                               "its words (more sentence-length text from short-phrase transfer sets)")
     augment.add_argument("--seed", type=int, default=None, help="seed (default: $PYTHONHASHSEED, else 42)")

@@ -142,9 +142,6 @@ class StudentConfig:
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self.common), **dataclasses.asdict(self.options)}
 
-    def replace(self, **changes) -> "StudentConfig":
-        return StudentConfig(**{**self.to_dict(), **changes})
-
     def __eq__(self, other):
         return isinstance(other, StudentConfig) and self.to_dict() == other.to_dict()
 

@@ -173,10 +173,9 @@ def convert(ctx, quantization):
     import tempfile
 
     from xtremedistil.export.base import Artifact, Quantization
-
-    target = ctx.artifacts_dir / f"onnx-{quantization.value}.onnx"
     from xtremedistil.export.inference import logits_function
 
+    target = ctx.artifacts_dir / f"onnx-{quantization.value}.onnx"
     function = logits_function(ctx.model, seq_len=ctx.student_config.seq_len)
     if quantization is Quantization.FP32:
         model = convert_function(function, [], target, opset=ctx.opset)
