@@ -10,7 +10,10 @@ Each sub-stage: Adam with cosine decay from 1e-3 to 1e-8, early stopping on a va
 (teacher outputs on dev for stages 1-2, dev labels for stage 3), a checkpoint, and the dev metric.
 Every sub-stage starts from the previous checkpoint *file* with an RNG seeded from
 (seed, sub-stage, epoch), so a run killed at any point and rerun gives the same result as an
-uninterrupted one. The best sub-stage is chosen on the dev metric, never on test.
+uninterrupted one. Within a sub-stage, every finished epoch is saved too (weights, optimizer state, the
+best weights so far, the history: `NN-name.epoch.npz`, recorded in state.json under "partial"), so a run
+killed in a long sub-stage loses at most the epoch it was in. The best sub-stage is chosen on the dev
+metric, never on test.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from xtremedistil.distill.metrics import metrics_from_predictions
 from xtremedistil.distill.cluster import Cluster, lost_worker
 from xtremedistil.distill.tokenization import IGNORE_INDEX, Encoded
 from xtremedistil.errors import XtremeDistilError
+from xtremedistil.faults import kill_point
 
 logger = logging.getLogger(__name__)
 
@@ -211,6 +215,18 @@ def _save_weights(model, path: Path) -> int:
     temp = path.with_name(f".tmp-{path.name}")  # same suffix: it picks the Keras weights format
     model.save_weights(str(temp))
     crc = file_crc32(temp)
+    kill_point("weights:checkpoint")
+    os.replace(temp, path)
+    return crc
+
+
+def _save_arrays(path: Path, arrays: dict) -> int:
+    """Writes an `.npz` atomically; returns its CRC-32."""
+    temp = path.with_name(f".tmp-{path.name}")
+    with open(temp, "wb") as handle:
+        np.savez(handle, **arrays)
+    crc = file_crc32(temp)
+    kill_point("npz:epoch")
     os.replace(temp, path)
     return crc
 
@@ -254,14 +270,15 @@ class StageRunner:
         if self.settings is None:
             return
         recorded = self.state.get("settings")
-        if recorded is not None and self.state["completed"]:
+        trained = self.state["completed"] or self.state.get("partial")
+        if recorded is not None and trained:
             differ = sorted(k for k in set(recorded) | set(self.settings)
                             if not _same_setting(recorded.get(k), self.settings.get(k)))
             if differ:
                 raise XtremeDistilError(
                     f"{self.folder}: its sub-stages were trained with other settings ({', '.join(differ)} differ); "
                     f"give this run its own --student_name, or move that folder away to train it again")
-        elif recorded is None and self.state["completed"]:
+        elif recorded is None and trained:
             logger.warning("%s: no settings recorded by the run that trained it (an older version); resuming it "
                            "as it is and recording this run's settings", self.folder)
         self.state["settings"] = self.settings
@@ -320,21 +337,28 @@ class StageRunner:
         def step(batch):
             return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_step, args=(batch,)), axis=None)
 
-        train_step = None   # traced once for the dataset's element spec (batch and width unknown): no retracing
+        # Traced afresh every epoch, after the epoch's seed is set: dropout's random ops keep their state inside
+        # a traced function, so with one trace per sub-stage epoch k's masks would depend on epochs 1..k-1 and a
+        # run resumed at epoch k would differ from an uninterrupted one. One trace per epoch covers the whole
+        # epoch (the dataset's element spec leaves batch and width unknown: no retracing inside it).
         forward = tf.function(lambda ids: model(ids, training=False), input_signature=[IDS_SPEC])
-        best_loss, best_weights, waited, history = math.inf, None, 0, []
-        batches_done = 0
-        for epoch in range(epochs):
+        best_loss, best_weights, waited, history, first = math.inf, None, 0, [], 0
+        resumed = self._load_epochs(sub, epochs, optimizer)
+        if resumed is not None:
+            best_loss, best_weights, waited, history = resumed
+            first = len(history)
+        batches_done = first * steps
+        for epoch in range(first, epochs):
             tf.keras.utils.set_random_seed(_seed(config.seed, sub.index, epoch))
             rng = np.random.default_rng([config.seed, sub.index, epoch])
             total, n, rows, epoch_started = 0.0, 0, 0, time.time()
             dataset = self._dataset(sub, rng)
-            if train_step is None:
-                train_step = tf.function(step, input_signature=[dataset.element_spec])
+            train_step = tf.function(step, input_signature=[dataset.element_spec])
             bar = tqdm(dataset, total=steps, leave=False, disable=not self.cluster.is_chief,
                        desc=f"{sub.name} epoch {epoch + 1}/{epochs}", unit="batch", mininterval=1.0)
             for n, batch in enumerate(bar, start=1):
                 total += float(train_step(batch))
+                kill_point("stage:batch")
                 rows += _local_rows(batch)
                 batches_done += 1
                 if self.on_batch is not None:
@@ -359,8 +383,63 @@ class StageRunner:
                 if waited >= config.patience:
                     logger.info("%s: early stop after %d epochs without a better validation loss", sub.name, waited)
                     break
+            if epoch + 1 < epochs:
+                self._save_epochs(sub, epochs, optimizer, best_loss, best_weights, waited, history)
         model.set_weights(best_weights)
         return {"history": history, "val_loss": best_loss}
+
+    def _epochs_path(self, sub: SubStage) -> Path:
+        return self.folder / sub.checkpoint.replace(".weights.h5", ".epoch.npz")
+
+    def _save_epochs(self, sub, epochs, optimizer, best_loss, best_weights, waited, history) -> None:
+        """Saves a sub-stage between epochs: weights, optimizer state and the best weights so far (only when
+        they are not the current ones), then records them in state.json. Single-worker runs only: under a
+        cluster a killed run resumes at the last finished sub-stage."""
+        if not self.cluster.is_chief or self.cluster.workers > 1:
+            return
+        current = self.model.get_weights()
+        arrays = {f"w{i}": w for i, w in enumerate(current)}
+        arrays.update({f"o{i}": v.numpy() for i, v in enumerate(optimizer.variables)})
+        best_is_current = waited == 0
+        if not best_is_current:
+            arrays.update({f"b{i}": w for i, w in enumerate(best_weights)})
+        path = self._epochs_path(sub)
+        crc = _save_arrays(path, arrays)
+        self.state["partial"] = {"name": sub.name, "epochs": epochs, "file": path.name, "crc32": crc,
+                                 "history": history, "best_loss": best_loss, "waited": waited,
+                                 "weights": len(current), "optimizer": len(optimizer.variables),
+                                 "best_is_current": best_is_current}
+        write_json_atomic(self.state_path, self.state)
+        logger.info("%s: epoch %d of %d saved (a killed run resumes after it)", sub.name, len(history), epochs)
+
+    def _load_epochs(self, sub: SubStage, epochs: int, optimizer):
+        """Restores the epochs of `sub` an earlier run finished, if it saved them intact: the model's weights
+        and the optimizer's state are set; returns (best_loss, best_weights, waited, history) or None."""
+        partial = self.state.get("partial")
+        if not partial or partial.get("name") != sub.name or self.cluster.workers > 1:
+            return None
+        path = self.folder / partial["file"]
+        if partial.get("epochs") != epochs or not _intact(path, partial.get("crc32")):
+            logger.warning("%s: the epochs saved by an earlier run do not fit this one (%s); training the "
+                           "sub-stage from its start", sub.name,
+                           "another epoch count" if partial.get("epochs") != epochs else "missing or damaged")
+            return None
+        with np.load(path) as arrays:
+            current = [arrays[f"w{i}"] for i in range(partial["weights"])]
+            state = [arrays[f"o{i}"] for i in range(partial["optimizer"])]
+            best = current if partial["best_is_current"] else [arrays[f"b{i}"] for i in range(partial["weights"])]
+        with self.cluster.strategy.scope():
+            optimizer.build(self.model.trainable_variables)
+        if len(optimizer.variables) != len(state):
+            logger.warning("%s: the saved optimizer state does not fit this student; training the sub-stage "
+                           "from its start", sub.name)
+            return None
+        self.model.set_weights(current)
+        for variable, value in zip(optimizer.variables, state):
+            variable.assign(value)
+        history = partial["history"]
+        logger.info("%s: resuming after epoch %d of %d (saved by an earlier run)", sub.name, len(history), epochs)
+        return partial["best_loss"], best, partial["waited"], history
 
     def run(self, plan: list[SubStage]) -> dict:
         """Runs (or resumes) every sub-stage; returns the state with per-sub-stage dev metrics."""
@@ -397,7 +476,10 @@ class StageRunner:
                 "dev_metric": metrics_lib.headline(dev), "dev_metric_name": dev["metric"], "dev": dev,
                 "seconds": round(time.time() - started, 1), "checkpoint": sub.checkpoint,
             }
+            partial = self.state.pop("partial", None)
             write_json_atomic(self.state_path, self.state)
+            if partial:
+                (self.folder / partial["file"]).unlink(missing_ok=True)
             logger.info("%s done in %.0f s: dev %s %.4f", sub.name, time.time() - started,
                         dev["metric"], metrics_lib.headline(dev))
         return self.state

@@ -161,6 +161,64 @@ def test_killed_run_resumes_to_the_same_result(tagging_run, tiny_models, tmp_pat
         np.testing.assert_array_equal(x, y)
 
 
+def test_run_killed_inside_a_substage_resumes_after_its_last_finished_epoch(tagging_run, tiny_models, tmp_path):
+    # distil_epochs=2: killed in the second epoch of stage2-top2, the rerun trains only that epoch (weights,
+    # optimizer state and best-so-far restored) and ends where the uninterrupted run ended, bit for bit.
+    reference_opts, reference = tagging_run
+    task = tagging_task(tmp_path / "task")
+    opts = options(task, tmp_path / "out", tiny_models("bert"), True)
+    folder = tmp_path / "out" / "student"
+    first_batch = {}
+
+    def kill(sub: SubStage, batches: int):
+        first_batch.setdefault(sub.name, batches)
+        if sub.name == "stage2-top2" and "partial" in json.loads((folder / "state.json").read_text()):
+            raise Killed()
+
+    with pytest.raises(Killed):
+        run_distill(opts, on_batch=kill)
+    state = json.loads((folder / "state.json").read_text())
+    assert set(state["completed"]) == {"stage1", "stage2-top1"}
+    assert state["partial"]["name"] == "stage2-top2" and len(state["partial"]["history"]) == 1
+    saved = folder / state["partial"]["file"]
+    assert saved.exists()
+    first_batch.clear()
+    resumed = run_distill(opts, on_batch=lambda sub, batches: first_batch.setdefault(sub.name, batches))
+    assert first_batch["stage2-top2"] > 1                        # epoch 1 was not trained again
+    assert first_batch["stage2-top3"] == 1
+    assert not saved.exists()                                    # removed once the sub-stage finished
+    assert "partial" not in json.loads((folder / "state.json").read_text())
+    finished = json.loads((folder / "state.json").read_text())["completed"]["stage2-top2"]
+    assert finished["history"][0] == state["partial"]["history"][0] and len(finished["history"]) == 2
+    for name, sub in reference["substages"].items():
+        assert resumed["substages"][name]["val_loss"] == pytest.approx(sub["val_loss"], rel=1e-6), name
+    assert resumed["student"]["test"] == reference["student"]["test"]
+    a = load_bundle(tmp_path / "out" / "bundle").model.get_weights()
+    b = load_bundle(f"{reference_opts.model_dir}/bundle").model.get_weights()
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_damaged_epoch_save_trains_the_substage_from_its_start(tiny_models, tmp_path, caplog):
+    task = tagging_task(tmp_path / "task")
+    opts = options(task, tmp_path / "out", tiny_models("bert"), True, stages="2")
+    folder = tmp_path / "out" / "student"
+
+    def kill(sub: SubStage, batches: int):
+        if sub.name == "stage2-top1" and "partial" in json.loads((folder / "state.json").read_text()):
+            raise Killed()
+
+    with pytest.raises(Killed):
+        run_distill(opts, on_batch=kill)
+    state = json.loads((folder / "state.json").read_text())
+    saved = folder / state["partial"]["file"]
+    saved.write_bytes(saved.read_bytes()[: saved.stat().st_size // 2])      # cut off
+    first_batch = {}
+    run_distill(opts, on_batch=lambda sub, batches: first_batch.setdefault(sub.name, batches))
+    assert first_batch["stage2-top1"] == 1                        # from its start
+    assert "damaged" in caplog.text
+
+
 def test_classification_end_to_end_through_the_cli_with_a_recipe(tiny_models, tmp_path, capsys):
     task = classification_task(tmp_path / "task")
     recipe = tmp_path / "recipe.yaml"
