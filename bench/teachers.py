@@ -21,6 +21,7 @@ import numpy as np
 from xtremedistil.distill.files import path_size, read_json, write_json_atomic
 from xtremedistil.errors import XtremeDistilError
 from xtremedistil.export.predictor import Predictor
+from xtremedistil.faults import kill_point
 
 # name -> (transformers config class, keyword arguments); the published shapes of these models.
 PRESETS = {
@@ -169,6 +170,7 @@ def prepare_teacher(source: TeacherSource, num_labels: int, tagging: bool, folde
             import shutil
 
             shutil.rmtree(target)
+        kill_point("file:teacher-artifact")
         os.replace(temp, target)
         add({"name": "teacher-savedmodel-fp32", "runtime": "savedmodel", "quantization": "fp32",
              "path": str(target.relative_to(folder)), "size_bytes": path_size(target), "batch_size": None,
@@ -198,6 +200,7 @@ def prepare_teacher(source: TeacherSource, num_labels: int, tagging: bool, folde
                     write_json_atomic(manifest_path, manifest)
                     log(f"{name}: conversion failed, not measured ({reason})")
                     continue
+                kill_point("file:teacher-artifact")
                 os.replace(temp, target)
                 manifest.get("failures", {}).pop(name, None)
                 add({"name": name, "runtime": "litert", "quantization": quantization, "path": target.name,

@@ -18,7 +18,7 @@ import numpy as np
 
 from xtremedistil.distill.files import atomic_directory, read_json, write_json_atomic
 from xtremedistil.distill.students import StudentConfig, build_student
-from xtremedistil.distill.tokenization import encode_sentences, load_tokenizer, tags_from_piece_predictions
+from xtremedistil.distill.tokenization import encode_sentences, load_tokenizer, save_tokenizer, tags_from_piece_predictions
 from xtremedistil.errors import XtremeDistilError
 
 CONFIG_FILE = "config.json"
@@ -41,7 +41,7 @@ def write_bundle(folder: str | Path, model, student_config: StudentConfig, token
         model.save_weights(str(temp / WEIGHTS_FILE))
         _carry_over_exports(folder, temp)
         np.save(temp / REMAP_FILE, model.get_layer("id_remap").get_weights()[0])
-        tokenizer.save_pretrained(temp / TOKENIZER_DIR)
+        save_tokenizer(tokenizer, temp / TOKENIZER_DIR)
         write_json_atomic(temp / CONFIG_FILE, {
             "format_version": FORMAT_VERSION,
             "task": {"kind": "tagging" if student_config.tagging else "classification",

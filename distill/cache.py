@@ -31,6 +31,7 @@ from xtremedistil.distill import batching
 from xtremedistil.distill.files import file_crc32, read_json, write_json_atomic
 from xtremedistil.distill.tokenization import encode_sentences
 from xtremedistil.errors import XtremeDistilError
+from xtremedistil.faults import kill_point
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ def _write_chunk(folder: Path, sentences: list[str], score: Callable, tokenizer,
         for rows in batching.bucketed_batches(row_lengths, batch_size):
             w = batching.width(row_lengths[rows], seq_len)
             out = score(encoded.input_ids[rows, :w], encoded.attention_mask[rows, :w])
+            kill_point("score:batch")
             if not arrays:
                 arrays["input_ids"] = np.lib.format.open_memmap(folder / "input_ids.npy", "w+", np.int32, (n, seq_len))
                 for name in ("logits", "hidden"):
@@ -214,6 +216,7 @@ def build_cache(folder: str | Path, sentences: Iterable[str], score: Callable, t
         meta = {"name": name, "rows": len(batch), "truncated": truncated, "signature": signature,
                 "seconds": round(time.time() - chunk_started, 2), "crc32": crcs}
         write_json_atomic(temp / META_FILE, meta)
+        kill_point("dir:chunk")
         shutil.rmtree(folder / name, ignore_errors=True)  # a chunk without meta.json is incomplete
         temp.rename(folder / name)
         known[name] = meta

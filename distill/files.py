@@ -11,6 +11,7 @@ import zlib
 from pathlib import Path
 
 from xtremedistil.errors import XtremeDistilError
+from xtremedistil.faults import kill_point
 
 
 def write_json_atomic(path: str | Path, payload) -> None:
@@ -24,6 +25,7 @@ def write_json_atomic(path: str | Path, payload) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(temp, 0o666 & ~umask)   # mkstemp makes 0600; give the file the permissions open() would
+    kill_point(f"json:{path.name}")
     os.replace(temp, path)
 
 
@@ -83,16 +85,20 @@ def _blocks(path: str | Path, size: int = 1 << 22):
 def atomic_directory(final: str | Path):
     """Yields a temp folder beside `final`; on success it replaces `final` in one rename.
 
-    On an exception the temp folder is removed and `final` is left as it was.
+    On an exception the temp folder is removed and `final` is left as it was; temp folders of a killed
+    earlier run are removed first (one writer per folder at a time).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.*.tmp"):   # left by a killed run: never read, only removed
+        shutil.rmtree(stale, ignore_errors=True)
     temp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         yield temp
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
+    kill_point(f"dir:{final.name}")
     if final.exists():
         old = final.with_name(f".{final.name}.old")
         shutil.rmtree(old, ignore_errors=True)

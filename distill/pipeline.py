@@ -33,7 +33,7 @@ from xtremedistil.distill.students import StudentConfig, build_student, layer_gr
 from xtremedistil.distill.students.base import OPTIONS, CommonStudentSettings, student_option_fields
 from xtremedistil.distill.memory import PhasePeaks
 from xtremedistil.distill.metrics import metrics_from_predictions
-from xtremedistil.distill.teacher import SPEC_FILE, FineTuneConfig
+from xtremedistil.distill.teacher import SPEC_FILE, FineTuneConfig, teacher_stamp as saved_teacher_stamp
 from xtremedistil.errors import XtremeDistilError
 from xtremedistil.layout import RunLayout
 
@@ -130,7 +130,7 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     model_dir = Path(options.model_dir)
     layout = RunLayout(model_dir, options.student_name)
 
-    teacher_stamp = (layout.teacher / SPEC_FILE).stat().st_mtime_ns
+    teacher_stamp = saved_teacher_stamp(layout.teacher)
     teacher_emb = emb_lib.teacher_word_embeddings(model.encoder)
 
     # Optional augmentation of the transfer set (chief writes it; the others read the same file).

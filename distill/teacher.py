@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import os
@@ -32,9 +33,10 @@ from xtremedistil.distill.embeddings import word_embedding_variable
 from xtremedistil.distill.files import atomic_directory, read_json, write_json_atomic
 from xtremedistil.distill.sources import resolve_checkpoint
 from xtremedistil.distill.tokenization import (
-    IGNORE_INDEX, Encoded, load_tokenizer,
+    IGNORE_INDEX, Encoded, load_tokenizer, save_tokenizer,
 )
 from xtremedistil.errors import XtremeDistilError
+from xtremedistil.faults import kill_point
 
 logger = logging.getLogger(__name__)
 
@@ -284,6 +286,7 @@ def fine_tune(model: TeacherModel, train: Encoded, dev: Encoded, dev_examples, l
             y = train.labels[rows, :w] if model.tagging else train.labels[rows]
             total += float(train_step(train.input_ids[rows, :w], train.attention_mask[rows, :w], y))
             steps += 1
+            kill_point("teacher:batch")
             if steps % 10 == 0:
                 bar.set_postfix(loss=f"{total / steps:.4f}")
         bar.close()
@@ -330,6 +333,7 @@ def _checkpoint_epoch(work: Path, state: dict, epoch: int, full, model, improved
     state["last"] = os.path.basename(full.write(str(work / f"epoch-{epoch}")))
     if improved:
         state["best"] = os.path.basename(tf.train.Checkpoint(model=model).write(str(work / f"best-epoch-{epoch}")))
+    kill_point("teacher:checkpoint")    # the epoch's files written, the state not yet pointing at them
     write_json_atomic(work / PROGRESS_STATE, state)
     for stale in {previous.get("last"), previous.get("best") if improved else None} - {None, state["last"], state["best"]}:
         for path in work.glob(f"{stale}.*"):
@@ -338,12 +342,26 @@ def _checkpoint_epoch(work: Path, state: dict, epoch: int, full, model, improved
 
 def save_teacher(model: TeacherModel, tokenizer, spec: TeacherSpec, folder: Path, extra: dict) -> None:
     """Writes the teacher folder atomically: HF encoder + tokenizer, head weights, spec."""
+    digest = hashlib.sha1()
+    for array in [*model.encoder.get_weights(), *model.head.get_weights()]:
+        digest.update(np.ascontiguousarray(array).tobytes())
     with atomic_directory(folder) as temp:
         model.encoder.save_pretrained(temp / ENCODER_DIR)
-        tokenizer.save_pretrained(temp / ENCODER_DIR)
+        save_tokenizer(tokenizer, temp / ENCODER_DIR)
         kernel, bias = model.head.get_weights()
         np.savez(temp / HEAD_FILE, kernel=kernel, bias=bias)
-        write_json_atomic(temp / SPEC_FILE, {"spec": dataclasses.asdict(spec), **extra})
+        # weights_sha1: what caches and augmented files derived from this teacher are keyed on (its content,
+        # so the same teacher trained again bit-for-bit, e.g. after a kill, keeps them valid).
+        write_json_atomic(temp / SPEC_FILE, {"spec": dataclasses.asdict(spec), "weights_sha1": digest.hexdigest(),
+                                             **extra})
+
+
+def teacher_stamp(folder: Path):
+    """The identity of a saved teacher for cache signatures: its weights' SHA-1 (recorded when it was saved),
+    or, for a teacher saved by an older version, the modification time of teacher.json (what those
+    versions keyed their caches on, so their caches stay valid)."""
+    recorded = read_json(folder / SPEC_FILE).get("weights_sha1")
+    return recorded if recorded else (folder / SPEC_FILE).stat().st_mtime_ns
 
 
 def load_teacher(folder: str | Path) -> tuple[TeacherModel, TeacherSpec, object]:

@@ -22,6 +22,25 @@ OUTSIDE_TAG = "O"
 NO_WORD = -1
 
 
+def save_tokenizer(tokenizer, folder) -> None:
+    """Saves a fast tokenizer without the truncation/padding state its last call left in `tokenizer.json`
+    (every call sets its own); saved with it, a reload would write that state into `tokenizer_config.json`,
+    so the same teacher's files would depend on what the process did before saving them."""
+    backend = tokenizer.backend_tokenizer
+    truncation, padding = backend.truncation, backend.padding
+    backend.no_truncation()
+    backend.no_padding()
+    try:
+        tokenizer.save_pretrained(folder)
+    finally:
+        if truncation:
+            backend.enable_truncation(**{k: v for k, v in truncation.items() if k != "direction"},
+                                      direction=truncation.get("direction", "right"))
+        if padding:
+            backend.enable_padding(**{k: v for k, v in padding.items() if k in (
+                "direction", "pad_id", "pad_type_id", "pad_token", "length", "pad_to_multiple_of")})
+
+
 def load_tokenizer(name_or_path: str):
     """The teacher's fast tokenizer from a local folder, a hub id or `pip:NAME` (see `sources`).
 

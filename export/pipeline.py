@@ -5,6 +5,7 @@ import dataclasses
 import itertools
 import logging
 import platform
+import shutil
 import time
 from importlib import metadata
 from pathlib import Path
@@ -13,7 +14,7 @@ import numpy as np
 
 from xtremedistil.distill import data as data_lib
 from xtremedistil.distill.bundle import load_bundle
-from xtremedistil.distill.files import path_size, read_json, write_json_atomic
+from xtremedistil.distill.files import file_crc32, path_size, read_json, write_json_atomic
 from xtremedistil.distill.metrics import headline, metrics_from_predictions
 from xtremedistil.distill.runner import encode_split
 from xtremedistil.distill.tokenization import encode_sentences
@@ -22,6 +23,7 @@ from xtremedistil.export.base import ExportContext, Quantization, Tolerance, par
 from xtremedistil.export.optimize import OptimizeOptions, optimize
 from xtremedistil.export.parity import ParityError, parity_failures, parity_figures
 from xtremedistil.export.predictor import load_predictor
+from xtremedistil.faults import kill_point
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +173,8 @@ def run_export(options: ExportOptions) -> dict:
     keep = {row["name"]: row for row in previous}
     artifacts_dir = bundle.folder / ARTIFACTS_DIR
     artifacts_dir.mkdir(exist_ok=True)
+    for stale in [*artifacts_dir.glob(".tmp-*"), *artifacts_dir.glob(".*.tmp")]:   # left by a killed export
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     ctx = ExportContext(model=model, student_config=bundle.student_config, labels=bundle.labels,
                         artifacts_dir=artifacts_dir, representative_ids=representative,
                         tflite_batch_sizes=batch_sizes, opset=options.opset, model_name="student")
@@ -182,6 +186,7 @@ def run_export(options: ExportOptions) -> dict:
         tolerance = _tolerance(request, options)
         for artifact in request.config.convert(ctx, request.quantization):
             convert_seconds = time.time() - t0
+            kill_point("export:artifact")
             predictor = load_predictor(artifact.path, options.threads)
             logits = predictor.predict(dev.input_ids)
             figures = parity_figures(reference, logits, reference_metric, dev_metric(logits), positions)
@@ -189,6 +194,7 @@ def run_export(options: ExportOptions) -> dict:
             row = {
                 "name": artifact.name, "format": artifact.format, "quantization": artifact.quantization.value,
                 "path": str(artifact.path.relative_to(bundle.folder)), "size_bytes": path_size(artifact.path),
+                "crc32": file_crc32(artifact.path) if artifact.path.is_file() else None,
                 "batch_size": artifact.batch_size, "parity": figures, "tolerance": dataclasses.asdict(tolerance),
                 "passed": not problems, "failures": problems, "seconds": round(convert_seconds, 2),
                 "details": artifact.details,

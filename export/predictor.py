@@ -81,6 +81,17 @@ def load_predictor(path: str | Path, threads: int | None = None) -> Predictor:
     path = Path(path)
     if not path.exists():
         raise XtremeDistilError(f"{path}: no such file or folder")
+    try:
+        return _load_predictor(path, threads)
+    except XtremeDistilError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a runtime's own parse error: one line naming the file
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise XtremeDistilError(f"{path}: cannot be loaded ({reason}); it is damaged or cut off: export it again "
+                                "with `xtremedistil export BUNDLE`") from None
+
+
+def _load_predictor(path: Path, threads: int | None) -> Predictor:
     if path.is_dir():
         if (path / "config.json").exists() and (path / "student.weights.h5").exists():
             return KerasPredictor(path, threads)

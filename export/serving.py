@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xtremedistil.distill.files import read_json
+from xtremedistil.distill.files import file_crc32, read_json
 from xtremedistil.errors import XtremeDistilError
 
 PREFERENCE = {"dynamic": 0, "int8": 1, "static": 2, "fp16": 3, "fp32": 4}   # default artifact: int8 first
@@ -142,7 +142,16 @@ class TextPipeline:
         self.seq_len: int = self.config["task"]["seq_len"]
         self.tagging: bool = self.config["task"]["kind"] == "tagging"
         self.row = find_artifact(self.bundle, artifact, tuple(formats))
-        self.predictor = predictor or load_predictor(self.bundle / self.row["path"], threads)
+        path = self.bundle / self.row["path"]
+        if predictor is None and path.is_file():
+            fix = f"export it again with `xtremedistil export {self.bundle}`"
+            if self.row.get("size_bytes") not in (None, path.stat().st_size):
+                raise XtremeDistilError(f"{path}: {path.stat().st_size} bytes, but manifest.json recorded "
+                                        f"{self.row['size_bytes']} (damaged or replaced); {fix}")
+            if self.row.get("crc32") is not None and file_crc32(path) != self.row["crc32"]:
+                raise XtremeDistilError(f"{path}: its bytes differ from what the export wrote (CRC-32 recorded in "
+                                        f"manifest.json; damaged or replaced); {fix}")
+        self.predictor = predictor or load_predictor(path, threads)
         self.tokenizer = load_tokenizer(str(self.bundle / "tokenizer"))
         self.limits = limits or Limits()
 

@@ -13,11 +13,14 @@ Requests that arrive together are micro-batched: the batcher waits at most --max
 first request for more, up to --max-batch texts, and runs them as one ONNX Runtime call in a worker
 thread (the event loop keeps accepting connections meanwhile). Every malformed or oversized request
 is a 4xx with {"error": "..."}: invalid UTF-8 or not JSON 400, too many texts / characters / bytes
-413, wrong types, empty list or empty text 422.
+413, wrong types, empty list or empty text 422, a body not received within --body-timeout-s 408 (a slow
+client holds no worker: reading is asynchronous). SIGTERM or Ctrl-C: no new connections, the requests in
+flight are answered, exit 0. A missing, cut-off or damaged artifact is a one-line error at start-up (exit 2).
 """
 import argparse
 import asyncio
 import concurrent.futures
+import signal
 import sys
 import time
 
@@ -90,7 +93,7 @@ class MicroBatcher:
                 start += len(batch)
 
 
-def create_app(pipeline: TextPipeline, max_batch: int = 64, max_wait_ms: float = 5.0):
+def create_app(pipeline: TextPipeline, max_batch: int = 64, max_wait_ms: float = 5.0, body_timeout: float = 10.0):
     # (no `from __future__ import annotations` in this file: FastAPI reads the handlers' annotations)
     from contextlib import asynccontextmanager
 
@@ -132,10 +135,19 @@ def create_app(pipeline: TextPipeline, max_batch: int = 64, max_wait_ms: float =
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             return error(413, f"request body of {declared} bytes; at most {limit} are allowed")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
+
+        async def read():
+            async for chunk in request.stream():
+                body.extend(chunk)
+                if len(body) > limit:
+                    return False
+            return True
+
+        try:
+            if not await asyncio.wait_for(read(), body_timeout):
                 return error(413, f"request body over {limit} bytes")
+        except asyncio.TimeoutError:
+            return error(408, f"request body not received within {body_timeout:g} s")
         try:
             texts = parse_body(bytes(body), pipeline.limits)
         except RequestError as err:
@@ -168,8 +180,11 @@ def main(argv=None) -> int:
     parser.add_argument("--max-chars", type=int, default=Limits.max_chars, help="characters per text (default: 2000)")
     parser.add_argument("--max-body-bytes", type=int, default=Limits.max_body_bytes,
                         help="request body size (default: 1 MiB)")
+    parser.add_argument("--body-timeout-s", type=float, default=10.0,
+                        help="a client slower than this to send its body gets 408 (default: 10 s)")
     args = parser.parse_args(argv)
-    if min(args.max_batch, args.max_texts, args.max_chars, args.max_body_bytes) < 1 or args.max_wait_ms < 0:
+    if (min(args.max_batch, args.max_texts, args.max_chars, args.max_body_bytes) < 1 or args.max_wait_ms < 0
+            or args.body_timeout_s <= 0):
         print("onnx_server: error: limits must be positive (and --max-wait-ms 0 or more)", file=sys.stderr)
         return 2
     try:
@@ -180,9 +195,14 @@ def main(argv=None) -> int:
         return 2
     import uvicorn
 
-    app = create_app(pipeline, max(args.max_batch, args.max_texts), args.max_wait_ms)
+    app = create_app(pipeline, max(args.max_batch, args.max_texts), args.max_wait_ms, args.body_timeout_s)
     print(f"serving {pipeline.row['name']} of {args.bundle} on http://{args.host}:{args.port}", flush=True)
+    # SIGTERM/SIGINT: uvicorn stops accepting, answers the requests in flight, then re-raises the signal into
+    # the handler it found; a no-op one lets the server exit 0 after a clean shutdown instead of dying by it.
+    for received in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(received, lambda *_: None)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    print("stopped: every request in flight was answered", flush=True)
     return 0
 
 

@@ -42,9 +42,17 @@ def _free_port() -> int:
 def server(exported):
     bundle, tagging, expected = exported
     port = _free_port()
+    process = _start_server(bundle, port)
+    yield port, tagging, expected
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def _start_server(bundle, port, *extra):
     process = subprocess.Popen([sys.executable, str(SERVE / "onnx_server.py"), str(bundle), "--artifact", "onnx-fp32",
                                 "--port", str(port), "--max-texts", "8", "--max-chars", "200",
-                                "--max-body-bytes", "4096"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                "--max-body-bytes", "4096", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
@@ -56,9 +64,7 @@ def server(exported):
     else:
         process.kill()
         pytest.fail("server did not come up")
-    yield port, tagging, expected
-    process.terminate()
-    process.wait(timeout=30)
+    return process
 
 
 def _call(port, method, path, body=None, headers=None):
@@ -143,6 +149,104 @@ def test_load_8_clients_2000_requests_without_errors(server):
     assert 0 < result["p50_ms"] <= result["p99_ms"]
     status, meta = _call(port, "GET", "/metadata")
     assert meta["batching"]["batches"] < meta["batching"]["texts"]   # concurrent requests were batched
+
+
+def test_mixed_load_with_10_percent_malformed_gets_no_5xx_and_no_wrong_answer(server, exported):
+    sys.path.insert(0, str(SERVE))
+    from load_test import SENTENCES, load_test
+
+    port, tagging, _ = server
+    bundle = load_bundle(exported[0])
+    expected = {text: (result["tags"] if tagging else result["label"])
+                for text, result in zip(SENTENCES, _pipeline(exported[0]).predict(SENTENCES))}
+    result = load_test(f"http://127.0.0.1:{port}", clients=8, requests=2000, malformed_every=10, expected=expected)
+    print(f"mixed load: {result['ok']} valid answered, {result['malformed_rejected']} malformed rejected (4xx), "
+          f"{result['errors']} errors, {result['wrong_answers']} wrong answers")
+    assert result["errors"] == 0 and result["wrong_answers"] == 0, result["error_examples"]
+    assert result["ok"] == 1800 and result["malformed_rejected"] == 200
+    assert bundle.labels
+
+
+def _pipeline(bundle):
+    from xtremedistil.export.serving import TextPipeline
+
+    return TextPipeline(bundle, "onnx-fp32")
+
+
+def test_slow_client_gets_408_and_holds_no_worker(exported):
+    bundle, _, _ = exported
+    port = _free_port()
+    process = _start_server(bundle, port, "--body-timeout-s", "1.5")
+    try:
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"texts\": [")        # and then nothing more
+        started = time.time()
+        for text in UNICODE:                                             # others are served meanwhile
+            status, answer = _call(port, "POST", "/predict", json.dumps({"texts": [text]}))
+            assert status == 200
+        assert time.time() - started < 1.5
+        slow.settimeout(10)
+        reply = b""
+        while b"within" not in reply:                                    # headers and body may come apart
+            data = slow.recv(4096)
+            if not data:
+                break
+            reply += data
+        reply = reply.decode()
+        assert reply.startswith("HTTP/1.1 408") and "not received within 1.5 s" in reply
+        slow.close()
+        assert _call(port, "GET", "/health")[0] == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_sigterm_answers_the_requests_in_flight_then_exits_0(exported):
+    bundle, _, _ = exported
+    port = _free_port()
+    process = _start_server(bundle, port, "--max-wait-ms", "300")   # requests wait in the batcher
+    answers, lock = [], threading.Lock()
+
+    def client(text):
+        status = _call(port, "POST", "/predict", json.dumps({"texts": [text]}))[0]
+        with lock:
+            answers.append(status)
+
+    threads = [threading.Thread(target=client, args=(text,)) for text in UNICODE]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.1)                                                       # all sent, none answered yet
+    process.send_signal(15)
+    for thread in threads:
+        thread.join(timeout=30)
+    assert process.wait(timeout=30) == 0
+    assert answers == [200] * len(UNICODE)
+    assert "Traceback" not in process.stderr.read()
+
+
+@pytest.mark.parametrize("damage", ["missing", "cut", "garbled"])
+def test_missing_or_damaged_artifact_is_one_line_at_start_up(exported, tmp_path, damage):
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(exported[0], bundle)
+    onnx = bundle / "artifacts" / "onnx-fp32.onnx"
+    if damage == "missing":
+        onnx.unlink()
+    elif damage == "cut":
+        onnx.write_bytes(onnx.read_bytes()[:1000])
+    else:
+        data = bytearray(onnx.read_bytes())
+        data[200:400] = b"\x07" * 200
+        onnx.write_bytes(bytes(data))
+    out = subprocess.run([sys.executable, str(SERVE / "onnx_server.py"), str(bundle), "--artifact", "onnx-fp32"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "onnx-fp32.onnx" in lines[0], out.stderr
+    assert {"missing": "no such file", "cut": "bytes, but manifest.json recorded",
+            "garbled": "export it again"}[damage] in lines[0]
 
 
 def test_litert_script_without_tensorflow(exported, tmp_path):

@@ -169,3 +169,17 @@ def test_a_run_planned_longer_can_be_stopped_at_its_finished_epochs(tiny_models,
     tf.train.Checkpoint(model=reference).read(str(tmp_path / "work" / best)).expect_partial()
     for a, b in zip(model.get_weights(), reference.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_teacher_stamp_is_its_weights_digest_or_for_older_folders_the_spec_mtime(tmp_path):
+    # Caches and augmented files are keyed on the stamp: content-based for teachers saved now (a teacher
+    # trained again to the same weights, e.g. after a kill, keeps them), the old mtime key for older folders
+    # (so their caches are not scored again).
+    import json as json_lib
+
+    from xtremedistil.distill.teacher import SPEC_FILE, teacher_stamp
+
+    (tmp_path / SPEC_FILE).write_text(json_lib.dumps({"spec": {}}))
+    assert teacher_stamp(tmp_path) == (tmp_path / SPEC_FILE).stat().st_mtime_ns
+    (tmp_path / SPEC_FILE).write_text(json_lib.dumps({"spec": {}, "weights_sha1": "ab" * 20}))
+    assert teacher_stamp(tmp_path) == "ab" * 20

@@ -6,7 +6,8 @@ import pytest
 from helpers import TAGGING_LABELS, bert_tokenizer
 from xtremedistil.distill.data import Example
 from xtremedistil.distill.tokenization import (
-    IGNORE_INDEX, encode_examples, encode_texts, encode_words, load_tokenizer, tags_from_piece_predictions,
+    IGNORE_INDEX, encode_examples, encode_sentences, encode_texts, encode_words, load_tokenizer, save_tokenizer,
+    tags_from_piece_predictions,
 )
 
 L2I = {label: i for i, label in enumerate(TAGGING_LABELS)}
@@ -88,3 +89,18 @@ def test_missing_tokenizer_is_a_clear_error(tmp_path):
 
     with pytest.raises(XtremeDistilError, match="cannot load a tokenizer"):
         load_tokenizer(str(tmp_path))
+
+
+def test_saved_tokenizer_files_do_not_depend_on_earlier_calls(tokenizer, tmp_path):
+    # A call leaves truncation/padding state in the backend; saved with it, a reload would write it into
+    # tokenizer_config.json, so a teacher saved after use and one saved after a reload would differ.
+    save_tokenizer(tokenizer, tmp_path / "before")
+    encoded = encode_sentences(tokenizer, ["a b c d e f g h"], 4, False).input_ids
+    save_tokenizer(tokenizer, tmp_path / "after")
+    reloaded = load_tokenizer(str(tmp_path / "after"))
+    save_tokenizer(reloaded, tmp_path / "again")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        before = (tmp_path / "before" / name).read_text()
+        assert (tmp_path / "after" / name).read_text() == before == (tmp_path / "again" / name).read_text(), name
+    np.testing.assert_array_equal(encode_sentences(tokenizer, ["a b c d e f g h"], 4, False).input_ids, encoded)
+    np.testing.assert_array_equal(encode_sentences(reloaded, ["a b c d e f g h"], 4, False).input_ids, encoded)

@@ -26,6 +26,7 @@ import numpy as np
 
 import xtremedistil  # noqa: F401
 import tensorflow as tf
+from xtremedistil.faults import kill_point
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ def convert_function(function: tf.types.experimental.GenericFunction, input_sign
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp")
     onnx.save_model(model, str(temp))
+    kill_point("file:onnx")
     os.replace(temp, path)
     return model
 
@@ -120,6 +122,7 @@ def quantize_dynamic(source: Path, target: Path) -> None:
     temp = target.with_name(f".{target.name}.tmp")
     with _QuietRoot():
         ort_quantize_dynamic(str(source), str(temp), weight_type=QuantType.QInt8, per_channel=False)
+    kill_point("file:onnx-int8")
     os.replace(temp, target)
 
 
@@ -181,7 +184,7 @@ def convert(ctx, quantization):
         model = convert_function(function, [], target, opset=ctx.opset)
         return [Artifact(target.stem, "onnx", quantization, target,
                          details={"opset": ctx.opset, "op_counts": op_counts(model)})]
-    with tempfile.TemporaryDirectory(dir=ctx.artifacts_dir) as scratch:
+    with tempfile.TemporaryDirectory(dir=ctx.artifacts_dir, prefix=".tmp-") as scratch:
         base = Path(scratch) / "fp32.onnx"
         convert_function(function, [], base, opset=ctx.opset)
         if quantization is Quantization.DYNAMIC:

@@ -23,6 +23,7 @@ import tensorflow as tf
 from xtremedistil.distill.students import build_student, copy_student_weights
 from xtremedistil.errors import XtremeDistilError
 from xtremedistil.export.base import Artifact, ExportContext, Quantization
+from xtremedistil.faults import kill_point
 
 CALIBRATION_EXAMPLES = 512
 
@@ -83,6 +84,7 @@ def convert(ctx: ExportContext, quantization: Quantization) -> list[Artifact]:
         target = ctx.artifacts_dir / f"{name}.tflite"
         temp = target.with_name(f".{target.name}.tmp")
         temp.write_bytes(flatbuffer)
+        kill_point("file:tflite")
         os.replace(temp, target)
         artifacts.append(Artifact(name, "tflite", quantization, target, batch_size=batch_size, details=details))
     return artifacts

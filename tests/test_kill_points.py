@@ -1,0 +1,83 @@
+"""The kill battery (xtremedistil/kill_battery.py): SIGKILL the CLI at named points, rerun, compare with an
+uninterrupted run. A short distill chain runs in `make test`; every point of distill, export and bench
+under `-m slow`."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import CLASSIFICATION_ROWS, write_task
+from xtremedistil import faults
+from xtremedistil.kill_battery import FAST_POINTS, Plan, compare, main, run_battery
+
+
+def test_kill_point_matches_name_prefix_and_pass(monkeypatch):
+    killed = []
+    monkeypatch.setattr(faults.os, "kill", lambda pid, sig: killed.append(sig))
+    monkeypatch.setattr(faults, "_passes", {})
+    monkeypatch.delenv(faults.ENV, raising=False)
+    faults.kill_point("json:state.json")
+    assert killed == []                                        # unset: nothing
+    monkeypatch.setenv(faults.ENV, "json:state.json@2")
+    faults.kill_point("json:index.json")
+    faults.kill_point("json:state.json")
+    assert killed == []                                        # first pass of two
+    faults.kill_point("json:state.json")
+    assert len(killed) == 1
+    monkeypatch.setattr(faults, "_passes", {})
+    monkeypatch.setenv(faults.ENV, "json:*")
+    faults.kill_point("json:manifest.json")
+    assert len(killed) == 2
+
+
+def test_a_kill_point_really_kills_the_process():
+    code = subprocess.run([sys.executable, "-c", "from xtremedistil.faults import kill_point\nkill_point('x')\n"
+                           "raise SystemExit(5)"], env={**os.environ, "XD_KILL_AT": "x"}).returncode
+    assert code == -9
+
+
+def test_compare_finds_changed_weights_json_and_missing_files(tmp_path):
+    import numpy as np
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root in (a, b):
+        (root / "run").mkdir(parents=True)
+        np.save(root / "run" / "x.npy", np.arange(4))
+        (root / "run" / "m.json").write_text(json.dumps({"f1": 0.5, "seconds": 3, "path": str(root / "run")}))
+    (b / "run" / "m.json").write_text(json.dumps({"f1": 0.5, "seconds": 9, "path": str(b / "run")}))
+    (b / "run" / ".state.json.abc.tmp").write_text("{")
+    differences, leftovers, compared = compare(a, b)
+    assert differences == [] and compared == 2                 # seconds and the run folder are not differences
+    assert leftovers == ["run/.state.json.abc.tmp"]
+    np.save(b / "run" / "x.npy", np.arange(4) + 1)
+    (b / "run" / "m.json").write_text(json.dumps({"f1": 0.6}))
+    (a / "run" / "only.json").write_text("{}")
+    differences, _, _ = compare(a, b)
+    assert differences == ["run/only.json: only in reference", "run/m.json: JSON differs", "run/x.npy: arrays differ"]
+
+
+def _task(tmp_path):
+    return write_task(tmp_path / "task", CLASSIFICATION_ROWS * 3, CLASSIFICATION_ROWS, CLASSIFICATION_ROWS,
+                      labels=["0", "1"], transfer=[r.split("\t")[0] for r in CLASSIFICATION_ROWS] * 2)
+
+
+def test_distill_killed_mid_substage_and_at_the_bundle_resumes_to_the_uninterrupted_result(tiny_models, tmp_path):
+    plan = Plan(tmp_path / "kb", str(tiny_models("bert")), str(_task(tmp_path)), quick=True,
+                points=dict(FAST_POINTS))
+    summary = run_battery(plan, log=lambda line: None)
+    assert summary["not_reached"] == [] and summary["killed"] == len(FAST_POINTS["distill"])
+    assert summary["reruns_failed"] == []
+    assert summary["differences"] == []
+    assert summary["files_compared"] >= 12                     # checkpoints, state, caches, bundle, metrics
+
+
+@pytest.mark.slow
+def test_every_kill_point_of_distill_export_and_bench(tiny_models, tmp_path, capsys):
+    code = main(["--workdir", str(tmp_path / "kb"), "--pt_teacher_checkpoint", str(tiny_models("bert")),
+                 "--task", str(_task(tmp_path))])
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "kb" / "battery.json").read_text())
+    assert code == 0, out
+    assert summary["killed"] >= 25 and summary["not_reached"] == [] and summary["differences"] == []
