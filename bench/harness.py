@@ -218,6 +218,8 @@ class Runner:
         self.timeout = timeout
         self.path = out / MEASUREMENTS
         self.done: dict[str, dict] = {}
+        for stale in out.glob(".tmp-spec-*.json"):     # a worker's spec left by a killed run: never read
+            stale.unlink()
         if self.path.exists() and not fresh:
             for line in self.path.read_text(encoding="utf-8").splitlines():
                 try:
@@ -234,7 +236,7 @@ class Runner:
         env = dict(os.environ)
         if threads:
             env.update(OMP_NUM_THREADS=str(threads), TF_NUM_INTRAOP_THREADS=str(threads))
-        with tempfile.NamedTemporaryFile("w", suffix=".json", dir=self.out, delete=False) as handle:
+        with tempfile.NamedTemporaryFile("w", prefix=".tmp-spec-", suffix=".json", dir=self.out, delete=False) as handle:
             json.dump(spec, handle)
         started = time.time()
         try:

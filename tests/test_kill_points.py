@@ -16,6 +16,7 @@ from xtremedistil.kill_battery import FAST_POINTS, Plan, compare, main, run_batt
 def test_kill_point_matches_name_prefix_and_pass(monkeypatch):
     killed = []
     monkeypatch.setattr(faults.os, "kill", lambda pid, sig: killed.append(sig))
+    monkeypatch.delenv(faults.GROUP_ENV, raising=False)
     monkeypatch.setattr(faults, "_passes", {})
     monkeypatch.delenv(faults.ENV, raising=False)
     faults.kill_point("json:state.json")
@@ -32,9 +33,22 @@ def test_kill_point_matches_name_prefix_and_pass(monkeypatch):
     assert len(killed) == 2
 
 
+def test_a_kill_point_kills_the_process_or_with_the_group_flag_its_group(tmp_path):
+    # A parent in its own session starts a child; the child reaches the point: without XD_KILL_GROUP only
+    # the child dies (the parent reports it), with it the parent dies too.
+    script = ("import subprocess, sys\n"
+              "code = subprocess.run([sys.executable, '-c', 'from xtremedistil.faults import kill_point; "
+              "kill_point(\"x\")']).returncode\n"
+              "raise SystemExit(7 if code == -9 else 1)")
+    env = {**os.environ, "XD_KILL_AT": "x"}
+    assert subprocess.run([sys.executable, "-c", script], env=env, start_new_session=True).returncode == 7
+    env["XD_KILL_GROUP"] = "1"
+    assert subprocess.run([sys.executable, "-c", script], env=env, start_new_session=True).returncode == -9
+
+
 def test_a_kill_point_really_kills_the_process():
     code = subprocess.run([sys.executable, "-c", "from xtremedistil.faults import kill_point\nkill_point('x')\n"
-                           "raise SystemExit(5)"], env={**os.environ, "XD_KILL_AT": "x"}).returncode
+                           "raise SystemExit(5)"], env={**os.environ, "XD_KILL_AT": "x"}, start_new_session=True).returncode
     assert code == -9
 
 
@@ -63,7 +77,7 @@ def _task(tmp_path):
                       labels=["0", "1"], transfer=[r.split("\t")[0] for r in CLASSIFICATION_ROWS] * 2)
 
 
-def test_distill_killed_mid_substage_and_at_the_bundle_resumes_to_the_uninterrupted_result(tiny_models, tmp_path):
+def test_distill_killed_while_saving_an_epoch_resumes_to_the_uninterrupted_result(tiny_models, tmp_path):
     plan = Plan(tmp_path / "kb", str(tiny_models("bert")), str(_task(tmp_path)), quick=True,
                 points=dict(FAST_POINTS))
     summary = run_battery(plan, log=lambda line: None)
