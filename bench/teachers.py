@@ -12,16 +12,14 @@ reproduces the paper's teacher latency exactly without downloading anything. A r
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from xtremedistil.distill.files import path_size, read_json, write_json_atomic
+from xtremedistil.distill.files import path_size, put_in_place, read_json, write_json_atomic
 from xtremedistil.errors import XtremeDistilError
 from xtremedistil.export.predictor import Predictor
-from xtremedistil.faults import kill_point
 
 # name -> (transformers config class, keyword arguments); the published shapes of these models.
 PRESETS = {
@@ -170,8 +168,7 @@ def prepare_teacher(source: TeacherSource, num_labels: int, tagging: bool, folde
             import shutil
 
             shutil.rmtree(target)
-        kill_point("file:teacher-artifact")
-        os.replace(temp, target)
+        put_in_place(temp, target, "file:teacher-artifact")
         add({"name": "teacher-savedmodel-fp32", "runtime": "savedmodel", "quantization": "fp32",
              "path": str(target.relative_to(folder)), "size_bytes": path_size(target), "batch_size": None,
              "seconds": round(time.time() - started, 1)})
@@ -200,8 +197,7 @@ def prepare_teacher(source: TeacherSource, num_labels: int, tagging: bool, folde
                     write_json_atomic(manifest_path, manifest)
                     log(f"{name}: conversion failed, not measured ({reason})")
                     continue
-                kill_point("file:teacher-artifact")
-                os.replace(temp, target)
+                put_in_place(temp, target, "file:teacher-artifact")
                 manifest.get("failures", {}).pop(name, None)
                 add({"name": name, "runtime": "litert", "quantization": quantization, "path": target.name,
                      "size_bytes": target.stat().st_size, "batch_size": batch_size, "parity": parity,

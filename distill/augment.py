@@ -42,7 +42,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from xtremedistil.errors import XtremeDistilError
-from xtremedistil.faults import kill_point
+from xtremedistil.distill.files import put_in_place
 
 logger = logging.getLogger(__name__)
 
@@ -199,8 +199,7 @@ def augment_file(sources_path: str | Path, out_path: str | Path, config: Augment
     if written == 0:
         temp.unlink(missing_ok=True)
         raise XtremeDistilError(f"{sources_path}: augmentation produced no sentence (every line is a dev/test sentence?)")
-    kill_point("file:augmented")
-    os.replace(temp, out_path)
+    put_in_place(temp, out_path, "file:augmented")
     stats = {"sources": sources, "written": written, "vocabulary": len(vocab), "multiplier": config.multiplier,
              "allocation": config.allocation, "mean_source_words": round(mean_words, 2),
              "ratio": round(written / max(sources, 1), 2)}

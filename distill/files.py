@@ -25,7 +25,13 @@ def write_json_atomic(path: str | Path, payload) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(temp, 0o666 & ~umask)   # mkstemp makes 0600; give the file the permissions open() would
-    kill_point(f"json:{path.name}")
+    put_in_place(temp, path, f"json:{path.name}")
+
+
+def put_in_place(temp: str | Path, path: str | Path, point: str) -> None:
+    """Renames a fully written `temp` over `path` (atomic on one filesystem). Kill point `point` sits just
+    before the rename: a run killed there leaves the temp file, which nothing reads."""
+    kill_point(point)
     os.replace(temp, path)
 
 

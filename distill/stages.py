@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -32,7 +31,7 @@ from tqdm.auto import tqdm
 from xtremedistil.distill import losses as losses_lib
 from xtremedistil.distill import metrics as metrics_lib
 from xtremedistil.distill.batching import bucketed_batches, width
-from xtremedistil.distill.files import file_crc32, read_json, write_json_atomic
+from xtremedistil.distill.files import file_crc32, put_in_place, read_json, write_json_atomic
 from xtremedistil.distill.metrics import metrics_from_predictions
 from xtremedistil.distill.cluster import Cluster, lost_worker
 from xtremedistil.distill.tokenization import IGNORE_INDEX, Encoded
@@ -214,10 +213,7 @@ def _save_weights(model, path: Path) -> int:
     """Writes a checkpoint atomically; returns its CRC-32 (recorded in state.json, checked on resume)."""
     temp = path.with_name(f".tmp-{path.name}")  # same suffix: it picks the Keras weights format
     model.save_weights(str(temp))
-    crc = file_crc32(temp)
-    kill_point("weights:checkpoint")
-    os.replace(temp, path)
-    return crc
+    return _put_in_place_with_crc(temp, path, "weights:checkpoint")
 
 
 def _save_arrays(path: Path, arrays: dict) -> int:
@@ -225,9 +221,12 @@ def _save_arrays(path: Path, arrays: dict) -> int:
     temp = path.with_name(f".tmp-{path.name}")
     with open(temp, "wb") as handle:
         np.savez(handle, **arrays)
+    return _put_in_place_with_crc(temp, path, "npz:epoch")
+
+
+def _put_in_place_with_crc(temp: Path, path: Path, point: str) -> int:
     crc = file_crc32(temp)
-    kill_point("npz:epoch")
-    os.replace(temp, path)
+    put_in_place(temp, path, point)
     return crc
 
 

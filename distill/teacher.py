@@ -342,13 +342,13 @@ def _checkpoint_epoch(work: Path, state: dict, epoch: int, full, model, improved
 
 def save_teacher(model: TeacherModel, tokenizer, spec: TeacherSpec, folder: Path, extra: dict) -> None:
     """Writes the teacher folder atomically: HF encoder + tokenizer, head weights, spec."""
+    kernel, bias = model.head.get_weights()
     digest = hashlib.sha1()
-    for array in [*model.encoder.get_weights(), *model.head.get_weights()]:
+    for array in [*model.encoder.get_weights(), kernel, bias]:
         digest.update(np.ascontiguousarray(array).tobytes())
     with atomic_directory(folder) as temp:
         model.encoder.save_pretrained(temp / ENCODER_DIR)
         save_tokenizer(tokenizer, temp / ENCODER_DIR)
-        kernel, bias = model.head.get_weights()
         np.savez(temp / HEAD_FILE, kernel=kernel, bias=bias)
         # weights_sha1: what caches and augmented files derived from this teacher are keyed on (its content,
         # so the same teacher trained again bit-for-bit, e.g. after a kill, keeps them valid).

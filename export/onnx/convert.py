@@ -26,7 +26,7 @@ import numpy as np
 
 import xtremedistil  # noqa: F401
 import tensorflow as tf
-from xtremedistil.faults import kill_point
+from xtremedistil.distill.files import put_in_place
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +74,7 @@ def convert_function(function: tf.types.experimental.GenericFunction, input_sign
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp")
     onnx.save_model(model, str(temp))
-    kill_point("file:onnx")
-    os.replace(temp, path)
+    put_in_place(temp, path, "file:onnx")
     return model
 
 
@@ -122,8 +121,7 @@ def quantize_dynamic(source: Path, target: Path) -> None:
     temp = target.with_name(f".{target.name}.tmp")
     with _QuietRoot():
         ort_quantize_dynamic(str(source), str(temp), weight_type=QuantType.QInt8, per_channel=False)
-    kill_point("file:onnx-int8")
-    os.replace(temp, target)
+    put_in_place(temp, target, "file:onnx-int8")
 
 
 class _Calibration:

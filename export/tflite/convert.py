@@ -13,7 +13,6 @@ the static sequence gives per-step FULLY_CONNECTED ops that XNNPACK runs as real
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
@@ -23,7 +22,7 @@ import tensorflow as tf
 from xtremedistil.distill.students import build_student, copy_student_weights
 from xtremedistil.errors import XtremeDistilError
 from xtremedistil.export.base import Artifact, ExportContext, Quantization
-from xtremedistil.faults import kill_point
+from xtremedistil.distill.files import put_in_place
 
 CALIBRATION_EXAMPLES = 512
 
@@ -84,8 +83,7 @@ def convert(ctx: ExportContext, quantization: Quantization) -> list[Artifact]:
         target = ctx.artifacts_dir / f"{name}.tflite"
         temp = target.with_name(f".{target.name}.tmp")
         temp.write_bytes(flatbuffer)
-        kill_point("file:tflite")
-        os.replace(temp, target)
+        put_in_place(temp, target, "file:tflite")
         artifacts.append(Artifact(name, "tflite", quantization, target, batch_size=batch_size, details=details))
     return artifacts
 
