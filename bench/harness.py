@@ -21,9 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from xtremedistil.distill.files import read_json, write_json_atomic
+from xtremedistil.distill.files import append_line, read_json, write_json_atomic
 from xtremedistil.errors import XtremeDistilError
-from xtremedistil.faults import kill_point
 
 RUNTIMES = ("keras", "savedmodel", "litert", "onnxruntime")
 FORMAT_RUNTIME = {"savedmodel": "savedmodel", "tflite": "litert", "onnx": "onnxruntime"}
@@ -253,9 +252,7 @@ class Runner:
         finally:
             os.unlink(handle.name)
         record["wall_seconds"] = round(time.time() - started, 1)
-        kill_point("bench:measurement")
-        with self.path.open("a", encoding="utf-8") as log:
-            log.write(json.dumps(record) + "\n")
+        append_line(self.path, json.dumps(record), "bench:measurement")
         self.done[key] = record
         return record
 

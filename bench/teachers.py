@@ -12,13 +12,14 @@ reproduces the paper's teacher latency exactly without downloading anything. A r
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from xtremedistil.distill.files import path_size, put_in_place, read_json, write_json_atomic
-from xtremedistil.errors import XtremeDistilError
+from xtremedistil.distill.files import path_size, put_in_place, read_json, write_json_atomic, written_in_place
+from xtremedistil.errors import XtremeDistilError, is_disk_full
 from xtremedistil.export.predictor import Predictor
 
 # name -> (transformers config class, keyword arguments); the published shapes of these models.
@@ -159,16 +160,13 @@ def prepare_teacher(source: TeacherSource, num_labels: int, tagging: bool, folde
     if "savedmodel" in runtimes and "teacher-savedmodel-fp32" not in done:
         started = time.time()
         target = folder / "savedmodel" / "1"
-        temp = folder / ".savedmodel.tmp"
         module = tf.Module()
         module.model, module.serve = model, function
-        tf.saved_model.save(module, str(temp), signatures={"serving_default": function.get_concrete_function()})
-        target.parent.mkdir(exist_ok=True)
-        if target.exists():
-            import shutil
-
-            shutil.rmtree(target)
-        put_in_place(temp, target, "file:teacher-artifact")
+        with written_in_place(target, "file:teacher-artifact", folder / ".savedmodel.tmp") as temp:
+            shutil.rmtree(temp, ignore_errors=True)          # left by a killed run
+            tf.saved_model.save(module, str(temp), signatures={"serving_default": function.get_concrete_function()})
+            target.parent.mkdir(exist_ok=True)
+            shutil.rmtree(target, ignore_errors=True)        # not in the manifest yet: a kill here re-makes it
         add({"name": "teacher-savedmodel-fp32", "runtime": "savedmodel", "quantization": "fp32",
              "path": str(target.relative_to(folder)), "size_bytes": path_size(target), "batch_size": None,
              "seconds": round(time.time() - started, 1)})
@@ -192,6 +190,8 @@ def prepare_teacher(source: TeacherSource, num_labels: int, tagging: bool, folde
                                                 f"{parity['max_abs_logit_delta']:.3g}; the conversion is broken")
                 except Exception as err:  # noqa: BLE001 - e.g. > 2 GB flatbuffer (xlmr-large fp32): skip, report
                     temp.unlink(missing_ok=True)
+                    if is_disk_full(err):
+                        raise                   # not the conversion's fault: the CLI's disk-full line, resumable
                     reason = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:300] if str(err).strip() else ''}"
                     manifest.setdefault("failures", {})[name] = reason
                     write_json_atomic(manifest_path, manifest)

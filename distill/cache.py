@@ -28,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from xtremedistil.distill import batching
-from xtremedistil.distill.files import file_crc32, read_json, write_json_atomic
+from xtremedistil.distill.files import file_crc32, read_json, write_json_atomic, written_in_place
 from xtremedistil.distill.tokenization import encode_sentences
 from xtremedistil.errors import XtremeDistilError
 from xtremedistil.faults import kill_point
@@ -211,14 +211,13 @@ def build_cache(folder: str | Path, sentences: Iterable[str], score: Callable, t
         temp = folder / f".{name}.tmp"
         shutil.rmtree(temp, ignore_errors=True)
         chunk_started = time.time()
-        truncated = _write_chunk(temp, batch, score, tokenizer, seq_len, tagging, batch_size, progress)
-        crcs = {p.name: file_crc32(p) for p in sorted(temp.glob("*.npy"))}
-        meta = {"name": name, "rows": len(batch), "truncated": truncated, "signature": signature,
-                "seconds": round(time.time() - chunk_started, 2), "crc32": crcs}
-        write_json_atomic(temp / META_FILE, meta)
-        kill_point("dir:chunk")
-        shutil.rmtree(folder / name, ignore_errors=True)  # a chunk without meta.json is incomplete
-        temp.rename(folder / name)
+        with written_in_place(folder / name, "dir:chunk", temp):
+            truncated = _write_chunk(temp, batch, score, tokenizer, seq_len, tagging, batch_size, progress)
+            crcs = {p.name: file_crc32(p) for p in sorted(temp.glob("*.npy"))}
+            meta = {"name": name, "rows": len(batch), "truncated": truncated, "signature": signature,
+                    "seconds": round(time.time() - chunk_started, 2), "crc32": crcs}
+            write_json_atomic(temp / META_FILE, meta)
+            shutil.rmtree(folder / name, ignore_errors=True)  # a chunk without meta.json is incomplete
         known[name] = meta
     progress.close()
     if not names:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -11,7 +12,7 @@ import zlib
 from pathlib import Path
 
 from xtremedistil.errors import XtremeDistilError
-from xtremedistil.faults import kill_point
+from xtremedistil.faults import disk_full_point as _disk_full_simulated, kill_point
 
 
 def write_json_atomic(path: str | Path, payload) -> None:
@@ -19,20 +20,72 @@ def write_json_atomic(path: str | Path, payload) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temp, 0o666 & ~umask)   # mkstemp makes 0600; give the file the permissions open() would
+    with _removed_on_error(temp):
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)   # mkstemp makes 0600; give the file the permissions open() would
     put_in_place(temp, path, f"json:{path.name}")
 
 
 def put_in_place(temp: str | Path, path: str | Path, point: str) -> None:
-    """Renames a fully written `temp` over `path` (atomic on one filesystem). Kill point `point` sits just
-    before the rename: a run killed there leaves the temp file, which nothing reads."""
-    kill_point(point)
-    os.replace(temp, path)
+    """Renames a fully written `temp` (file or folder) over `path` (atomic on one filesystem). Kill point
+    `point` sits just before the rename: a run killed there leaves the temp, which nothing reads; a write that
+    fails (a full disk) removes it."""
+    with _removed_on_error(temp):
+        kill_point(point, temp)
+        os.replace(temp, path)
+
+
+@contextlib.contextmanager
+def written_in_place(path: str | Path, point: str, temp: str | Path | None = None):
+    """`with written_in_place(path, point) as temp:` write `temp` (default `.NAME.tmp` beside `path`); when the
+    block ends it is put in place. If writing fails (a full disk, a converter error) the temp is removed and
+    `path` keeps what it had."""
+    path = Path(path)
+    temp = Path(temp) if temp is not None else path.with_name(f".{path.name}.tmp")
+    with _removed_on_error(temp):
+        yield temp
+    put_in_place(temp, path, point)
+
+
+def append_line(path: str | Path, line: str, point: str) -> None:
+    """Appends one line to a log others read back (`measurements.jsonl`). A disk that fills mid-line leaves a
+    cut last line: readers skip it, and the next append first trims it so no later line is glued to it."""
+    path = Path(path)
+    data = (line.rstrip("\n") + "\n").encode("utf-8")
+    with open(path, "ab") as handle:
+        end = handle.tell()
+        if end:
+            with open(path, "rb") as reader:
+                reader.seek(end - 1)
+                if reader.read(1) != b"\n":
+                    reader.seek(0)
+                    handle.truncate(reader.read().rfind(b"\n") + 1)
+        try:
+            kill_point(point, None)
+            if _disk_full_simulated(point):
+                handle.write(data[: len(data) // 2])
+                handle.flush()
+                raise OSError(errno.ENOSPC, f"No space left on device (simulated at {point})", str(path))
+            handle.write(data)
+        finally:
+            handle.flush()
+
+
+@contextlib.contextmanager
+def _removed_on_error(temp: str | Path):
+    try:
+        yield
+    except BaseException:
+        temp = Path(temp)
+        if temp.is_dir() and not temp.is_symlink():
+            shutil.rmtree(temp, ignore_errors=True)
+        else:
+            temp.unlink(missing_ok=True)
+        raise
 
 
 def path_size(path: str | Path) -> int:
@@ -101,10 +154,10 @@ def atomic_directory(final: str | Path):
     temp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         yield temp
+        kill_point(f"dir:{final.name}", temp)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
-    kill_point(f"dir:{final.name}")
     if final.exists():
         old = final.with_name(f".{final.name}.old")
         shutil.rmtree(old, ignore_errors=True)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from xtremedistil.distill import losses as losses_lib
 from xtremedistil.distill import metrics as metrics_lib
 from xtremedistil.distill.batching import bucketed_batches, width
-from xtremedistil.distill.files import file_crc32, put_in_place, read_json, write_json_atomic
+from xtremedistil.distill.files import file_crc32, read_json, write_json_atomic, written_in_place
 from xtremedistil.distill.metrics import metrics_from_predictions
 from xtremedistil.distill.cluster import Cluster, lost_worker
 from xtremedistil.distill.tokenization import IGNORE_INDEX, Encoded
@@ -211,23 +211,18 @@ def _set_trainable(groups, sub: SubStage) -> None:
 
 def _save_weights(model, path: Path) -> int:
     """Writes a checkpoint atomically; returns its CRC-32 (recorded in state.json, checked on resume)."""
-    temp = path.with_name(f".tmp-{path.name}")  # same suffix: it picks the Keras weights format
-    model.save_weights(str(temp))
-    return _put_in_place_with_crc(temp, path, "weights:checkpoint")
+    # the temp keeps the suffix: it picks the Keras weights format
+    with written_in_place(path, "weights:checkpoint", path.with_name(f".tmp-{path.name}")) as temp:
+        model.save_weights(str(temp))
+        return file_crc32(temp)
 
 
 def _save_arrays(path: Path, arrays: dict) -> int:
     """Writes an `.npz` atomically; returns its CRC-32."""
-    temp = path.with_name(f".tmp-{path.name}")
-    with open(temp, "wb") as handle:
-        np.savez(handle, **arrays)
-    return _put_in_place_with_crc(temp, path, "npz:epoch")
-
-
-def _put_in_place_with_crc(temp: Path, path: Path, point: str) -> int:
-    crc = file_crc32(temp)
-    put_in_place(temp, path, point)
-    return crc
+    with written_in_place(path, "npz:epoch", path.with_name(f".tmp-{path.name}")) as temp:
+        with open(temp, "wb") as handle:
+            np.savez(handle, **arrays)
+        return file_crc32(temp)
 
 
 def _intact(path: Path, crc: int | None) -> bool:

@@ -333,7 +333,8 @@ def _checkpoint_epoch(work: Path, state: dict, epoch: int, full, model, improved
     state["last"] = os.path.basename(full.write(str(work / f"epoch-{epoch}")))
     if improved:
         state["best"] = os.path.basename(tf.train.Checkpoint(model=model).write(str(work / f"best-epoch-{epoch}")))
-    kill_point("teacher:checkpoint")    # the epoch's files written, the state not yet pointing at them
+    # the epoch's files written, the state not yet pointing at them (a simulated full disk cuts the data file)
+    kill_point("teacher:checkpoint", work / f"{state['last']}.data-00000-of-00001")
     write_json_atomic(work / PROGRESS_STATE, state)
     for stale in {previous.get("last"), previous.get("best") if improved else None} - {None, state["last"], state["best"]}:
         for path in work.glob(f"{stale}.*"):

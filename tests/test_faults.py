@@ -8,7 +8,8 @@ import pytest
 
 from helpers import write_task
 from test_augment import SOURCES
-from xtremedistil.cli import _disk_full, main
+from xtremedistil.cli import main
+from xtremedistil.errors import is_disk_full
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,14 +51,14 @@ def test_full_disk_while_augmenting_is_one_line_keeps_the_earlier_file_and_a_rer
 
 
 def test_disk_full_is_recognised_from_the_os_h5py_and_tensorflow():
-    assert _disk_full(OSError(28, "No space left on device"))
-    assert _disk_full(OSError(27, "File too large"))
-    assert _disk_full(RuntimeError("Unable to synchronously create file (file write failed: errno = 28, "
+    assert is_disk_full(OSError(28, "No space left on device"))
+    assert is_disk_full(OSError(27, "File too large"))
+    assert is_disk_full(RuntimeError("Unable to synchronously create file (file write failed: errno = 28, "
                                    "error message = 'No space left on device')"))
     wrapped = ValueError("saving failed")
     wrapped.__cause__ = OSError(28, "No space left on device")
-    assert _disk_full(wrapped)
-    assert not _disk_full(OSError(2, "No such file or directory"))
+    assert is_disk_full(wrapped)
+    assert not is_disk_full(OSError(2, "No such file or directory"))
 
 
 @pytest.mark.parametrize("name, content", [

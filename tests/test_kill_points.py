@@ -92,6 +92,6 @@ def test_every_kill_point_of_distill_export_and_bench(tiny_models, tmp_path, cap
     code = main(["--workdir", str(tmp_path / "kb"), "--pt_teacher_checkpoint", str(tiny_models("bert")),
                  "--task", str(_task(tmp_path))])
     out = capsys.readouterr().out
-    summary = json.loads((tmp_path / "kb" / "battery.json").read_text())
+    summary = json.loads((tmp_path / "kb" / "battery-kill.json").read_text())
     assert code == 0, out
     assert summary["killed"] >= 25 and summary["not_reached"] == [] and summary["differences"] == []

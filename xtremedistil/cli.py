@@ -14,7 +14,7 @@ import os
 import sys
 
 import xtremedistil  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from xtremedistil.errors import XtremeDistilError
+from xtremedistil.errors import XtremeDistilError, is_disk_full
 
 DESCRIPTION = """\
 Distil a fine-tunable pre-trained language model (BERT, mBERT, XLM-R, ...) into a tiny
@@ -604,7 +604,7 @@ def main(argv=None) -> int:
         print(f"xtremedistil {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     except Exception as err:   # noqa: BLE001 - a full disk surfaces as OSError, h5py's, or TensorFlow's errors
-        if _disk_full(err):
+        if is_disk_full(err):
             where = f" writing {err.filename}" if getattr(err, "filename", None) else ""
             print(f"xtremedistil {args.command}: error: no space left on the device{where} ({_first_line(err)}); "
                   "everything finished before is intact: free space and rerun the same command to resume",
@@ -620,17 +620,6 @@ def main(argv=None) -> int:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0][:200] if text else type(err).__name__
-
-
-def _disk_full(err: BaseException) -> bool:
-    """ENOSPC / EFBIG / EDQUOT from the OS, or the same condition reported by h5py or TensorFlow."""
-    while err is not None:
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-            return True
-        if any(text in str(err) for text in ("No space left on device", "File too large", "Disk quota exceeded")):
-            return True
-        err = err.__cause__ or err.__context__
-    return False
 
 
 if __name__ == "__main__":

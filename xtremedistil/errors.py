@@ -1,4 +1,5 @@
 """The project's error type for problems the user can fix (bad input, bad flags, bad files)."""
+import errno
 
 
 class XtremeDistilError(ValueError):
@@ -12,3 +13,14 @@ class XtremeDistilError(ValueError):
     def __init__(self, message, problems=None):
         self.problems = list(problems or [])
         super().__init__(message)
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """ENOSPC / EFBIG / EDQUOT from the OS, or the same condition reported by h5py or TensorFlow."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            return True
+        if any(text in str(err) for text in ("No space left on device", "File too large", "Disk quota exceeded")):
+            return True
+        err = err.__cause__ or err.__context__
+    return False

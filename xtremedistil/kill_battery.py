@@ -11,6 +11,12 @@
    (bytes; ONNX files by their outputs, as two conversions name nodes differently) must equal the reference's; temp files left by the kills must not be what a result was read from
    (they are listed; the identical results show none was trusted).
 
+With `--fault disk-full` the same chain fails each kind of write with a simulated full disk instead
+(`XD_DISK_FULL_AT`: the temp file being written is cut to half and ENOSPC raised, as a real full disk leaves
+it): each run must end with exit 3 and one line ("no space left ... rerun the same command"), no traceback; every
+file left in place must still load (JSON, arrays, ONNX, TFLite) and no temp file may be left; the next run
+(space freed) resumes, and the final results must equal the uninterrupted run's.
+
 Exit status 0 when every point killed and every file matches; 1 otherwise. The test
 `tests/test_kill_points.py` runs a short chain in `make test` and the whole battery under `-m slow`.
 """
@@ -45,6 +51,17 @@ DISTILL_POINTS = [
 ]
 EXPORT_POINTS = ["export:artifact@2", "file:onnx", "file:onnx-int8", "json:manifest.json@2", "file:tflite"]
 BENCH_POINTS = ["file:teacher-artifact", "bench:measurement@2", "bench:measurement@4", "json:report.json"]
+# Every kind of write, failed by a full disk: JSON, a TF checkpoint, the teacher/bundle folders, the augmented
+# text, a cache chunk, Keras weights, an epoch's .npz, a SavedModel, ONNX fp32/int8, a flatbuffer, the teacher's
+# bench artifacts and an appended measurement line.
+DISK_FULL_POINTS = {
+    "distill": ["teacher:checkpoint", "json:state.json", "dir:teacher", "file:augmented", "dir:chunk@2",
+                "json:index.json", "weights:checkpoint", "npz:epoch", "json:state.json@4", "weights:checkpoint@4",
+                "dir:bundle", "json:metrics.json"],
+    "export": ["dir:savedmodel", "file:onnx", "file:onnx-int8", "json:manifest.json@2", "file:tflite"],
+    "bench": ["file:teacher-artifact", "bench:measurement@2", "json:report.json"],
+}
+DISK_FULL_EXIT = 3
 # The short chain of `make test` (~1.5 min): stage 2 only, one teacher epoch, killed while an epoch's save is
 # renamed into place; the other 24 points run under `-m slow`.
 FAST_POINTS = {"distill": ["npz:epoch"]}
@@ -57,6 +74,7 @@ class Plan:
     task: str
     tagging: bool = False
     quick: bool = False          # stage 2 only and one teacher epoch (the short chain of `make test`)
+    fault: str = "kill"          # or "disk-full"
     points: dict[str, list[str]] = field(default_factory=lambda: {
         "distill": DISTILL_POINTS, "export": EXPORT_POINTS, "bench": BENCH_POINTS})
 
@@ -80,20 +98,54 @@ class Plan:
         raise ValueError(name)
 
 
-def _run(args: list[str], kill_at: str | None, log) -> int:
+def _run(args: list[str], point: str | None, log, fault: str = "kill") -> subprocess.CompletedProcess:
     # A fixed hash seed: tf2onnx orders nodes and names constants by Python set order, so two conversions of
     # the same model differ in bytes (not in outputs) unless both processes hash alike.
-    env = {**{k: v for k, v in os.environ.items() if k != "XD_KILL_AT"}, "PYTHONHASHSEED": "0"}
-    if kill_at:
-        env.update(XD_KILL_AT=kill_at, XD_KILL_GROUP="1")
+    env = {**{k: v for k, v in os.environ.items() if k not in ("XD_KILL_AT", "XD_DISK_FULL_AT")},
+           "PYTHONHASHSEED": "0"}
+    if point and fault == "kill":
+        env.update(XD_KILL_AT=point, XD_KILL_GROUP="1")
+    elif point:
+        env.update(XD_DISK_FULL_AT=point)
     started = time.time()
     done = subprocess.run([sys.executable, "-m", "xtremedistil", *args], env=env, capture_output=True, text=True,
                           start_new_session=True)     # its own process group: a kill point kills only it
-    log(f"  {args[0]:8s} {'kill at ' + kill_at if kill_at else 'uninterrupted':34s} -> exit {done.returncode} "
-        f"({time.time() - started:.0f} s)")
-    if done.returncode not in (0, -9):
+    what = (f"{'kill' if fault == 'kill' else 'disk full'} at {point}") if point else "uninterrupted"
+    log(f"  {args[0]:8s} {what:40s} -> exit {done.returncode} ({time.time() - started:.0f} s)")
+    if done.returncode not in (0, -9, DISK_FULL_EXIT):
         log("    " + "\n    ".join(done.stderr.strip().splitlines()[-5:]))
-    return done.returncode
+    return done
+
+
+def _one_disk_full_line(command: str, stderr: str) -> bool:
+    """The run ended as a full disk should: no traceback, one error line saying to free space and rerun."""
+    lines = [line for line in stderr.splitlines() if line.startswith(f"xtremedistil {command}: error:")]
+    return ("Traceback" not in stderr and len(lines) == 1
+            and lines[0].startswith(f"xtremedistil {command}: error: no space left on the device")
+            and "rerun the same command to resume" in lines[0])
+
+
+def damaged_files(root: Path) -> list[str]:
+    """Files in place (not temp) under `root` that do not load: what a failed write must never leave."""
+    import onnx
+
+    damaged = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not _is_temp(p, root)):
+        try:
+            if path.suffix == ".json":
+                json.loads(path.read_text(encoding="utf-8"))
+            elif path.suffix in (".h5", ".npz", ".npy"):
+                _arrays(path)
+            elif path.suffix == ".onnx":
+                onnx.load(str(path))
+            elif path.suffix == ".tflite" and path.read_bytes()[4:8] != b"TFL3":
+                raise ValueError("not a flatbuffer")
+            elif path.name == "measurements.jsonl":
+                lines = path.read_text(encoding="utf-8").splitlines()
+                [json.loads(line) for line in lines[:-1]]      # only a last line may be cut (it is measured again)
+        except Exception as err:  # noqa: BLE001 - any failure to load is the finding
+            damaged.append(f"{path.relative_to(root)}: {type(err).__name__}")
+    return damaged
 
 
 def _normalise(value, roots: tuple[str, ...]):
@@ -193,28 +245,39 @@ def run_battery(plan: Plan, log=print, fresh: bool = True) -> dict:
         reference.mkdir(parents=True)
         log("reference (uninterrupted):")
         for name in steps:
-            if _run(plan.command(name, reference), None, log) != 0:
+            if _run(plan.command(name, reference), None, log).returncode != 0:
                 raise SystemExit(f"the uninterrupted {name} failed; fix that first")
         (reference / "done").write_text("ok\n")
     killed.mkdir(parents=True, exist_ok=True)
-    results = []
-    log("killed at each point, then rerun:")
+    results, damaged = [], []
+    disk_full = plan.fault == "disk-full"
+    log("failed by a full disk at each write, then rerun:" if disk_full else "killed at each point, then rerun:")
     for name in steps:
         for point in plan.points[name]:
-            code = _run(plan.command(name, killed), point, log)
-            results.append({"command": name, "point": point, "killed": code == -9, "exit": code})
+            done = _run(plan.command(name, killed), point, log, plan.fault)
+            if disk_full:
+                ok = done.returncode == DISK_FULL_EXIT and _one_disk_full_line(name, done.stderr)
+                found = damaged_files(killed)
+                damaged += [f"after {point}: {d}" for d in found]
+                results.append({"command": name, "point": point, "killed": ok, "exit": done.returncode,
+                                "line": (done.stderr.strip().splitlines() or [""])[-1][:300]})
+            else:
+                results.append({"command": name, "point": point, "killed": done.returncode == -9,
+                                "exit": done.returncode})
         final = _run(plan.command(name, killed), None, log)
-        results.append({"command": name, "point": None, "killed": False, "exit": final})
-        if final != 0:
+        results.append({"command": name, "point": None, "killed": False, "exit": final.returncode})
+        if final.returncode != 0:
             break
     differences, leftovers, compared = compare(reference, killed)
     not_killed = [r for r in results if r["point"] and not r["killed"]]
     failed = [r for r in results if not r["point"] and r["exit"] != 0]
-    summary = {"points": sum(1 for r in results if r["point"]), "killed": sum(1 for r in results if r["killed"]),
+    summary = {"fault": plan.fault, "points": sum(1 for r in results if r["point"]),
+               "killed": sum(1 for r in results if r["killed"]),
                "not_reached": [f"{r['command']} {r['point']} (exit {r['exit']})" for r in not_killed],
                "reruns_failed": [r["command"] for r in failed], "files_compared": compared,
-               "differences": differences, "temp_files_left": leftovers, "results": results}
-    summary["passed"] = not (not_killed or failed or differences)
+               "differences": differences, "temp_files_left": leftovers, "damaged_files": damaged,
+               "results": results}
+    summary["passed"] = not (not_killed or failed or differences or damaged or (disk_full and leftovers))
     return summary
 
 
@@ -228,9 +291,13 @@ def main(argv=None) -> int:
     parser.add_argument("--do_NER", action="store_true", help="the task is tagging")
     parser.add_argument("--commands", default="distill,export,bench", help="which commands to kill (default: all)")
     parser.add_argument("--keep", action="store_true", help="reuse WORKDIR/reference from an earlier battery")
+    parser.add_argument("--fault", choices=("kill", "disk-full"), default="kill",
+                        help="SIGKILL at each point (default), or fail each kind of write with a full disk")
     args = parser.parse_args(argv)
     commands = [c.strip() for c in args.commands.split(",") if c.strip()]
-    plan = Plan(Path(args.workdir), args.pt_teacher_checkpoint, args.task, args.do_NER)
+    plan = Plan(Path(args.workdir), args.pt_teacher_checkpoint, args.task, args.do_NER, fault=args.fault)
+    if args.fault == "disk-full":
+        plan.points = dict(DISK_FULL_POINTS)
     unknown = set(commands) - set(plan.points)
     if unknown:
         parser.error(f"--commands: unknown {', '.join(sorted(unknown))} (choose from distill, export, bench)")
@@ -238,11 +305,17 @@ def main(argv=None) -> int:
     if not args.keep:
         shutil.rmtree(plan.workdir / "reference", ignore_errors=True)
     summary = run_battery(plan)
-    (plan.workdir / "battery.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"{summary['killed']} of {summary['points']} kill points killed the run; {summary['files_compared']} files "
-          f"compared with the uninterrupted run: {len(summary['differences'])} differ; "
-          f"{len(summary['temp_files_left'])} temp files left behind (none read)")
-    for line in summary["not_reached"] + summary["differences"]:
+    (plan.workdir / f"battery-{args.fault}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if args.fault == "disk-full":
+        print(f"{summary['killed']} of {summary['points']} writes failed by a full disk ended in one line (exit 3); "
+              f"{len(summary['damaged_files'])} damaged files left in place; {summary['files_compared']} files "
+              f"compared with the uninterrupted run after resuming: {len(summary['differences'])} differ; "
+              f"{len(summary['temp_files_left'])} temp files left behind")
+    else:
+        print(f"{summary['killed']} of {summary['points']} kill points killed the run; {summary['files_compared']} "
+              f"files compared with the uninterrupted run: {len(summary['differences'])} differ; "
+              f"{len(summary['temp_files_left'])} temp files left behind (none read)")
+    for line in summary["not_reached"] + summary["differences"] + summary["damaged_files"]:
         print("  " + line)
     return 0 if summary["passed"] else 1
 

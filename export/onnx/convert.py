@@ -26,7 +26,7 @@ import numpy as np
 
 import xtremedistil  # noqa: F401
 import tensorflow as tf
-from xtremedistil.distill.files import put_in_place
+from xtremedistil.distill.files import written_in_place
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +72,8 @@ def convert_function(function: tf.types.experimental.GenericFunction, input_sign
     check_ops(model, str(path))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp")
-    onnx.save_model(model, str(temp))
-    put_in_place(temp, path, "file:onnx")
+    with written_in_place(path, "file:onnx") as temp:
+        onnx.save_model(model, str(temp))
     return model
 
 
@@ -118,10 +117,8 @@ def quantize_dynamic(source: Path, target: Path) -> None:
     """int8 weights, activations quantized at run time: no calibration data needed."""
     from onnxruntime.quantization import QuantType, quantize_dynamic as ort_quantize_dynamic
 
-    temp = target.with_name(f".{target.name}.tmp")
-    with _QuietRoot():
+    with _QuietRoot(), written_in_place(target, "file:onnx-int8") as temp:
         ort_quantize_dynamic(str(source), str(temp), weight_type=QuantType.QInt8, per_channel=False)
-    put_in_place(temp, target, "file:onnx-int8")
 
 
 class _Calibration:

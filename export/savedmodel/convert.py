@@ -12,6 +12,7 @@ from pathlib import Path
 import xtremedistil  # noqa: F401
 import tensorflow as tf
 
+from xtremedistil.distill.files import put_in_place
 from xtremedistil.export.base import Artifact, ExportContext, Quantization
 from xtremedistil.export.inference import logits_function
 
@@ -31,6 +32,8 @@ def convert(ctx: ExportContext, quantization: Quantization) -> list[Artifact]:
     folder = ctx.artifacts_dir / "savedmodel" / ctx.model_name
     final = folder / VERSION
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(f".{VERSION}.*.tmp"):     # left by a killed export: never read, only removed
+        shutil.rmtree(stale, ignore_errors=True)
     temp = Path(tempfile.mkdtemp(prefix=".1.", suffix=".tmp", dir=folder))
     try:
         (temp / "labels").mkdir()
@@ -39,7 +42,7 @@ def convert(ctx: ExportContext, quantization: Quantization) -> list[Artifact]:
         module = _Serving(ctx.model, str(labels_file), ctx.student_config.seq_len)
         tf.saved_model.save(module, str(temp / "model"), signatures={"serving_default": module.serve})
         shutil.rmtree(final, ignore_errors=True)
-        (temp / "model").rename(final)
+        put_in_place(temp / "model", final, "dir:savedmodel")
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     return [Artifact(f"savedmodel-{quantization.value}", "savedmodel", quantization, final,

@@ -22,7 +22,7 @@ import tensorflow as tf
 from xtremedistil.distill.students import build_student, copy_student_weights
 from xtremedistil.errors import XtremeDistilError
 from xtremedistil.export.base import Artifact, ExportContext, Quantization
-from xtremedistil.distill.files import put_in_place
+from xtremedistil.distill.files import written_in_place
 
 CALIBRATION_EXAMPLES = 512
 
@@ -81,9 +81,8 @@ def convert(ctx: ExportContext, quantization: Quantization) -> list[Artifact]:
         details["op_counts"] = op_counts(flatbuffer)
         name = f"tflite-{quantization.value}-b{batch_size}"
         target = ctx.artifacts_dir / f"{name}.tflite"
-        temp = target.with_name(f".{target.name}.tmp")
-        temp.write_bytes(flatbuffer)
-        put_in_place(temp, target, "file:tflite")
+        with written_in_place(target, "file:tflite") as temp:
+            temp.write_bytes(flatbuffer)
         artifacts.append(Artifact(name, "tflite", quantization, target, batch_size=batch_size, details=details))
     return artifacts
 
