@@ -9,6 +9,7 @@ against the teacher from this same run -> `report.json`, then `report.md` and th
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import hashlib
 import json
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from xtremedistil.distill.files import append_line, read_json, write_json_atomic
-from xtremedistil.errors import XtremeDistilError
+from xtremedistil.errors import XtremeDistilError, is_disk_full
 
 RUNTIMES = ("keras", "savedmodel", "litert", "onnxruntime")
 FORMAT_RUNTIME = {"savedmodel": "savedmodel", "tflite": "litert", "onnx": "onnxruntime"}
@@ -252,6 +253,9 @@ class Runner:
         finally:
             os.unlink(handle.name)
         record["wall_seconds"] = round(time.time() - started, 1)
+        if "error" in record and is_disk_full(RuntimeError(record["error"])):
+            # the worker ran out of space: not a result to record, the CLI's disk-full line (exit 3), resumable
+            raise OSError(errno.ENOSPC, f"a bench worker: {record['error']}")
         append_line(self.path, json.dumps(record), "bench:measurement")
         self.done[key] = record
         return record

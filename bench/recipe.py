@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -40,14 +41,42 @@ DEPLOY_KEY = "deploy"     # per student: false = distil only (an ablation), not 
 STUDENTS_FILE = "students.json"
 
 
-def _expand(value):
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _expand(value, path: Path):
     if isinstance(value, str):
+        unset = [a or b for a, b in _VARIABLE.findall(value) if (a or b) not in os.environ]
+        if unset:
+            raise XtremeDistilError(f"{path}: ${{{unset[0]}}} is not set; export it (e.g. {unset[0]}=...) or write "
+                                    "the value into the recipe")
         return os.path.expandvars(value)
     if isinstance(value, dict):
-        return {k: _expand(v) for k, v in value.items()}
+        return {k: _expand(v, path) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand(v) for v in value]
+        return [_expand(v, path) for v in value]
     return value
+
+
+def _check_types(section: str, values: dict, cls, path: Path) -> None:
+    """A value of the wrong kind (`ft_epochs: many`) is one line now, before anything is written. Numbers given
+    where text is expected (`tflite_batch_sizes: 32`) become text."""
+    kinds = {f.name: f.type if isinstance(f.type, str) else f.type.__name__ for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        kind = kinds.get(key, "")
+        if value is None and ("None" in kind or key not in kinds):
+            continue
+        base = kind.split("|")[0].strip()
+        if base == "str" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            values[key] = str(value)
+            continue
+        ok = {"bool": lambda v: isinstance(v, bool),
+              "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+              "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+              "str": lambda v: isinstance(v, str)}.get(base, lambda v: True)
+        if not ok(value):
+            wanted = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "text"}[base]
+            raise XtremeDistilError(f"{path}: '{section}.{key}' must be {wanted}, not {value!r}")
 
 
 def _check_keys(section: str, values: dict, cls, path: Path, fixed=()) -> None:
@@ -80,7 +109,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
                                     *STEPS})
     if unknown:
         raise XtremeDistilError(f"{path}: unknown top-level key(s) {', '.join(unknown)}")
-    recipe = _expand(recipe)
+    recipe = _expand(recipe, path)
     for section in STEPS:
         recipe[section] = recipe.get(section) or {}
         if not isinstance(recipe[section], dict):
@@ -88,10 +117,13 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
     _check_keys("distill", recipe["distill"], DistilOptions, path, fixed=("model_dir",))
     _check_keys("export", recipe["export"], ExportOptions, path, fixed=("bundle",))
     _check_keys("bench", recipe["bench"], BenchOptions, path, fixed=("bundles", "out", "command"))
+    for section, cls in (("distill", DistilOptions), ("export", ExportOptions), ("bench", BenchOptions)):
+        _check_types(section, recipe[section], cls, path)
     recipe["students"] = _students(recipe.get("students"), path)
     for student in recipe["students"]:
         _check_keys("distill", {k: v for k, v in student.items() if k != DEPLOY_KEY}, DistilOptions, path,
                     fixed=("model_dir",))
+        _check_types("students", student, DistilOptions, path)
     from xtremedistil.bench.pick import budgets_from_recipe
 
     recipe["pick"] = budgets_from_recipe(recipe["pick"], path) if recipe.get("pick") is not None else []

@@ -84,14 +84,26 @@ class Bundle:
             raise XtremeDistilError(
                 f"{self.folder}: not a student bundle ({CONFIG_FILE} and {WEIGHTS_FILE} expected); "
                 "pass the bundle folder written by `xtremedistil distill`")
-        self.config = read_json(self.folder / CONFIG_FILE)
-        self.student_config = StudentConfig(**self.config["student"])
-        self.labels: list[str] = self.config["task"]["labels"]
-        self.seq_len: int = self.config["task"]["seq_len"]
+        fix = "rerun `xtremedistil distill` for it, or restore the bundle from a copy"
+        self.config = read_json(self.folder / CONFIG_FILE, fix)
+        self.student_config, self.labels, self.seq_len = _check_config(self.config, self.folder / CONFIG_FILE, fix)
         self.tagging: bool = self.student_config.tagging
         self.model = build_student(self.student_config)
-        self.model.load_weights(str(self.folder / WEIGHTS_FILE))
-        self.tokenizer = load_tokenizer(str(self.folder / TOKENIZER_DIR))
+        try:
+            self.model.load_weights(str(self.folder / WEIGHTS_FILE))
+        except (OSError, ValueError) as err:           # h5py: truncated/garbled file; Keras: other layers
+            reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise XtremeDistilError(f"{self.folder / WEIGHTS_FILE}: damaged or not this student's weights "
+                                    f"({reason}); {fix}") from None
+        tokenizer_dir = self.folder / TOKENIZER_DIR
+        try:
+            self.tokenizer = load_tokenizer(str(tokenizer_dir))
+        except XtremeDistilError:
+            raise
+        except Exception as err:  # noqa: BLE001 - transformers raises many types for a broken tokenizer folder
+            files = sorted(p.name for p in tokenizer_dir.iterdir()) if tokenizer_dir.is_dir() else []
+            raise XtremeDistilError(f"{tokenizer_dir}: the tokenizer cannot be loaded ({type(err).__name__}; files: "
+                                    f"{', '.join(files) or 'none'}); {fix}") from None
         self._forward = None
 
     @property
@@ -122,6 +134,28 @@ class Bundle:
         if self.tagging:
             return tags_from_piece_predictions(predicted, encoded.word_index, encoded.n_words, self.labels)
         return [self.labels[int(i)] for i in predicted]
+
+
+def _check_config(config, path: Path, fix: str):
+    """(StudentConfig, labels, seq_len) from a bundle's config.json; a missing or ill-typed field is one line."""
+    def bad(what):
+        return XtremeDistilError(f"{path}: {what}; {fix}")
+
+    if not isinstance(config, dict) or not isinstance(config.get("student"), dict) \
+            or not isinstance(config.get("task"), dict):
+        raise bad("'student' and 'task' sections expected")
+    try:
+        student = StudentConfig(**config["student"])
+    except TypeError as err:
+        raise bad(f"the 'student' section does not describe a student ({err})") from None
+    labels, seq_len = config["task"].get("labels"), config["task"].get("seq_len")
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels):
+        raise bad("task.labels must be a non-empty list of label names")
+    if len(labels) != student.num_labels:
+        raise bad(f"task.labels has {len(labels)} labels, the student predicts {student.num_labels}")
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
+        raise bad(f"task.seq_len must be a whole number >= 2, not {seq_len!r}")
+    return student, labels, seq_len
 
 
 def load_bundle(path: str | Path) -> Bundle:

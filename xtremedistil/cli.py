@@ -25,6 +25,14 @@ tokens<TAB>space-separated BIO tags, optionally language-prefixed like en:B-PER)
 and an unlabeled transfer file (transfer.txt by default)."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Bad flags are one line (`xtremedistil distill: error: argument --seq_len: invalid int value: 'abc'; see
+    xtremedistil distill --help`), exit 2, instead of argparse's usage block followed by the error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def _add_task_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("task")
     group.add_argument("--task", required=True, metavar="DIR",
@@ -375,7 +383,7 @@ def _cmd_recipe(args) -> int:
 def build_gate_parser() -> argparse.ArgumentParser:
     from xtremedistil.bench.gate import DEFAULT_MAX_METRIC_DROP, DEFAULT_MAX_SPEEDUP_DROP
 
-    gate = argparse.ArgumentParser(
+    gate = OneLineParser(
         prog="xtremedistil bench gate",
         description="Compare a bench report with a baseline report: exit 0 when no speedup, compression "
                     "or test metric regressed beyond the tolerances, 1 with a table of what regressed, "
@@ -417,7 +425,7 @@ def _recipe_arguments(parser, what: str) -> None:
 def build_parser(students: bool = False) -> argparse.ArgumentParser:
     """The CLI; `students` adds every student's own flags to `distill` (they import TensorFlow, so the other
     commands' parsing and --help stay fast)."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="xtremedistil", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"xtremedistil {xtremedistil.__version__}")
@@ -587,24 +595,43 @@ def _configure_logging(quiet: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
+# Commands that load TensorFlow (all but `pick` and `bench gate`).
+TF_COMMANDS = {"teacher", "distill", "augment", "export", "bench", "recipe", "sweep"}
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] and argv[0] in TF_COMMANDS and argv[:2] != ["bench", "gate"]:
+        xtremedistil.import_tensorflow_quietly()
     if argv[:2] == ["bench", "gate"]:
         args = build_gate_parser().parse_args(argv[2:])
     else:
         args = build_parser(students=argv[:1] == ["distill"]).parse_args(argv)
     args.raw_argv = argv[1:]
     _configure_logging(getattr(args, "quiet", False))
+    quiet_bars = getattr(args, "quiet", False) and "TQDM_DISABLE" not in os.environ
+    if quiet_bars:
+        os.environ["TQDM_DISABLE"] = "1"      # --quiet: no progress bar anywhere (tqdm reads TQDM_* as defaults)
+    try:
+        return _run(args)
+    finally:
+        if quiet_bars:
+            del os.environ["TQDM_DISABLE"]
+
+
+def _run(args) -> int:
     try:
         return args.handler(args)
-    except XtremeDistilError as err:
-        print(f"xtremedistil {args.command}: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print(f"xtremedistil {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-    except Exception as err:   # noqa: BLE001 - a full disk surfaces as OSError, h5py's, or TensorFlow's errors
-        if is_disk_full(err):
+    except BaseException as err:
+        _close_progress_bars()                 # the error line starts on a line of its own
+        if isinstance(err, XtremeDistilError):
+            print(f"xtremedistil {args.command}: error: {err}", file=sys.stderr)
+            return err.exit_code
+        if isinstance(err, KeyboardInterrupt):
+            print(f"xtremedistil {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+            return 130
+        if isinstance(err, Exception) and is_disk_full(err):
+            # a full disk surfaces as OSError, h5py's or TensorFlow's errors
             where = f" writing {err.filename}" if getattr(err, "filename", None) else ""
             print(f"xtremedistil {args.command}: error: no space left on the device{where} ({_first_line(err)}); "
                   "everything finished before is intact: free space and rerun the same command to resume",
@@ -615,6 +642,13 @@ def main(argv=None) -> int:
                   "writable folder or fix its permissions", file=sys.stderr)
             return 2
         raise
+
+
+def _close_progress_bars() -> None:
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 def _first_line(err: BaseException) -> str:
