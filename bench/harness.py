@@ -24,9 +24,13 @@ import numpy as np
 
 from xtremedistil.distill.files import append_line, read_json, write_json_atomic
 from xtremedistil.errors import XtremeDistilError, is_disk_full
+from xtremedistil.export import base as export_formats
+from xtremedistil.layout import TEACHER_ENCODER_DIR, TEACHER_HEAD_FILE, BundleLayout
 
-RUNTIMES = ("keras", "savedmodel", "litert", "onnxruntime")
-FORMAT_RUNTIME = {"savedmodel": "savedmodel", "tflite": "litert", "onnx": "onnxruntime"}
+# The Keras student, then each registered export format's runtime (export/<format>/config.py): a new format
+# is benched without a change here.
+RUNTIMES = export_formats.runtimes()
+FORMAT_RUNTIME = {name: fmt.runtime for name, fmt in export_formats.formats().items()}
 REPORT_SCHEMA = 1
 MEASUREMENTS = "measurements.jsonl"
 
@@ -144,7 +148,7 @@ def _read_students(options: BenchOptions, seq_len: int, runtimes: list[str]):
         exported = [r for r in runtimes if r != "keras"]
         if not exported:
             continue
-        manifest_path = folder / "manifest.json"
+        manifest_path = BundleLayout(folder).manifest
         if not manifest_path.exists():
             raise XtremeDistilError(f"{folder}: no manifest.json, so no artifacts for --runtimes "
                                     f"{','.join(exported)}; run `xtremedistil export {folder}` first "
@@ -272,7 +276,7 @@ def _stamp(path: str) -> list | None:
         if (target / WEIGHTS_FILE).exists():           # a bundle: its Keras weights
             files = [target / WEIGHTS_FILE]
         elif (target / "head.npz").exists():           # a teacher folder: its weights (metrics.json is rewritten on reuse)
-            files = [target / "head.npz", *(p for p in (target / "encoder").glob("*") if p.suffix in (".h5", ".safetensors"))]
+            files = [target / TEACHER_HEAD_FILE, *(p for p in (target / TEACHER_ENCODER_DIR).glob("*") if p.suffix in (".h5", ".safetensors"))]
         else:                                          # a SavedModel
             files = [p for p in target.rglob("*") if p.is_file()]
     elif target.is_file():
@@ -358,7 +362,7 @@ def run_bench(options: BenchOptions, progress: bool = True) -> dict:
         raise XtremeDistilError(f"bundles {', '.join(mixed)} solve another task than {first.name}; "
                                 "bench students of one task together")
     source = resolve_teacher(options.teacher, [Path(b) for b in options.bundles])
-    task_folder = options.task or read_json(Path(options.bundles[0]) / "config.json").get("options", {}).get("task")
+    task_folder = options.task or read_json(BundleLayout(options.bundles[0]).config).get("options", {}).get("task")
     task = None
     if task_folder:
         from xtremedistil.distill import data as data_lib

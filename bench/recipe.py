@@ -29,7 +29,7 @@ from pathlib import Path
 from xtremedistil.distill.files import read_json, write_json_atomic
 from xtremedistil.distill.sources import resolve_checkpoint
 from xtremedistil.errors import XtremeDistilError
-from xtremedistil.layout import RunLayout
+from xtremedistil.layout import BundleLayout, RunLayout
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def _select_students(students: list[dict], only: list[str], path) -> list[dict]:
 
 
 def _export_stamp(bundle: Path, export: dict) -> dict:
-    digest = hashlib.sha256((bundle / "student.weights.h5").read_bytes()).hexdigest()
+    digest = hashlib.sha256(BundleLayout(bundle).weights.read_bytes()).hexdigest()
     return {"weights_sha256": digest, "export": export}
 
 
@@ -316,13 +316,13 @@ def _command(path: str, overrides: list[str] | None, only: list[str] | None) -> 
 
 def _export(bundle: Path, export: dict, run_export, options_class) -> dict:
     """Exports one bundle unless its weights and the export settings are unchanged since the last export."""
-    if not (bundle / "student.weights.h5").exists():
+    if not BundleLayout(bundle).weights.exists():
         raise XtremeDistilError(f"{bundle}: no bundle yet; run the distill step first")
     stamp = _export_stamp(bundle, export)
     stamp_path = bundle.with_name(f"{bundle.name}.{EXPORT_STAMP}")   # beside the bundle: a rewrite keeps it
-    if stamp_path.exists() and read_json(stamp_path) == stamp and (bundle / "manifest.json").exists():
+    if stamp_path.exists() and read_json(stamp_path) == stamp and BundleLayout(bundle).manifest.exists():
         logger.info("export %s: bundle and settings unchanged since the last export; skipped", bundle)
-        return read_json(bundle / "manifest.json")
+        return read_jsonBundleLayout(bundle).manifest
     started = time.time()
     manifest = run_export(options_class(bundle=str(bundle), **export))
     write_json_atomic(stamp_path, stamp)

@@ -201,7 +201,9 @@ def plot(report: dict, out: Path) -> list[Path]:
     figure, axes = plt.subplots(1, len(batches), figsize=(6.5 * len(batches), 5), squeeze=False)
     models = list(dict.fromkeys(r["model"] for r in report["rows"]))
     colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
-    markers = {"keras": "o", "savedmodel": "D", "litert": "^", "onnxruntime": "s"}
+    from xtremedistil.export.base import formats
+
+    markers = {"keras": "o", **{fmt.runtime: fmt.marker for fmt in formats().values()}}
     for axis, batch in zip(axes[0], batches):
         rows = [r for r in report["rows"] if r["batch_size"] == batch and r["threads"] == threads]
         measured = [r for r in rows if r["metric"] is not None]

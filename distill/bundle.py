@@ -20,11 +20,12 @@ from xtremedistil.distill.files import atomic_directory, read_json, write_json_a
 from xtremedistil.distill.students import StudentConfig, build_student
 from xtremedistil.distill.tokenization import encode_sentences, load_tokenizer, save_tokenizer, tags_from_piece_predictions
 from xtremedistil.errors import XtremeDistilError
+from xtremedistil.layout import BundleLayout
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "student.weights.h5"
-REMAP_FILE = "id_remap.npy"
-METRICS_FILE = "metrics.json"
+CONFIG_FILE = BundleLayout.CONFIG
+WEIGHTS_FILE = BundleLayout.WEIGHTS
+REMAP_FILE = BundleLayout.ID_REMAP
+METRICS_FILE = BundleLayout.METRICS
 TOKENIZER_DIR = "tokenizer"
 FORMAT_VERSION = 1
 
@@ -54,14 +55,14 @@ def write_bundle(folder: str | Path, model, student_config: StudentConfig, token
     return folder
 
 
-EXPORTS = ("artifacts", "manifest.json")
+EXPORTS = (BundleLayout.ARTIFACTS, BundleLayout.MANIFEST)
 
 
 def _carry_over_exports(old: Path, new: Path) -> None:
     import logging
     import shutil
 
-    if not (old / "manifest.json").exists():
+    if not BundleLayout(old).manifest.exists():
         return
     same = (old / WEIGHTS_FILE).exists() and (old / WEIGHTS_FILE).read_bytes() == (new / WEIGHTS_FILE).read_bytes()
     if not same:

@@ -35,7 +35,7 @@ from xtremedistil.distill.memory import PhasePeaks
 from xtremedistil.distill.metrics import metrics_from_predictions
 from xtremedistil.distill.teacher import SPEC_FILE, FineTuneConfig, teacher_stamp as saved_teacher_stamp
 from xtremedistil.errors import XtremeDistilError
-from xtremedistil.layout import RunLayout
+from xtremedistil.layout import BundleLayout, RunLayout
 
 logger = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
                     "parameters": teacher_params, "folder": str(layout.teacher.resolve())}
     write_bundle(layout.bundle, student, student_config, tokenizer, task.labels, metrics, teacher_info,
                  {"options": dataclasses.asdict(options)})
-    write_json_atomic(layout.student / "metrics.json", metrics)
+    write_json_atomic(layout.student / BundleLayout.METRICS, metrics)
     cluster.barrier("the chief's bundle")
     return metrics
 

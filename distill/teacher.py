@@ -37,13 +37,14 @@ from xtremedistil.distill.tokenization import (
 )
 from xtremedistil.errors import XtremeDistilError
 from xtremedistil.faults import kill_point
+from xtremedistil.layout import TEACHER_ENCODER_DIR, TEACHER_HEAD_FILE, TEACHER_METRICS_FILE, TEACHER_SPEC_FILE
 
 logger = logging.getLogger(__name__)
 
-ENCODER_DIR = "encoder"
-HEAD_FILE = "head.npz"
-SPEC_FILE = "teacher.json"
-METRICS_FILE = "metrics.json"
+ENCODER_DIR = TEACHER_ENCODER_DIR
+HEAD_FILE = TEACHER_HEAD_FILE
+SPEC_FILE = TEACHER_SPEC_FILE
+METRICS_FILE = TEACHER_METRICS_FILE
 
 
 @dataclasses.dataclass

@@ -50,17 +50,44 @@ QUANTIZED = Tolerance(max_metric_drop=1.0)
 
 @dataclasses.dataclass(frozen=True)
 class FormatConfig:
-    """One export format: its quantizations with their tolerances, and the ones it refuses, with why."""
+    """One export format, the whole plug-in contract: its quantizations with their tolerances and the ones it
+    refuses (with why), its converter, the runtime that runs it in `bench` (and that runtime's plot marker), how
+    its files are recognised, and its predictor. A format is one package `export/<name>/` whose `config.py`
+    calls `register_format`; it is discovered by scanning `export/` (nothing else lists formats).
+
+    `convert` and `predictor` are "module:attribute" strings imported on first use, so listing formats (for
+    `--formats` and bench's runtimes) loads no converter or runtime library.
+    """
 
     name: str
     tolerances: dict[Quantization, Tolerance]
     unsupported: dict[str, str]
-    convert: Callable
+    converter: str                          # "module:function", function(ctx, quantization) -> [Artifact]
+    predictor: str                          # "module:Class", Class(path, threads) -> Predictor
+    runtime: str                            # bench's name for the runtime that runs these files
+    recognise: Callable[[Path], Path | None]   # path -> the artifact to load (e.g. a version folder), or None
+    describe: str                           # how its files look, for the "not an artifact" error
+    bench_rank: int = 50                    # order of runtimes in bench reports (keras is first)
+    marker: str = "s"                       # matplotlib marker in bench plots
     default: tuple[Quantization, ...] = ()
 
     @property
     def quantizations(self) -> tuple[Quantization, ...]:
         return tuple(self.tolerances)
+
+    @property
+    def convert(self) -> Callable:
+        return _resolve(self.converter)
+
+    def load_predictor(self, path: Path, threads: int | None = None):
+        return _resolve(self.predictor)(path, threads)
+
+
+def _resolve(target: str):
+    import importlib
+
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 EXPORTERS: dict[str, FormatConfig] = {}
@@ -72,10 +99,27 @@ def register_format(config: FormatConfig) -> FormatConfig:
 
 
 def _load_exporters() -> None:
-    # Importing each package registers it; kept lazy so `base` has no heavy imports.
-    from xtremedistil.export.onnx import config as _onnx  # noqa: F401
-    from xtremedistil.export.savedmodel import config as _savedmodel  # noqa: F401
-    from xtremedistil.export.tflite import config as _tflite  # noqa: F401
+    """Imports `config` of every package under `export/`: each registers its format (light: no TF)."""
+    import importlib
+    import importlib.util
+    import pkgutil
+
+    import xtremedistil.export as package
+
+    for module in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        if module.ispkg and importlib.util.find_spec(f"{package.__name__}.{module.name}.config") is not None:
+            importlib.import_module(f"{package.__name__}.{module.name}.config")
+
+
+def formats() -> dict[str, FormatConfig]:
+    """Every registered format, by name (discovered on first call)."""
+    _load_exporters()
+    return EXPORTERS
+
+
+def runtimes() -> tuple[str, ...]:
+    """bench's runtimes: the Keras student first, then each format's runtime."""
+    return ("keras",) + tuple(f.runtime for f in sorted(formats().values(), key=lambda f: f.bench_rank))
 
 
 def all_formats() -> list[str]:

@@ -24,11 +24,12 @@ from xtremedistil.export.optimize import OptimizeOptions, optimize
 from xtremedistil.export.parity import ParityError, parity_failures, parity_figures
 from xtremedistil.export.predictor import load_predictor
 from xtremedistil.faults import kill_point
+from xtremedistil.layout import BundleLayout
 
 logger = logging.getLogger(__name__)
 
-ARTIFACTS_DIR = "artifacts"
-MANIFEST_FILE = "manifest.json"
+ARTIFACTS_DIR = BundleLayout.ARTIFACTS
+MANIFEST_FILE = BundleLayout.MANIFEST
 LIBRARIES = ("tensorflow", "tf-keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert",
              "tensorflow-model-optimization", "transformers", "numpy")
 

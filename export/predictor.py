@@ -92,24 +92,16 @@ def load_predictor(path: str | Path, threads: int | None = None) -> Predictor:
 
 
 def _load_predictor(path: Path, threads: int | None) -> Predictor:
-    if path.is_dir():
-        if (path / "config.json").exists() and (path / "student.weights.h5").exists():
-            return KerasPredictor(path, threads)
-        versions = sorted((p for p in path.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
-        if not (path / "saved_model.pb").exists() and versions:
-            path = versions[-1]   # a TF Serving model folder: the newest version
-        if (path / "saved_model.pb").exists():
-            from xtremedistil.export.savedmodel.predictor import SavedModelPredictor
+    from xtremedistil.export.base import formats
+    from xtremedistil.layout import BundleLayout
 
-            return SavedModelPredictor(path, threads)
-    elif path.suffix == ".tflite":
-        from xtremedistil.export.tflite.predictor import LiteRTPredictor
-
-        return LiteRTPredictor(path, threads)
-    elif path.suffix == ".onnx":
-        from xtremedistil.export.onnx.predictor import OnnxPredictor
-
-        return OnnxPredictor(path, threads)
+    if BundleLayout(path).is_bundle():
+        return KerasPredictor(path, threads)
+    for fmt in formats().values():
+        artifact = fmt.recognise(path)
+        if artifact is not None:
+            return fmt.load_predictor(artifact, threads)
+    kinds = ", ".join(fmt.describe for fmt in formats().values())
     raise XtremeDistilError(
-        f"{path}: not a bundle, SavedModel, .tflite or .onnx artifact; pass a bundle folder or a file "
+        f"{path}: not a bundle or an exported artifact ({kinds}); pass a bundle folder or a file "
         "listed in its manifest.json")

@@ -24,6 +24,7 @@ import numpy as np
 
 from xtremedistil.distill.files import file_crc32, read_json
 from xtremedistil.errors import XtremeDistilError
+from xtremedistil.layout import BundleLayout
 
 PREFERENCE = {"dynamic": 0, "int8": 1, "static": 2, "fp16": 3, "fp32": 4}   # default artifact: int8 first
 WORD = re.compile(r"\S+")
@@ -107,7 +108,7 @@ def entities_from_tags(text: str, tags: list[str], word_scores: list[float]) -> 
 
 def find_artifact(bundle: Path, name: str | None, formats: tuple[str, ...]) -> dict:
     """The manifest row of artifact `name`; by default the passing int8 one (smallest static batch)."""
-    manifest_path = bundle / "manifest.json"
+    manifest_path = BundleLayout(bundle).manifest
     if not manifest_path.exists():
         raise XtremeDistilError(f"{bundle}: no manifest.json; run `xtremedistil export {bundle}` first")
     rows = [r for r in read_json(manifest_path)["artifacts"] if r["format"] in formats]
@@ -134,7 +135,7 @@ class TextPipeline:
         from xtremedistil.export.predictor import load_predictor
 
         self.bundle = Path(bundle)
-        config_path = self.bundle / "config.json"
+        config_path = BundleLayout(self.bundle).config
         if not config_path.exists():
             raise XtremeDistilError(f"{self.bundle}: not a student bundle (config.json missing); pass MODEL_DIR/bundle")
         self.config = read_json(config_path)

@@ -7,7 +7,7 @@ import pytest
 
 from helpers import tiny_bundle
 from xtremedistil.cli import main
-from xtremedistil.export.base import parse_formats, Quantization
+from xtremedistil.export.base import formats, parse_formats, Quantization
 from xtremedistil.export.pipeline import ExportOptions, run_export
 from xtremedistil.export.parity import ParityError
 from xtremedistil.export.predictor import load_predictor
@@ -31,6 +31,9 @@ def test_every_format_is_written_and_recorded(exported):
     names = {row["name"] for row in manifest["artifacts"]}
     assert names == {"savedmodel-fp32", "onnx-fp32", "onnx-dynamic", "onnx-static",
                      *(f"tflite-{q}-b{b}" for q in ("fp32", "fp16", "dynamic", "int8") for b in (1, 3))}
+    # every registered format and quantization (discovered, not listed here) was written
+    assert {(row["format"], row["quantization"]) for row in manifest["artifacts"]} == {
+        (name, q.value) for name, fmt in formats().items() for q in fmt.quantizations}
     on_disk = json.loads((bundle / "manifest.json").read_text())
     assert on_disk["artifacts"] == manifest["artifacts"]
     for row in manifest["artifacts"]:
@@ -233,3 +236,26 @@ def test_cnn_student_exports_to_every_format_with_parity_and_plain_convolutions(
     for name, op in (("tflite-fp32-b1", "CONV_2D"), ("tflite-dynamic-b1", "CONV_2D"), ("onnx-fp32", "Conv")):
         ops = rows[name]["details"]["op_counts"]
         assert ops.get(op, 0) >= 3 and not {"WHILE", "Loop", "Scan"} & set(ops), (name, ops)
+
+
+def test_every_registered_format_keeps_the_plug_in_contract(exported):
+    """Derived from the registry: a new format folder gets this battery without being listed anywhere."""
+    from xtremedistil.bench import harness
+
+    bundle, manifest = exported
+    keras = load_predictor(bundle)
+    ids = np.random.default_rng(1).integers(0, 40, (5, keras.bundle.seq_len)).astype(np.int32)
+    expected = keras.predict(ids)
+    for name, fmt in formats().items():
+        rows = [row for row in manifest["artifacts"] if row["format"] == name]
+        assert rows, f"{name}: registered but nothing exported"
+        assert fmt.runtime in harness.RUNTIMES and harness.FORMAT_RUNTIME[name] == fmt.runtime
+        assert set(fmt.unsupported).isdisjoint(q.value for q in fmt.quantizations)
+        for row in rows:
+            path = bundle / row["path"]
+            assert fmt.recognise(path) is not None
+            assert all(other.recognise(path) is None for other in formats().values() if other is not fmt)
+            predictor = fmt.load_predictor(fmt.recognise(path))
+            assert type(predictor) is type(load_predictor(path))
+            assert predictor.predict(ids).shape == expected.shape
+    assert callable(formats()["onnx"].convert)

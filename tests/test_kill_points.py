@@ -95,3 +95,45 @@ def test_every_kill_point_of_distill_export_and_bench(tiny_models, tmp_path, cap
     summary = json.loads((tmp_path / "kb" / "battery-kill.json").read_text())
     assert code == 0, out
     assert summary["killed"] >= 25 and summary["not_reached"] == [] and summary["differences"] == []
+
+
+def test_a_full_disk_at_a_write_point_keeps_the_earlier_file_and_leaves_no_temp(tmp_path, monkeypatch):
+    from xtremedistil.distill.files import atomic_directory, write_json_atomic, written_in_place
+
+    faults._passes.clear()
+    write_json_atomic(tmp_path / "state.json", {"epoch": 1})
+    with atomic_directory(tmp_path / "bundle") as temp:
+        (temp / "weights").write_bytes(b"x" * 100)
+    (tmp_path / "model.onnx").write_bytes(b"old")
+    monkeypatch.setenv("XD_DISK_FULL_AT", "json:state.json")
+    with pytest.raises(OSError, match="No space left"):
+        write_json_atomic(tmp_path / "state.json", {"epoch": 2})
+    monkeypatch.setenv("XD_DISK_FULL_AT", "dir:bundle")
+    with pytest.raises(OSError, match="No space left"):
+        with atomic_directory(tmp_path / "bundle") as temp:
+            (temp / "weights").write_bytes(b"y" * 100)
+    monkeypatch.setenv("XD_DISK_FULL_AT", "file:onnx")
+    with pytest.raises(OSError, match="No space left"):
+        with written_in_place(tmp_path / "model.onnx", "file:onnx") as temp:
+            temp.write_bytes(b"new")
+    monkeypatch.delenv("XD_DISK_FULL_AT")
+    with pytest.raises(RuntimeError):                          # a writer's own failure: the temp goes too
+        with written_in_place(tmp_path / "model.onnx", "file:onnx") as temp:
+            temp.write_bytes(b"half")
+            raise RuntimeError("converter failed")
+    assert json.loads((tmp_path / "state.json").read_text()) == {"epoch": 1}
+    assert (tmp_path / "bundle" / "weights").read_bytes() == b"x" * 100
+    assert (tmp_path / "model.onnx").read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "model.onnx", "state.json"]
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_every_kind_of_write_ends_in_one_line_and_resumes_to_the_same_result(tiny_models, tmp_path,
+                                                                                           capsys):
+    code = main(["--workdir", str(tmp_path / "kb"), "--pt_teacher_checkpoint", str(tiny_models("bert")),
+                 "--task", str(_task(tmp_path)), "--fault", "disk-full"])
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "kb" / "battery-disk-full.json").read_text())
+    assert code == 0, out
+    assert summary["points"] >= 20 and summary["killed"] == summary["points"]
+    assert summary["damaged_files"] == [] and summary["differences"] == [] and summary["temp_files_left"] == []

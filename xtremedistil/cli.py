@@ -14,6 +14,7 @@ import os
 import sys
 
 import xtremedistil  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from xtremedistil.layout import BundleLayout
 from xtremedistil.errors import XtremeDistilError, is_disk_full
 
 DESCRIPTION = """\
@@ -261,7 +262,7 @@ def _cmd_export(args) -> int:
     except ParityError:
         from xtremedistil.distill.files import read_json
 
-        manifest_path = Path(options.bundle) / "manifest.json"
+        manifest_path = BundleLayout(options.bundle).manifest
         if manifest_path.exists():
             print(format_manifest(read_json(manifest_path)))
         raise
@@ -287,7 +288,7 @@ def _export_teacher(args) -> int:
     folder = Path(args.bundle) / "artifacts"
     rows = export_teacher_onnx(model, tokenizer.pad_token_id or 0, len(tokenizer), folder, spec.seq_len,
                                [Quantization(r.quantization) for r in requests])
-    write_json_atomic(Path(args.bundle) / "manifest.json", {"teacher": str(Path(args.bundle).resolve()),
+    write_json_atomic(BundleLayout(args.bundle).manifest, {"teacher": str(Path(args.bundle).resolve()),
                                                             "versions": versions(), "artifacts": rows})
     for row in rows:
         print(f"{row['name']}: {row['size_bytes'] / 1e6:.1f} MB, max |Δlogit| vs TF "

@@ -58,3 +58,48 @@ class RunLayout:
     @property
     def bundle(self) -> Path:
         return self._named("bundle")
+
+
+@dataclasses.dataclass(frozen=True)
+class BundleLayout:
+    """The files of a student bundle (`bundle[-NAME]/`), named only here (light: no TensorFlow import).
+
+        config.json          task kind, labels, seq_len, student config, teacher checkpoint and layer
+        tokenizer/           the teacher's tokenizer files
+        student.weights.h5   Keras weights, id-remap table included
+        id_remap.npy         teacher id -> student row, for inspection
+        metrics.json         teacher and student metrics
+        manifest.json        what `export` wrote (artifacts with size, CRC-32, parity), read by bench and serving
+        artifacts/           the exported SavedModel / TFLite / ONNX files
+    """
+
+    CONFIG = "config.json"
+    TOKENIZER = "tokenizer"
+    WEIGHTS = "student.weights.h5"
+    ID_REMAP = "id_remap.npy"
+    METRICS = "metrics.json"
+    MANIFEST = "manifest.json"
+    ARTIFACTS = "artifacts"
+
+    folder: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "folder", Path(self.folder))
+
+    config = property(lambda self: self.folder / self.CONFIG)
+    tokenizer = property(lambda self: self.folder / self.TOKENIZER)
+    weights = property(lambda self: self.folder / self.WEIGHTS)
+    id_remap = property(lambda self: self.folder / self.ID_REMAP)
+    metrics = property(lambda self: self.folder / self.METRICS)
+    manifest = property(lambda self: self.folder / self.MANIFEST)
+    artifacts = property(lambda self: self.folder / self.ARTIFACTS)
+
+    def is_bundle(self) -> bool:
+        return self.folder.is_dir() and self.config.exists() and self.weights.exists()
+
+
+# The fine-tuned teacher folder (`teacher/`): an HF encoder folder, the head's weights, its spec and metrics.
+TEACHER_ENCODER_DIR = "encoder"
+TEACHER_HEAD_FILE = "head.npz"
+TEACHER_SPEC_FILE = "teacher.json"
+TEACHER_METRICS_FILE = "metrics.json"

@@ -1,7 +1,5 @@
 """ONNX: fp32, int8 dynamic and int8 static (QDQ), run with ONNX Runtime."""
 from xtremedistil.export.base import EXACT, QUANTIZED, FormatConfig, Quantization, register_format
-from xtremedistil.export.onnx.convert import convert
-
 
 ONNX = register_format(FormatConfig(
     name="onnx",
@@ -11,5 +9,11 @@ ONNX = register_format(FormatConfig(
                 "here; use onnx:dynamic for a smaller, faster CPU model or tflite:fp16 for edge",
         "int8": "in ONNX the calibrated int8 variant is called onnx:static (QDQ)",
     },
-    convert=convert,
+    converter="xtremedistil.export.onnx.convert:convert",
+    predictor="xtremedistil.export.onnx.predictor:OnnxPredictor",
+    runtime="onnxruntime",
+    recognise=lambda path: path if path.is_file() and path.suffix == ".onnx" else None,
+    describe=".onnx",
+    bench_rank=3,
+    marker="s",
 ))

@@ -1,6 +1,5 @@
 """TFLite / LiteRT: fp32, fp16, dynamic-range int8 and full-integer int8, run with ai-edge-litert."""
 from xtremedistil.export.base import EXACT, QUANTIZED, FormatConfig, Quantization, register_format
-from xtremedistil.export.tflite.convert import convert
 
 TFLITE = register_format(FormatConfig(
     name="tflite",
@@ -9,5 +8,11 @@ TFLITE = register_format(FormatConfig(
     unsupported={
         "static": "in TFLite the calibrated int8 variant is called tflite:int8 (full integer)",
     },
-    convert=convert,
+    converter="xtremedistil.export.tflite.convert:convert",
+    predictor="xtremedistil.export.tflite.predictor:LiteRTPredictor",
+    runtime="litert",
+    recognise=lambda path: path if path.is_file() and path.suffix == ".tflite" else None,
+    describe=".tflite",
+    bench_rank=2,
+    marker="^",
 ))
