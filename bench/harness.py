@@ -42,7 +42,7 @@ class BenchOptions:
     teacher: str | None = None
     runtimes: str = ",".join(RUNTIMES)
     batch_sizes: str = "1,32"
-    seq_len: int = 32
+    seq_len: int | None = None     # None: the students' own (every bundle records it)
     threads: str = "1,2"
     queries: int = 1000
     repeats: int = 1
@@ -343,6 +343,12 @@ def run_bench(options: BenchOptions, progress: bool = True) -> dict:
     runtimes = _runtimes(options.runtimes)
     batch_sizes = _int_list(options.batch_sizes, "--batch-sizes")
     threads_list = _int_list(options.threads, "--threads")
+    if not options.bundles:
+        raise XtremeDistilError("give at least one student bundle (MODEL_DIR/bundle)")
+    if options.seq_len is None:        # the first student's; every other must have the same (checked below)
+        config = BundleLayout(options.bundles[0]).config
+        seq_len = read_json(config).get("task", {}).get("seq_len") if config.exists() else None
+        options = dataclasses.replace(options, seq_len=seq_len if isinstance(seq_len, int) else 32)
     for flag, value in (("--queries", options.queries), ("--repeats", options.repeats), ("--seq-len", options.seq_len)):
         if value < 1:
             raise XtremeDistilError(f"{flag} {value}: must be at least 1")

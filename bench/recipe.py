@@ -322,7 +322,7 @@ def _export(bundle: Path, export: dict, run_export, options_class) -> dict:
     stamp_path = bundle.with_name(f"{bundle.name}.{EXPORT_STAMP}")   # beside the bundle: a rewrite keeps it
     if stamp_path.exists() and read_json(stamp_path) == stamp and BundleLayout(bundle).manifest.exists():
         logger.info("export %s: bundle and settings unchanged since the last export; skipped", bundle)
-        return read_jsonBundleLayout(bundle).manifest
+        return read_json(BundleLayout(bundle).manifest)
     started = time.time()
     manifest = run_export(options_class(bundle=str(bundle), **export))
     write_json_atomic(stamp_path, stamp)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xtremedistil.distill.files import atomic_directory, read_json, write_json_atomic
+from xtremedistil.distill.files import atomic_directory, read_json, save_keras_weights, write_json_atomic
 from xtremedistil.distill.students import StudentConfig, build_student
 from xtremedistil.distill.tokenization import encode_sentences, load_tokenizer, save_tokenizer, tags_from_piece_predictions
 from xtremedistil.errors import XtremeDistilError
@@ -39,7 +39,7 @@ def write_bundle(folder: str | Path, model, student_config: StudentConfig, token
     stale, so they go (a warning says so)."""
     folder = Path(folder)
     with atomic_directory(folder) as temp:
-        model.save_weights(str(temp / WEIGHTS_FILE))
+        save_keras_weights(model, temp / WEIGHTS_FILE)
         _carry_over_exports(folder, temp)
         np.save(temp / REMAP_FILE, model.get_layer("id_remap").get_weights()[0])
         save_tokenizer(tokenizer, temp / TOKENIZER_DIR)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -31,7 +32,7 @@ from tqdm.auto import tqdm
 from xtremedistil.distill import losses as losses_lib
 from xtremedistil.distill import metrics as metrics_lib
 from xtremedistil.distill.batching import bucketed_batches, width
-from xtremedistil.distill.files import file_crc32, read_json, write_json_atomic, written_in_place
+from xtremedistil.distill.files import file_crc32, read_json, save_keras_weights, write_json_atomic, written_in_place
 from xtremedistil.distill.metrics import metrics_from_predictions
 from xtremedistil.distill.cluster import Cluster, lost_worker
 from xtremedistil.distill.tokenization import IGNORE_INDEX, Encoded
@@ -213,7 +214,7 @@ def _save_weights(model, path: Path) -> int:
     """Writes a checkpoint atomically; returns its CRC-32 (recorded in state.json, checked on resume)."""
     # the temp keeps the suffix: it picks the Keras weights format
     with written_in_place(path, "weights:checkpoint", path.with_name(f".tmp-{path.name}")) as temp:
-        model.save_weights(str(temp))
+        save_keras_weights(model, temp)
         return file_crc32(temp)
 
 
@@ -348,7 +349,7 @@ class StageRunner:
             total, n, rows, epoch_started = 0.0, 0, 0, time.time()
             dataset = self._dataset(sub, rng)
             train_step = tf.function(step, input_signature=[dataset.element_spec])
-            bar = tqdm(dataset, total=steps, leave=False, disable=not self.cluster.is_chief,
+            bar = tqdm(dataset, total=steps, leave=False, disable=not self.cluster.is_chief or bool(os.environ.get("TQDM_DISABLE")),
                        desc=f"{sub.name} epoch {epoch + 1}/{epochs}", unit="batch", mininterval=1.0)
             for n, batch in enumerate(bar, start=1):
                 total += float(train_step(batch))

@@ -349,7 +349,9 @@ def save_teacher(model: TeacherModel, tokenizer, spec: TeacherSpec, folder: Path
     for array in [*model.encoder.get_weights(), kernel, bias]:
         digest.update(np.ascontiguousarray(array).tobytes())
     with atomic_directory(folder) as temp:
-        model.encoder.save_pretrained(temp / ENCODER_DIR)
+        # safetensors, not HF's default tf_model.h5: HDF5 hitting a full disk can crash the process while it
+        # closes the file (see files.save_keras_weights); a safetensors write fails as a plain error
+        model.encoder.save_pretrained(temp / ENCODER_DIR, safe_serialization=True)
         save_tokenizer(tokenizer, temp / ENCODER_DIR)
         np.savez(temp / HEAD_FILE, kernel=kernel, bias=bias)
         # weights_sha1: what caches and augmented files derived from this teacher are keyed on (its content,

@@ -1,5 +1,6 @@
 """Faults: a full disk and damaged files end in one clear line, and what was complete stays intact."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +73,57 @@ def test_damaged_reports_are_one_line_errors_for_pick_and_gate(tmp_path, capsys,
     err = capsys.readouterr().err
     assert "Traceback" not in err and all(line.startswith("xtremedistil") or line.startswith("|") or not line
                                           for line in err.splitlines())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("free_kb", [64, 400])
+def test_a_real_full_disk_mid_distill_is_one_line_and_the_rerun_after_freeing_space_matches(tiny_models, tmp_path,
+                                                                                          free_kb):
+    """A real ENOSPC: the run folder on a small tmpfs, filled up to `free_kb` free (needs root; skipped
+    otherwise). The rerun after the filler is removed must give the bundle an uninterrupted run gives."""
+    import numpy as np
+    import h5py
+
+    from helpers import CLASSIFICATION_ROWS
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        task = write_task(tmp_path / "task", CLASSIFICATION_ROWS * 3, CLASSIFICATION_ROWS, CLASSIFICATION_ROWS,
+                          labels=["0", "1"], transfer=[r.split("\t")[0] for r in CLASSIFICATION_ROWS] * 2)
+
+        def distill(model_dir):
+            return subprocess.run([sys.executable, "-m", "xtremedistil", "distill", "--task", str(task), "--model_dir",
+                                   str(model_dir), "--pt_teacher_checkpoint", str(tiny_models("bert")), "--seq_len",
+                                   "16", "--ft_epochs", "1", "--ft_batch_size", "4", "--word_emb_dim", "8",
+                                   "--bilstm_hidden_size", "8", "--teacher_layer", "1", "--distil_epochs", "1",
+                                   "--distil_batch_size", "4", "--seed", "3", "--quiet"],
+                                  capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONHASHSEED": "0"})
+
+        assert distill(tmp_path / "reference").returncode == 0
+        filler = mount / "filler"
+        stat = os.statvfs(mount)
+        with open(filler, "wb") as handle:                          # tmpfs pages are allocated when written
+            handle.write(b"\0" * (stat.f_bavail * stat.f_frsize - free_kb * 1024))
+        full = distill(mount / "run")
+        assert full.returncode == 3, full.stderr[-2000:]
+        assert "Traceback" not in full.stderr
+        errors = [line for line in full.stderr.splitlines() if ": error: " in line]
+        assert len(errors) == 1 and "no space left on the device" in errors[0] and "rerun the same command" in errors[0]
+        filler.unlink()                                              # space freed: the same command resumes
+        again = distill(mount / "run")
+        assert again.returncode == 0, again.stderr[-2000:]
+
+        def weights(bundle):
+            with h5py.File(bundle / "student.weights.h5", "r") as handle:
+                out = {}
+                handle.visititems(lambda n, d: out.__setitem__(n, d[()]) if isinstance(d, h5py.Dataset) else None)
+                return out
+        a, b = weights(tmp_path / "reference" / "bundle"), weights(mount / "run" / "bundle")
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+        assert not [p for p in (mount / "run").rglob("*") if ".tmp" in p.name]
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)

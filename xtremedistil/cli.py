@@ -528,7 +528,8 @@ def build_parser(students: bool = False) -> argparse.ArgumentParser:
     bench.add_argument("--batch-sizes", dest="batch_sizes", default=defaults["batch_sizes"],
                        help="batch sizes (default: %(default)s)")
     bench.add_argument("--seq-len", dest="seq_len", type=int, default=defaults["seq_len"],
-                       help="word pieces per sentence; must be the students' (default: %(default)s)")
+                       help="word pieces per sentence; must be the students' (default: the students' own, "
+                            "from their bundles)")
     bench.add_argument("--threads", default=defaults["threads"], help="intra-op thread counts (default: %(default)s)")
     bench.add_argument("--queries", type=int, default=defaults["queries"],
                        help="sentences timed per measurement (default: %(default)s)")
