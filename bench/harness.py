@@ -125,7 +125,7 @@ def _read_students(options: BenchOptions, seq_len: int, runtimes: list[str]):
     students, targets, taken = [], [], set()
     for index, raw in enumerate(options.bundles):
         folder = Path(raw)
-        if not (folder / CONFIG_FILE).exists() or not (folder / WEIGHTS_FILE).exists():
+        if not BundleLayout(folder).is_bundle():
             raise XtremeDistilError(f"{folder}: not a student bundle ({CONFIG_FILE} and {WEIGHTS_FILE} expected); "
                                     "pass MODEL_DIR/bundle written by `xtremedistil distill`")
         config = read_json(folder / CONFIG_FILE)
@@ -214,7 +214,7 @@ def environment(threads: list[int]) -> dict:
             "python": platform.python_version(), "versions": versions(), "git_commit": _git_commit()}
 
 
-class Runner:
+class WorkerPool:
     """Runs worker processes; results are appended to measurements.jsonl and reused by key."""
 
     def __init__(self, out: Path, timeout: int, fresh: bool):
@@ -381,7 +381,7 @@ def run_bench(options: BenchOptions, progress: bool = True) -> dict:
                 "queries": options.queries, "repeats": options.repeats, "warmup": options.warmup,
                 "runtimes": runtimes, "teacher": source.name if source.preset else "fine-tuned teacher",
                 "eval_limit": options.eval_limit}
-    runner = Runner(out, options.timeout, options.fresh)
+    workers = WorkerPool(out, options.timeout, options.fresh)
 
     # The teacher: converted once, in its own process.
     teacher_dir = out / "teacher"
@@ -392,7 +392,7 @@ def run_bench(options: BenchOptions, progress: bool = True) -> dict:
     if progress:
         print(f"preparing teacher {source.name} for {', '.join(runtimes)} (first run converts it; minutes for "
               f"a BERT-sized model) ...", file=sys.stderr, flush=True)
-    prepared = runner.run("prepare", prepare_spec, key)
+    prepared = workers.run("prepare", prepare_spec, key)
     if "error" in prepared:
         raise XtremeDistilError(f"teacher {source.name}: preparation failed: {prepared['error']}")
     teacher_manifest = prepared["manifest"]
@@ -430,7 +430,7 @@ def run_bench(options: BenchOptions, progress: bool = True) -> dict:
                 # accuracy does not depend on threads: measured once per artifact
                 "evaluate": bool(task is not None and model.tokenizer and threads == threads_list[0])}
         key = hashlib.sha1(json.dumps({**spec, "protocol": protocol}, sort_keys=True).encode()).hexdigest()[:16]
-        records.append((target, threads, runner.run("measure", spec, key, threads)))
+        records.append((target, threads, workers.run("measure", spec, key, threads)))
 
     rows, metric_by_artifact = [], {}
     failures = [{"model": teacher.name, "role": "teacher", "artifact": name, "threads": None,

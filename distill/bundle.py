@@ -11,7 +11,6 @@ word-level tags (words split on whitespace) for tagging.
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +80,7 @@ class Bundle:
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
-        if not (self.folder / CONFIG_FILE).exists() or not (self.folder / WEIGHTS_FILE).exists():
+        if not BundleLayout(self.folder).is_bundle():
             raise XtremeDistilError(
                 f"{self.folder}: not a student bundle ({CONFIG_FILE} and {WEIGHTS_FILE} expected); "
                 "pass the bundle folder written by `xtremedistil distill`")

@@ -90,7 +90,6 @@ def append_line(path: str | Path, line: str, point: str) -> None:
             kill_point(point, None)
             if _disk_full_simulated(point):
                 handle.write(data[: len(data) // 2])
-                handle.flush()
                 raise OSError(errno.ENOSPC, f"No space left on device (simulated at {point})", str(path))
             handle.write(data)
         finally:

@@ -24,7 +24,7 @@ from xtremedistil.distill.bundle import write_bundle
 from xtremedistil.distill.cache import build_cache, signature_hash
 from xtremedistil.distill.cluster import make_cluster
 from xtremedistil.distill.files import file_digest, read_json, write_json_atomic
-from xtremedistil.distill.runner import encode_split, run_teacher
+from xtremedistil.distill.teacher_phase import encode_split, run_teacher
 from xtremedistil.distill.seeding import seed_everything
 from xtremedistil.distill.stages import (
     LABELS, StageConfig, StageData, StageRunner, SubStage, predict_student_logits, schedule,

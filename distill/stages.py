@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -44,6 +45,7 @@ logger = logging.getLogger(__name__)
 HIDDEN, LOGITS, LABELS = "hidden", "logits", "labels"
 STATE_FILE = "state.json"
 INIT_CHECKPOINT = "00-init.weights.h5"
+SUPERSEDED = "superseded"   # sub-stages a changed setting made stale, kept one generation
 IDS_SPEC = tf.TensorSpec([None, None], tf.int32)
 WEIGHT = "weight"    # per item: 1 where the loss counts (tagging: first piece of each word)
 
@@ -104,11 +106,7 @@ class StageConfig:
         Why the last stage-2 sub-stage apart: on SST-2 (BiLSTM 300/300, one epoch per sub-stage) it was still
         improving fast when it stopped (test 82.8 -> 85.4 in its one epoch, then 85.8 and 86.2 in two more),
         while the partly frozen sub-stages before it gain little; a budget is best spent there."""
-        if sub.target == LABELS and self.label_epochs:
-            return self.label_epochs
-        if sub.target == LOGITS and self.final_epochs and sub.trainable_groups >= n_groups:
-            return self.final_epochs
-        return self.epochs
+        return _epochs_for(sub, n_groups, self.epochs, self.final_epochs, self.label_epochs)
 
     def __post_init__(self):
         if self.distil_loss not in losses_lib.distil_losses():
@@ -246,8 +244,9 @@ class StageRunner:
 
     def __init__(self, model, groups, data: StageData, config: StageConfig, folder: str | Path,
                  on_batch: Callable[[SubStage, int], None] | None = None, cluster: Cluster | None = None,
-                 settings: dict | None = None):
+                 settings: dict | None = None, evaluate: Callable[[], dict] | None = None):
         self.model, self.groups, self.data, self.config = model, groups, data, config
+        self.evaluate = evaluate or self.dev_metrics   # a run without dev labels passes its own
         self.settings = settings
         self.folder = Path(folder)
         self.cluster = cluster or Cluster(tf.distribute.get_strategy(), "default")
@@ -257,26 +256,67 @@ class StageRunner:
         self.state_path = self.folder / STATE_FILE
         self.state = (read_json(self.state_path, fix="delete it to train every sub-stage again (checkpoints "
                                 "without it are not trusted)") if self.state_path.exists() else {"completed": {}})
-        self._check_settings()
 
-    def _check_settings(self) -> None:
-        """Sub-stages finished under other settings (student, stage options, transfer set) are never resumed:
-        a rerun after an edited recipe would otherwise keep checkpoints trained on something else."""
-        if self.settings is None:
-            return
+    def _check_settings(self, plan: list[SubStage]) -> None:
+        """Keeps only the finished sub-stages whose weights this run's settings would reproduce.
+
+        A sub-stage depends on the student, the transfer and dev sets, the stage options (its own epoch count
+        among the three) and the sub-stages before it. When an edited recipe changes something only later
+        sub-stages depend on (say `distil_final_epochs`), the sub-stages before the first affected one are
+        kept and the rest trained again; what they replace is moved to `superseded/` (one generation), not
+        deleted. When even the first sub-stage is affected nothing is reusable and nothing is touched: the
+        run stops and says so, since reusing a student name for another experiment is the likelier cause."""
         recorded = self.state.get("settings")
         trained = self.state["completed"] or self.state.get("partial")
-        if recorded is not None and trained:
-            differ = sorted(k for k in set(recorded) | set(self.settings)
-                            if not _same_setting(recorded.get(k), self.settings.get(k)))
-            if differ:
-                raise XtremeDistilError(
-                    f"{self.folder}: its sub-stages were trained with other settings ({', '.join(differ)} differ); "
-                    f"give this run its own --student_name, or move that folder away to train it again")
-        elif recorded is None and trained:
+        if self.settings is not None and recorded is not None and trained:
+            n_groups = len(self.groups)
+            changed = next((sub for sub in plan if _differing(_sub_stage_settings(recorded, sub, n_groups),
+                                                              _sub_stage_settings(self.settings, sub, n_groups))),
+                           None)
+            if changed is not None:
+                differ = _differences(recorded, self.settings)
+                if changed is plan[0]:
+                    raise XtremeDistilError(
+                        f"{self.folder}: its sub-stages were trained with other settings ({', '.join(differ)} "
+                        f"differ); give this run its own --student_name, or move that folder away to train it again")
+                self._supersede(plan[plan.index(changed):], differ)
+        elif self.settings is not None and recorded is None and trained:
             logger.warning("%s: no settings recorded by the run that trained it (an older version); resuming it "
                            "as it is and recording this run's settings", self.folder)
-        self.state["settings"] = self.settings
+        if self.settings is not None:
+            self.state["settings"] = self.settings
+
+    def _supersede(self, affected: list[SubStage], differ: list[str]) -> None:
+        """Moves the checkpoints and records of `affected` sub-stages (and an unfinished one among them) to
+        `superseded/`; they are trained again by this run."""
+        names = {sub.name for sub in affected}
+        moved = [name for name in self.state["completed"] if name in names]
+        partial = self.state.get("partial")
+        if partial and partial.get("name") in names:
+            moved.append(f"{partial['name']} (unfinished)")
+        logger.warning("%s: settings changed (%s) from %s on: keeping the %d sub-stage(s) before it, training "
+                       "%s again; the earlier results are moved to %s", self.folder, ", ".join(differ),
+                       affected[0].name, affected[0].index - 1, ", ".join(moved) or "nothing finished",
+                       self.folder / SUPERSEDED)
+        if not self.cluster.is_chief:
+            return
+        old = self.folder / SUPERSEDED
+        if old.exists():
+            shutil.rmtree(old)
+        old.mkdir()
+        kept = {"settings": self.state.get("settings"), "completed": {}}
+        for sub in affected:
+            record = self.state["completed"].pop(sub.name, None)
+            if record is not None:
+                kept["completed"][sub.name] = record
+            if (self.folder / sub.checkpoint).exists():
+                os.replace(self.folder / sub.checkpoint, old / sub.checkpoint)
+        if partial and partial.get("name") in names:
+            kept["partial"] = self.state.pop("partial")
+            if (self.folder / partial["file"]).exists():
+                os.replace(self.folder / partial["file"], old / partial["file"])
+        write_json_atomic(old / STATE_FILE, kept)
+        write_json_atomic(self.state_path, self.state)
 
     def _output_key(self, target):
         return "projection" if target == HIDDEN else "logits"
@@ -439,6 +479,7 @@ class StageRunner:
     def run(self, plan: list[SubStage]) -> dict:
         """Runs (or resumes) every sub-stage; returns the state with per-sub-stage dev metrics."""
         chief = self.cluster.is_chief
+        self._check_settings(plan)
         init = self.folder / INIT_CHECKPOINT
         if chief and not _intact(init, self.state.get("init_crc32")):
             self.state["init_crc32"] = _save_weights(self.model, init)   # the model is still the fresh student
@@ -462,7 +503,7 @@ class StageRunner:
             if not chief:
                 logger.info("%s done in %.0f s (worker %d)", sub.name, time.time() - started, self.cluster.worker)
                 continue
-            dev = self.dev_metrics()
+            dev = self.evaluate()
             crc = _save_weights(self.model, self.folder / sub.checkpoint)
             self.state["completed"][sub.name] = {
                 "crc32": crc,
@@ -493,6 +534,47 @@ def _same_setting(recorded, current) -> bool:
     if isinstance(recorded, dict) and isinstance(current, dict):
         return all(_same_setting(recorded[k], current[k]) for k in recorded.keys() & current.keys())
     return recorded == current
+
+
+def _epochs_for(sub: SubStage, n_groups: int, epochs: int, final_epochs: int | None,
+                label_epochs: int | None) -> int:
+    if sub.target == LABELS and label_epochs:
+        return label_epochs
+    if sub.target == LOGITS and final_epochs and sub.trainable_groups >= n_groups:
+        return final_epochs
+    return epochs
+
+
+def _sub_stage_settings(settings: dict, sub: SubStage, n_groups: int) -> dict:
+    """What the weights a sub-stage ends with depend on, from a run's recorded settings: everything but the
+    stage options' epoch counts, which are reduced to this sub-stage's own, and the plan, reduced to the
+    sub-stages up to it (the distillation loss only matters from stage 2's logits on)."""
+    stages = dict(settings.get("stages") or {})
+    counts = {key: stages.pop(key, None) for key in ("epochs", "final_epochs", "label_epochs")}
+    if sub.target != LOGITS:
+        stages.pop("distil_loss", None)
+    plan = settings.get("plan")
+    return {**{k: v for k, v in settings.items() if k not in ("stages", "plan")}, "stages": stages,
+            "epochs": _epochs_for(sub, n_groups, counts["epochs"], counts["final_epochs"], counts["label_epochs"]),
+            "plan": plan[:sub.index] if plan is not None else None}
+
+
+def _differing(recorded: dict, current: dict) -> bool:
+    return any(not _same_setting(recorded.get(k), current.get(k)) for k in set(recorded) | set(current))
+
+
+def _differences(recorded: dict, current: dict) -> list[str]:
+    """The settings that differ, one level down (`stages.final_epochs`, `transfer`)."""
+    out = []
+    for key in sorted(set(recorded) | set(current)):
+        old, new = recorded.get(key), current.get(key)
+        if _same_setting(old, new):
+            continue
+        if key in ("stages", "student") and isinstance(old, dict) and isinstance(new, dict):
+            out += [f"{key}.{k}" for k in sorted(old.keys() & new.keys()) if not _same_setting(old[k], new[k])]
+        else:
+            out.append(key)
+    return out
 
 
 def _local_rows(batch) -> int:

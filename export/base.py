@@ -49,6 +49,23 @@ QUANTIZED = Tolerance(max_metric_drop=1.0)
 
 
 @dataclasses.dataclass(frozen=True)
+class TeacherExport:
+    """How a format exports a teacher (a transformer encoder with its head): the quantizations it writes for
+    one, whether it writes one artifact per batch size (fixed-shape formats), the file or folder name, and the
+    exporter, "module:function" with function(job: export.teacher.TeacherJob, temp: Path) -> details or None,
+    which writes the artifact at `temp` (put in place and parity-checked by `export.teacher`)."""
+
+    quantizations: tuple[Quantization, ...]
+    exporter: str
+    filename: str                           # "{name}.onnx"; "{name}/1" for a versioned folder
+    per_batch_size: bool = False
+
+    @property
+    def export(self) -> Callable:
+        return _resolve(self.exporter)
+
+
+@dataclasses.dataclass(frozen=True)
 class FormatConfig:
     """One export format, the whole plug-in contract: its quantizations with their tolerances and the ones it
     refuses (with why), its converter, the runtime that runs it in `bench` (and that runtime's plot marker), how
@@ -56,7 +73,8 @@ class FormatConfig:
     calls `register_format`; it is discovered by scanning `export/` (nothing else lists formats).
 
     `convert` and `predictor` are "module:attribute" strings imported on first use, so listing formats (for
-    `--formats` and bench's runtimes) loads no converter or runtime library.
+    `--formats` and bench's runtimes) loads no converter or runtime library. `teacher` says how (and whether)
+    it exports a teacher, for `xtremedistil export TEACHER_DIR` and bench's teacher artifacts alike.
     """
 
     name: str
@@ -70,6 +88,7 @@ class FormatConfig:
     bench_rank: int = 50                    # order of runtimes in bench reports (keras is first)
     marker: str = "s"                       # matplotlib marker in bench plots
     default: tuple[Quantization, ...] = ()
+    teacher: TeacherExport | None = None    # None: this format does not export teachers
 
     @property
     def quantizations(self) -> tuple[Quantization, ...]:
@@ -91,6 +110,13 @@ def _resolve(target: str):
 
 
 EXPORTERS: dict[str, FormatConfig] = {}
+
+
+def by_suffix(suffix: str) -> Callable[[Path], Path | None]:
+    """A `recognise` for formats whose artifact is one file ending in `suffix` (".onnx", ".tflite")."""
+    def recognise(path: Path) -> Path | None:
+        return path if path.is_file() and path.suffix == suffix else None
+    return recognise
 
 
 def register_format(config: FormatConfig) -> FormatConfig:

@@ -16,7 +16,7 @@ from xtremedistil.distill import data as data_lib
 from xtremedistil.distill.bundle import load_bundle
 from xtremedistil.distill.files import file_crc32, path_size, read_json, write_json_atomic
 from xtremedistil.distill.metrics import headline, metrics_from_predictions
-from xtremedistil.distill.runner import encode_split
+from xtremedistil.distill.teacher_phase import encode_split
 from xtremedistil.distill.tokenization import encode_sentences
 from xtremedistil.errors import XtremeDistilError
 from xtremedistil.export.base import ExportContext, Quantization, Tolerance, parse_formats

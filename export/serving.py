@@ -16,7 +16,6 @@ encoding, same argmax.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
 
@@ -31,18 +30,18 @@ WORD = re.compile(r"\S+")
 
 
 class RequestError(XtremeDistilError):
-    """A request the pipeline refuses; `status` is the HTTP status a server should answer with."""
+    """A request the pipeline refuses: malformed, or `too_large` (over one of `Limits`). How that reaches a
+    client (an HTTP status, an error line) is the server's or script's business (`serve_examples/`)."""
 
-    def __init__(self, message: str, status: int = 422):
+    def __init__(self, message: str, too_large: bool = False):
         super().__init__(message)
-        self.status = status
+        self.too_large = too_large
 
 
 @dataclasses.dataclass
 class Limits:
     max_texts: int = 64            # texts per request
     max_chars: int = 2000          # characters per text
-    max_body_bytes: int = 1 << 20  # request body (servers check it before parsing)
 
 
 def validate_texts(texts, limits: Limits) -> list[str]:
@@ -52,29 +51,19 @@ def validate_texts(texts, limits: Limits) -> list[str]:
     if not texts:
         raise RequestError("'texts' is empty; send at least one text")
     if len(texts) > limits.max_texts:
-        raise RequestError(f"{len(texts)} texts in one request; at most {limits.max_texts} are allowed", 413)
+        raise RequestError(f"{len(texts)} texts in one request; at most {limits.max_texts} are allowed", True)
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise RequestError(f"texts[{i}] must be a string, got {type(text).__name__}")
         if not text.strip():
             raise RequestError(f"texts[{i}] is empty or only whitespace")
         if len(text) > limits.max_chars:
-            raise RequestError(f"texts[{i}] has {len(text)} characters; at most {limits.max_chars} are allowed", 413)
+            raise RequestError(f"texts[{i}] has {len(text)} characters; at most {limits.max_chars} are allowed", True)
     return texts
 
 
-def parse_body(body: bytes, limits: Limits) -> list[str]:
-    """A raw JSON request body `{"texts": [...]}` -> validated texts (RequestError otherwise)."""
-    if len(body) > limits.max_body_bytes:
-        raise RequestError(f"request body of {len(body)} bytes; at most {limits.max_body_bytes} are allowed", 413)
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise RequestError(f"request body is not valid UTF-8 (byte {err.start})", 400) from None
-    try:
-        payload = json.loads(text)
-    except ValueError as err:
-        raise RequestError(f"request body is not JSON: {err}", 400) from None
+def texts_from_payload(payload, limits: Limits) -> list[str]:
+    """A decoded request `{"texts": [...]}` -> validated texts (RequestError otherwise)."""
     if not isinstance(payload, dict) or "texts" not in payload:
         raise RequestError('request body must be a JSON object {"texts": ["...", ...]}')
     return validate_texts(payload["texts"], limits)

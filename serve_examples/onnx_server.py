@@ -20,12 +20,13 @@ flight are answered, exit 0. A missing, cut-off or damaged artifact is a one-lin
 import argparse
 import asyncio
 import concurrent.futures
+import json
 import signal
 import sys
 import time
 
 from xtremedistil.errors import XtremeDistilError
-from xtremedistil.export.serving import Limits, RequestError, TextPipeline, parse_body
+from xtremedistil.export.serving import Limits, RequestError, TextPipeline, texts_from_payload
 
 
 class MicroBatcher:
@@ -93,7 +94,36 @@ class MicroBatcher:
                 start += len(batch)
 
 
-def create_app(pipeline: TextPipeline, max_batch: int = 64, max_wait_ms: float = 5.0, body_timeout: float = 10.0):
+MAX_BODY_BYTES = 1 << 20
+
+
+class BodyError(Exception):
+    """A request body refused before or while parsing it, with the HTTP status to answer."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def parse_body(body: bytes, limits: Limits, max_body_bytes: int = MAX_BODY_BYTES) -> list[str]:
+    """A raw JSON body `{"texts": [...]}` -> validated texts; BodyError with the status otherwise: 413 for a
+    body or request over a limit, 400 for bytes that are not UTF-8 JSON, 422 for JSON of the wrong shape."""
+    if len(body) > max_body_bytes:
+        raise BodyError(413, f"request body of {len(body)} bytes; at most {max_body_bytes} are allowed")
+    try:
+        payload = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise BodyError(400, f"request body is not valid UTF-8 (byte {err.start})") from None
+    except ValueError as err:
+        raise BodyError(400, f"request body is not JSON: {err}") from None
+    try:
+        return texts_from_payload(payload, limits)
+    except RequestError as err:
+        raise BodyError(413 if err.too_large else 422, str(err)) from None
+
+
+def create_app(pipeline: TextPipeline, max_batch: int = 64, max_wait_ms: float = 5.0, body_timeout: float = 10.0,
+               max_body_bytes: int = MAX_BODY_BYTES):
     # (no `from __future__ import annotations` in this file: FastAPI reads the handlers' annotations)
     from contextlib import asynccontextmanager
 
@@ -130,7 +160,7 @@ def create_app(pipeline: TextPipeline, max_batch: int = 64, max_wait_ms: float =
 
     @app.post("/predict")
     async def predict(request: Request):
-        limit = pipeline.limits.max_body_bytes
+        limit = max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             return error(413, f"request body of {declared} bytes; at most {limit} are allowed")
@@ -149,8 +179,8 @@ def create_app(pipeline: TextPipeline, max_batch: int = 64, max_wait_ms: float =
         except asyncio.TimeoutError:
             return error(408, f"request body not received within {body_timeout:g} s")
         try:
-            texts = parse_body(bytes(body), pipeline.limits)
-        except RequestError as err:
+            texts = parse_body(bytes(body), pipeline.limits, limit)
+        except BodyError as err:
             return error(err.status, str(err))
         results = await batcher.submit(texts)
         return {"results": results, "artifact": pipeline.row["name"]}
@@ -161,7 +191,9 @@ def create_app(pipeline: TextPipeline, max_batch: int = 64, max_wait_ms: float =
 
     @app.get("/metadata")
     async def metadata():
-        return {**pipeline.metadata(), "batching": {"max_batch": max_batch, "max_wait_ms": max_wait_ms,
+        meta = pipeline.metadata()
+        meta["limits"] = {**meta["limits"], "max_body_bytes": max_body_bytes}
+        return {**meta, "batching": {"max_batch": max_batch, "max_wait_ms": max_wait_ms,
                                                     "batches": batcher.batches, "texts": batcher.texts}}
 
     return app
@@ -178,7 +210,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="wait for more requests (default: 5 ms)")
     parser.add_argument("--max-texts", type=int, default=Limits.max_texts, help="texts per request (default: 64)")
     parser.add_argument("--max-chars", type=int, default=Limits.max_chars, help="characters per text (default: 2000)")
-    parser.add_argument("--max-body-bytes", type=int, default=Limits.max_body_bytes,
+    parser.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES,
                         help="request body size (default: 1 MiB)")
     parser.add_argument("--body-timeout-s", type=float, default=10.0,
                         help="a client slower than this to send its body gets 408 (default: 10 s)")
@@ -189,13 +221,14 @@ def main(argv=None) -> int:
         return 2
     try:
         pipeline = TextPipeline(args.bundle, args.artifact, formats=("onnx",), threads=args.threads,
-                                limits=Limits(args.max_texts, args.max_chars, args.max_body_bytes))
+                                limits=Limits(args.max_texts, args.max_chars))
     except XtremeDistilError as err:
         print(f"onnx_server: error: {err}", file=sys.stderr)
         return 2
     import uvicorn
 
-    app = create_app(pipeline, max(args.max_batch, args.max_texts), args.max_wait_ms, args.body_timeout_s)
+    app = create_app(pipeline, max(args.max_batch, args.max_texts), args.max_wait_ms, args.body_timeout_s,
+                     args.max_body_bytes)
     print(f"serving {pipeline.row['name']} of {args.bundle} on http://{args.host}:{args.port}", flush=True)
     # SIGTERM/SIGINT: uvicorn stops accepting, answers the requests in flight, then re-raises the signal into
     # the handler it found; a no-op one lets the server exit 0 after a clean shutdown instead of dying by it.

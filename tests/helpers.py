@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 import xtremedistil  # noqa: F401
 
 # Words in several scripts: Latin, Cyrillic, Arabic, Greek, CJK (BERT splits CJK per character).
@@ -242,3 +244,33 @@ def write_e5_blob(path: Path, hidden=32, layers=2, heads=2, ffn=64, max_position
     body += b"\0" * (offset - len(body))
     path.write_bytes(body + bytes(data))
     return values
+
+
+# Shared by the cache, scale and fault tests.
+class CountingTeacher:
+    """A fake teacher: logits/hidden derived from ids, counting the sentences it scores."""
+
+    def __init__(self, fail_after=None):
+        self.scored, self.fail_after = 0, fail_after
+
+    def __call__(self, ids, mask):
+        if self.fail_after is not None and self.scored >= self.fail_after:
+            raise RuntimeError("killed")
+        self.scored += len(ids)
+        ids = ids.astype(np.float32)
+        return {"logits": ids[:, :3] / 10.0, "hidden": np.stack([ids, -ids], axis=-1)}
+
+
+SENTENCES = [f"the movie {'very ' * (i % 3)}good ." for i in range(10)]
+
+
+def build_small_cache(folder, teacher, tokenizer, chunk_size=4):
+    from xtremedistil.distill.cache import build_cache
+
+    return build_cache(folder, iter(SENTENCES), teacher, tokenizer, seq_len=8, tagging=True,
+                       chunk_size=chunk_size, batch_size=3, signature={"v": 1}, total=len(SENTENCES))
+
+
+# Source sentences of the augmentation tests (and the disk-full augmentation test).
+SOURCES = ["the movie was very good .", "a great film .", "the film is not good", "very bad movie",
+           "john smith lives in paris .", "the movie was awful ."]

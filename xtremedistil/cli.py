@@ -77,7 +77,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_teacher(args) -> int:
-    from xtremedistil.distill.runner import report, run_teacher
+    from xtremedistil.distill.teacher_phase import report, run_teacher
     from xtremedistil.distill.seeding import resolve_seed
     from xtremedistil.distill.teacher import FineTuneConfig
 
@@ -242,7 +242,8 @@ tensorflow-model-optimization:
   post-training int8 (tflite:int8, onnx:static) instead. Pruned/clustered weights are stored dense: they
   shrink after compression (gzip), not in raw size, and run at dense speed.
 
-A teacher folder (MODEL_DIR/teacher) exports to ONNX too (fp32 and dynamic int8), for latency baselines.
+A teacher folder (MODEL_DIR/teacher) exports too, into MODEL_DIR/teacher/artifacts (latency baselines):
+savedmodel:fp32, tflite:fp32|dynamic (per --tflite_batch_sizes), onnx:fp32|dynamic; default all of them.
 """
 
 
@@ -256,7 +257,7 @@ def _cmd_export(args) -> int:
     from xtremedistil.export.pipeline import ExportOptions, format_manifest, run_export
     from xtremedistil.export.parity import ParityError
 
-    options = ExportOptions(**{k: v for k, v in vars(args).items() if k not in ("command", "handler", "quiet", "raw_argv")})
+    options = ExportOptions(**_fields_of(ExportOptions, args))
     try:
         manifest = run_export(options)
     except ParityError:
@@ -276,23 +277,30 @@ def _export_teacher(args) -> int:
 
     from xtremedistil.distill.files import write_json_atomic
     from xtremedistil.distill.teacher import load_teacher
-    from xtremedistil.export.base import Quantization, parse_formats
-    from xtremedistil.export.pipeline import versions
-    from xtremedistil.export.teacher import TEACHER_QUANTIZATIONS, export_teacher_onnx
+    from xtremedistil.export.base import parse_formats
+    from xtremedistil.export.pipeline import ExportOptions, versions
+    from xtremedistil.export.teacher import export_teacher, teacher_plan
 
-    requests = parse_formats(args.formats or "onnx:fp32,onnx:dynamic")
-    wrong = [r.name for r in requests if r.format != "onnx" or r.quantization not in TEACHER_QUANTIZATIONS]
-    if wrong:
-        raise XtremeDistilError(f"a teacher exports to onnx:fp32 and onnx:dynamic only, not {', '.join(wrong)}")
+    wanted = None
+    if args.formats:
+        wanted = {}
+        for request in parse_formats(args.formats):
+            wanted.setdefault(request.format, []).append(request.quantization)
+    batch_sizes = list(ExportOptions(bundle=args.bundle, tflite_batch_sizes=args.tflite_batch_sizes).batch_sizes())
+    plan = teacher_plan(batch_sizes, wanted)              # a format or quantization it cannot do: one line, first
     model, spec, tokenizer = load_teacher(args.bundle)
     folder = Path(args.bundle) / "artifacts"
-    rows = export_teacher_onnx(model, tokenizer.pad_token_id or 0, len(tokenizer), folder, spec.seq_len,
-                               [Quantization(r.quantization) for r in requests])
-    write_json_atomic(BundleLayout(args.bundle).manifest, {"teacher": str(Path(args.bundle).resolve()),
-                                                            "versions": versions(), "artifacts": rows})
+    manifest = BundleLayout(args.bundle).manifest
+    rows = []
+    for row in export_teacher(model, tokenizer.pad_token_id or 0, len(tokenizer), folder, spec.seq_len, plan,
+                              log=lambda line: None if args.quiet else print(line, flush=True)):
+        rows.append(row)
+        write_json_atomic(manifest, {"teacher": str(Path(args.bundle).resolve()), "versions": versions(),
+                                     "artifacts": rows})
     for row in rows:
         print(f"{row['name']}: {row['size_bytes'] / 1e6:.1f} MB, max |Δlogit| vs TF "
               f"{row['parity']['max_abs_logit_delta']:.2e}, argmax agreement {row['parity']['argmax_agreement']:.2%}")
+    print(f"manifest: {manifest}")
     return 0
 
 
@@ -323,8 +331,8 @@ regression gate (ratios from one run, never absolute times):
 def _cmd_bench(args) -> int:
     from xtremedistil.bench.harness import BenchOptions, run_bench
 
-    options = BenchOptions(**{k: v for k, v in vars(args).items() if k not in ("command", "handler", "quiet", "raw_argv")},
-                           command="xtremedistil bench " + " ".join(args.raw_argv))
+    options = BenchOptions(**{**_fields_of(BenchOptions, args),
+                              "command": "xtremedistil bench " + " ".join(args.raw_argv)})   # how it was started
     report = run_bench(options, progress=not args.quiet)
     from xtremedistil.bench.report import format_headline
 
@@ -366,7 +374,7 @@ def _cmd_pick(args) -> int:
 
 
 def _cmd_recipe(args) -> int:
-    from xtremedistil.bench.recipe import run_recipe, summary
+    from xtremedistil.recipe import run_recipe, summary
 
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
     only = [s.strip() for s in args.students.split(",") if s.strip()] if args.students else None
@@ -644,6 +652,14 @@ def _run(args) -> int:
                   "writable folder or fix its permissions", file=sys.stderr)
             return 2
         raise
+
+
+def _fields_of(options_class, args) -> dict:
+    """The parsed flags that are fields of `options_class` (an options dataclass): the flags are declared from
+    those fields, so nothing else (command, handler, --quiet) needs listing."""
+    import dataclasses
+
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(options_class) if hasattr(args, f.name)}
 
 
 def _close_progress_bars() -> None:

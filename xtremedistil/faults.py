@@ -3,7 +3,7 @@
 `XD_KILL_AT=NAME` kills the process the first time it passes `kill_point(NAME)`; `NAME@N` the N-th time
 (counted per process). With `XD_KILL_GROUP=1` too, its whole process group is killed.
 NAME is matched exactly, or as a prefix when it ends with `*` (`json:*` = any JSON write). Without the
-variable, `kill_point` is one dictionary lookup. The battery (`tests/test_kill_points.py`,
+variable, `kill_point` is one dictionary lookup. The battery (`tests/cli/test_kill_points.py`,
 `python -m xtremedistil.faults --help`) runs a command killed at each point in turn, then uninterrupted, and
 compares what it wrote with a run that was never killed.
 

@@ -18,7 +18,7 @@ file left in place must still load (JSON, arrays, ONNX, TFLite) and no temp file
 (space freed) resumes, and the final results must equal the uninterrupted run's.
 
 Exit status 0 when every point killed and every file matches; 1 otherwise. The test
-`tests/test_kill_points.py` runs a short chain in `make test` and the whole battery under `-m slow`.
+`tests/cli/test_kill_points.py` runs a short chain in `make test` and the whole battery under `-m slow`.
 """
 from __future__ import annotations
 

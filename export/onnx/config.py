@@ -1,5 +1,5 @@
 """ONNX: fp32, int8 dynamic and int8 static (QDQ), run with ONNX Runtime."""
-from xtremedistil.export.base import EXACT, QUANTIZED, FormatConfig, Quantization, register_format
+from xtremedistil.export.base import EXACT, QUANTIZED, FormatConfig, Quantization, TeacherExport, by_suffix, register_format
 
 ONNX = register_format(FormatConfig(
     name="onnx",
@@ -12,8 +12,10 @@ ONNX = register_format(FormatConfig(
     converter="xtremedistil.export.onnx.convert:convert",
     predictor="xtremedistil.export.onnx.predictor:OnnxPredictor",
     runtime="onnxruntime",
-    recognise=lambda path: path if path.is_file() and path.suffix == ".onnx" else None,
+    recognise=by_suffix(".onnx"),
     describe=".onnx",
     bench_rank=3,
     marker="s",
+    teacher=TeacherExport((Quantization.FP32, Quantization.DYNAMIC), "xtremedistil.export.onnx.teacher:export_teacher",
+                          "{name}.onnx"),
 ))

@@ -1,7 +1,7 @@
 """SavedModel: float only, laid out for TensorFlow Serving (`savedmodel/NAME/1/`)."""
 from pathlib import Path
 
-from xtremedistil.export.base import EXACT, FormatConfig, Quantization, register_format
+from xtremedistil.export.base import EXACT, FormatConfig, Quantization, TeacherExport, register_format
 
 
 def _recognise(path: Path) -> Path | None:
@@ -30,4 +30,6 @@ SAVEDMODEL = register_format(FormatConfig(
     describe="SavedModel",
     bench_rank=1,
     marker="D",
+    teacher=TeacherExport((Quantization.FP32,), "xtremedistil.export.savedmodel.teacher:export_teacher",
+                          "{name}/1"),
 ))

@@ -1,5 +1,5 @@
 """TFLite / LiteRT: fp32, fp16, dynamic-range int8 and full-integer int8, run with ai-edge-litert."""
-from xtremedistil.export.base import EXACT, QUANTIZED, FormatConfig, Quantization, register_format
+from xtremedistil.export.base import EXACT, QUANTIZED, FormatConfig, Quantization, TeacherExport, by_suffix, register_format
 
 TFLITE = register_format(FormatConfig(
     name="tflite",
@@ -11,8 +11,11 @@ TFLITE = register_format(FormatConfig(
     converter="xtremedistil.export.tflite.convert:convert",
     predictor="xtremedistil.export.tflite.predictor:LiteRTPredictor",
     runtime="litert",
-    recognise=lambda path: path if path.is_file() and path.suffix == ".tflite" else None,
+    recognise=by_suffix(".tflite"),
     describe=".tflite",
     bench_rank=2,
     marker="^",
+    # One flatbuffer per batch size (fixed shapes); the teacher's full-integer variant is not offered
+    teacher=TeacherExport((Quantization.FP32, Quantization.DYNAMIC), "xtremedistil.export.tflite.teacher:export_teacher",
+                          "{name}.tflite", per_batch_size=True),
 ))

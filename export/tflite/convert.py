@@ -14,7 +14,6 @@ the static sequence gives per-step FULLY_CONNECTED ops that XNNPACK runs as real
 from __future__ import annotations
 
 
-import numpy as np
 
 import xtremedistil  # noqa: F401
 import tensorflow as tf

@@ -9,7 +9,6 @@ from helpers import tiny_bundle
 from xtremedistil.cli import main
 from xtremedistil.export.base import formats, parse_formats, Quantization
 from xtremedistil.export.pipeline import ExportOptions, run_export
-from xtremedistil.export.parity import ParityError
 from xtremedistil.export.predictor import load_predictor
 from xtremedistil.errors import XtremeDistilError
 

@@ -18,7 +18,7 @@ from helpers import tiny_bundle
 from xtremedistil.distill.bundle import load_bundle
 from xtremedistil.export.pipeline import ExportOptions, run_export
 
-SERVE = Path(__file__).resolve().parents[1] / "serve_examples"
+SERVE = Path(__file__).resolve().parents[2] / "serve_examples"
 UNICODE = ["the movie was very good .", "Иван живет в Москва .", "محمد يعيش في القاهرة", "北京 大学",
            "Η Αθήνα στην 🙂 .", "john   smith  lives in paris ."]
 

@@ -8,7 +8,7 @@ import pytest
 
 from xtremedistil.cli import main
 
-DATA = Path(os.environ.get("XD_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = Path(os.environ.get("XD_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 
 pytestmark = pytest.mark.slow
 

@@ -148,7 +148,7 @@ def test_gate_passes_on_identical_reports_and_catches_regressions(benched, tmp_p
     path.write_text(json.dumps(slower))
     assert main(["bench", "gate", str(path), "--baseline", str(baseline)]) == 1
     table = capsys.readouterr().out
-    assert "speedup_best" in table and "-20.0%" in table and f"b4 t1" in table
+    assert "speedup_best" in table and "-20.0%" in table and "b4 t1" in table
     # within a looser tolerance it passes
     assert main(["bench", "gate", str(path), "--baseline", str(baseline), "--max-speedup-drop", "25%"]) == 0
 
@@ -235,21 +235,49 @@ def test_bench_without_exported_artifacts_says_to_export(tiny_models, tmp_path, 
 
 def test_a_teacher_conversion_failure_is_reported_not_fatal(tiny_models, tmp_path, monkeypatch):
     from xtremedistil.bench import teachers
+    from xtremedistil.export.tflite import teacher as tflite_teacher
 
     folder = tiny_teacher(tmp_path, tiny_models("bert"), tagging=False)
-    real = teachers._tflite_teacher
+    real = tflite_teacher.export_teacher
 
-    def fail_fp32(model, function, batch_size, seq_len, dynamic):
-        if not dynamic:
+    def fail_fp32(job, temp):
+        if job.quantization.value == "fp32":
+            temp.write_bytes(b"half a flatbuffer")
             raise ValueError("Flatbuffer size is above 2 GB\nthe model is too large")
-        return real(model, function, batch_size, seq_len, dynamic)
+        return real(job, temp)
 
-    monkeypatch.setattr(teachers, "_tflite_teacher", fail_fp32)
+    monkeypatch.setattr(tflite_teacher, "export_teacher", fail_fp32)
     source = teachers.TeacherSource(name="teacher", folder=str(folder))
     manifest = teachers.prepare_teacher(source, 2, False, tmp_path / "out", ["litert"], [1], 16, log=lambda _: None)
     assert [row["name"] for row in manifest["artifacts"]] == ["teacher-tflite-dynamic-b1"]
     assert "too large" in manifest["failures"]["teacher-tflite-fp32-b1"]
-    assert not list((tmp_path / "out").glob(".*.tmp"))
+    assert not list((tmp_path / "out").glob(".*.tmp")) and not (tmp_path / "out" / "teacher-tflite-fp32-b1.tflite").exists()
+
+
+def test_a_teacher_folder_exports_to_every_teacher_format_with_parity(tiny_models, tmp_path, capsys):
+    """`xtremedistil export TEACHER_DIR`: every format whose plug-in exports teachers (found through the
+    registry, not listed here), each reloaded through its runtime and within FP32_MAX_DELTA of TensorFlow for
+    fp32; a quantization no teacher format offers is one line before anything is loaded."""
+    from xtremedistil.export.base import formats
+    from xtremedistil.export.teacher import FP32_MAX_DELTA
+
+    folder = tiny_teacher(tmp_path, tiny_models("bert"), tagging=True)
+    assert main(["export", str(folder), "--tflite_batch_sizes", "1,4", "--quiet"]) == 0
+    manifest = json.loads((folder / "manifest.json").read_text())
+    expected = {f"teacher-{name}-{q.value}" + (f"-b{b}" if fmt.teacher.per_batch_size else "")
+                for name, fmt in formats().items() if fmt.teacher
+                for q in fmt.teacher.quantizations for b in ((1, 4) if fmt.teacher.per_batch_size else (None,))}
+    assert {row["name"] for row in manifest["artifacts"]} == expected and len(expected) >= 7
+    for row in manifest["artifacts"]:
+        assert (folder / "artifacts" / row["path"]).exists() and row["size_bytes"] > 0
+        assert row["parity"]["compared"] == 16
+        if row["quantization"] == "fp32":
+            assert row["parity"]["max_abs_logit_delta"] <= FP32_MAX_DELTA and row["parity"]["argmax_agreement"] == 1.0
+    assert not list((folder / "artifacts").glob(".*"))
+    capsys.readouterr()
+    assert main(["export", str(folder), "--formats", "tflite:int8", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "a teacher exports to tflite:fp32, tflite:dynamic in tflite, not int8" in err and len(err.strip().splitlines()) == 1
 
 
 def test_speedups_are_gated_only_against_a_baseline_from_the_same_cpu(tmp_path, capsys):

@@ -14,7 +14,7 @@ import xtremedistil, tensorflow as tf
 from transformers import BertConfig, TFBertModel
 from xtremedistil.distill.teacher import TeacherModel
 from xtremedistil.export.base import Quantization
-from xtremedistil.export.teacher import export_teacher_onnx
+from xtremedistil.export.teacher import export_teacher, teacher_plan
 vocab = int(sys.argv[1])
 encoder = TFBertModel(BertConfig(vocab_size=vocab, hidden_act="gelu_new"))   # 12 layers, 768 wide
 model = TeacherModel(encoder, num_labels=2, tagging=False)
@@ -22,7 +22,8 @@ model({"input_ids": tf.ones((1, 8), tf.int32), "attention_mask": tf.ones((1, 8),
 from xtremedistil.distill.memory import peak_rss_mb   # VmHWM: ru_maxrss would carry pytest's peak over exec
 before = peak_rss_mb() * 2**20
 with tempfile.TemporaryDirectory() as folder:
-    rows = export_teacher_onnx(model, 0, vocab, folder, seq_len=32, quantizations=[Quantization.FP32])
+    rows = list(export_teacher(model, 0, vocab, folder, 32, teacher_plan([1], {"onnx": [Quantization.FP32]}),
+                               log=lambda _: None))
 peak = peak_rss_mb() * 2**20
 print(json.dumps({"before": before, "peak": peak, "row": rows[0]}))
 """

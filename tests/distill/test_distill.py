@@ -12,7 +12,7 @@ from xtremedistil.distill import load_bundle
 from xtremedistil.distill.data import load_task
 from xtremedistil.distill.metrics import headline, metrics_from_predictions
 from xtremedistil.distill.pipeline import DistilOptions, run_distill
-from xtremedistil.distill.runner import encode_split
+from xtremedistil.distill.teacher_phase import encode_split
 from xtremedistil.distill.teacher import load_teacher
 from xtremedistil.distill.stages import SubStage, StageRunner, schedule
 from xtremedistil.distill.students import StudentConfig, build_student, layer_groups
@@ -313,9 +313,43 @@ def test_augmented_transfer_set_is_made_once_screened_and_scored(tagging_run):
     with pytest.raises(XtremeDistilError, match=r"student-augmented: its sub-stages were trained with other "
                                                 r"settings \([a-z, ]*transfer differ\); give this run its own "):
         run_distill(dataclasses.replace(augmented, augment_allocation="word", augment_multiplier=5))
-    with pytest.raises(XtremeDistilError, match=r"\(stages differ\)"):
-        run_distill(dataclasses.replace(augmented, distil_final_epochs=2))
     assert state.read_bytes() == before
+
+
+def test_a_changed_late_setting_retrains_only_the_sub_stages_it_affects(tagging_run):
+    """Editing `distil_final_epochs` keeps stage 1 and the partly frozen stage-2 sub-stages (their weights
+    would come out the same), trains the last stage-2 sub-stage and stage 3 again, moves what they replace
+    to superseded/, and ends with the same student as a fresh run under those settings."""
+    opts, _ = tagging_run
+    root = Path(opts.model_dir)
+    first = dataclasses.replace(opts, student_name="late", distil_epochs=1)
+    run_distill(first)
+    folder = root / "student-late"
+    state = json.loads((folder / "state.json").read_text())
+    names = list(state["completed"])
+    final = max((n for n in names if n.startswith("stage2-")), key=lambda n: state["completed"][n]["index"])
+    kept = [n for n in names if state["completed"][n]["index"] < state["completed"][final]["index"]]
+    retrained = [n for n in names if n not in kept]
+    assert kept and retrained[0] == final and any(n.startswith("stage3") for n in retrained)
+    kept_bytes = {n: (folder / state["completed"][n]["checkpoint"]).read_bytes() for n in kept}
+    old_final = (folder / state["completed"][final]["checkpoint"]).read_bytes()
+
+    changed = run_distill(dataclasses.replace(first, distil_final_epochs=2))
+    after = json.loads((folder / "state.json").read_text())
+    for n in kept:   # untouched, not retrained
+        assert (folder / after["completed"][n]["checkpoint"]).read_bytes() == kept_bytes[n]
+        assert after["completed"][n]["history"] == state["completed"][n]["history"]
+    assert len(after["completed"][final]["history"]) == 2 and after["settings"]["stages"]["final_epochs"] == 2
+    superseded = json.loads((folder / "superseded" / "state.json").read_text())
+    assert sorted(superseded["completed"]) == sorted(retrained)
+    assert (folder / "superseded" / state["completed"][final]["checkpoint"]).read_bytes() == old_final
+
+    fresh = run_distill(dataclasses.replace(first, student_name="late-fresh", distil_final_epochs=2))
+    assert changed["student"]["test"] == fresh["student"]["test"]
+    for n in names:
+        ours = folder / after["completed"][n]["checkpoint"]
+        theirs = root / "student-late-fresh" / after["completed"][n]["checkpoint"]
+        assert ours.read_bytes() == theirs.read_bytes(), n
 
 
 @pytest.mark.parametrize("override, message", [

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from helpers import TAGGING_LABELS, TAGGING_ROWS, write_task
-from test_cache import SENTENCES, CountingTeacher, build
+from helpers import SENTENCES, CountingTeacher, build_small_cache as build
 from xtremedistil.cli import main
 from xtremedistil.distill import load_bundle
 from xtremedistil.distill.cache import build_cache
@@ -23,7 +23,7 @@ from xtremedistil.distill.losses import weighted_sum
 from xtremedistil.distill.stages import LABELS, LOGITS, WEIGHT, replica_batches
 from xtremedistil.errors import XtremeDistilError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # --- global batches over replicas -------------------------------------------------------------
@@ -287,8 +287,8 @@ def test_two_workers_on_localhost_match_one_worker_and_survive_a_killed_worker(t
 @pytest.mark.slow
 def test_peak_memory_is_flat_from_200k_to_2m_transfer_lines(tmp_path):
     """Scores 200k and 2M synthetic lines with a tiny teacher and trains one stage-2 epoch on each,
-    each in its own process (python -m xtremedistil.bench.streaming); 2M may use at most 10% more."""
-    from xtremedistil.bench.streaming import compare
+    each in its own process (python -m xtremedistil.distill.streaming); 2M may use at most 10% more."""
+    from xtremedistil.distill.streaming import compare
 
     report = compare([200_000, 2_000_000], tmp_path)
     small, large = report["runs"]

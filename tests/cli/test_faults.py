@@ -1,5 +1,4 @@
 """Faults: a full disk and damaged files end in one clear line, and what was complete stays intact."""
-import json
 import os
 import subprocess
 import sys
@@ -8,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from helpers import write_task
-from test_augment import SOURCES
+from helpers import SOURCES
 from xtremedistil.cli import main
 from xtremedistil.errors import is_disk_full
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # Runs the CLI with a file-size limit: any write past `limit` bytes fails with EFBIG, as a full disk would
 # fail with ENOSPC (SIGXFSZ ignored so the write returns the error instead of killing the process).

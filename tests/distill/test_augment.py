@@ -4,13 +4,11 @@ import random
 import numpy as np
 import pytest
 
-from helpers import bert_tokenizer, write_task
+from helpers import SOURCES, bert_tokenizer, write_task
 from xtremedistil.cli import main
 from xtremedistil.distill.augment import AugmentConfig, augment_file, augment_stream, nearest_words, variant
 from xtremedistil.errors import XtremeDistilError
 
-SOURCES = ["the movie was very good .", "a great film .", "the film is not good", "very bad movie",
-           "john smith lives in paris .", "the movie was awful ."]
 SCREEN = ["a great film .", "very bad movie . ."]
 
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from xtremedistil.bench.pick import Budget, budgets_from_recipe, front, pick, run_pick
+from xtremedistil.bench.pick import Budget, budgets_from_recipe, front, pick
 from xtremedistil.bench.report import render_markdown
 from xtremedistil.cli import main
 from xtremedistil.errors import XtremeDistilError

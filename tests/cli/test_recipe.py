@@ -5,10 +5,10 @@ import pytest
 import yaml
 
 from helpers import classification_task
-from xtremedistil.bench.recipe import load_recipe, run_recipe
+from xtremedistil.recipe import load_recipe, run_recipe
 from xtremedistil.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _write(path: Path, recipe: dict) -> Path:
@@ -32,6 +32,14 @@ def test_committed_recipes_are_valid(monkeypatch):
     assert sweep["bench_dir"] == "bench-sst2-sweep" and base["bench_dir"] == "bench"
     assert {s.get("student", "bilstm") for s in sweep["students"]} == {"bilstm", "cnn", "transformer"}
     assert [b.batch_size for b in sweep["pick"]] == [1, 32]
+    # Every committed sweep: one teacher and cache with its base recipe, >= 5 students incl. both paper shapes
+    for name in ("sst2-sweep", "wikiann-e5-sweep"):
+        sweep = load_recipe(REPO / "bench" / "recipes" / f"{name}.yaml")
+        base = load_recipe(REPO / "bench" / "recipes" / f"{name.removesuffix('-sweep')}.yaml")
+        assert sweep["distill"] == base["distill"] and sweep["model_dir"] == base["model_dir"], name
+        shapes = {(s.get("word_emb_dim", 300), s.get("bilstm_hidden_size", base["distill"]["bilstm_hidden_size"]))
+                  for s in sweep["students"] if s.get("student", "bilstm") == "bilstm"}
+        assert {(300, 600), (50, 200)} <= shapes and len(shapes) >= 3 and len(sweep["students"]) >= 5, name
 
 
 def test_extends_merges_sections_key_by_key_and_refuses_circles(tmp_path, capsys):

