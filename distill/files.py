@@ -96,16 +96,21 @@ def append_line(path: str | Path, line: str, point: str) -> None:
             handle.flush()
 
 
+def remove_path(path: str | Path) -> None:
+    """Removes a file or a folder (with what is in it), if it is there."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def _removed_on_error(temp: str | Path):
     try:
         yield
     except BaseException:
-        temp = Path(temp)
-        if temp.is_dir() and not temp.is_symlink():
-            shutil.rmtree(temp, ignore_errors=True)
-        else:
-            temp.unlink(missing_ok=True)
+        remove_path(temp)
         raise
 
 

@@ -270,8 +270,8 @@ class StageRunner:
         trained = self.state["completed"] or self.state.get("partial")
         if self.settings is not None and recorded is not None and trained:
             n_groups = len(self.groups)
-            changed = next((sub for sub in plan if _differing(_sub_stage_settings(recorded, sub, n_groups),
-                                                              _sub_stage_settings(self.settings, sub, n_groups))),
+            changed = next((sub for sub in plan if _differences(_sub_stage_settings(recorded, sub, n_groups),
+                                                                _sub_stage_settings(self.settings, sub, n_groups))),
                            None)
             if changed is not None:
                 differ = _differences(recorded, self.settings)
@@ -292,7 +292,8 @@ class StageRunner:
         names = {sub.name for sub in affected}
         moved = [name for name in self.state["completed"] if name in names]
         partial = self.state.get("partial")
-        if partial and partial.get("name") in names:
+        partial = partial if partial and partial.get("name") in names else None   # unfinished among them
+        if partial:
             moved.append(f"{partial['name']} (unfinished)")
         logger.warning("%s: settings changed (%s) from %s on: keeping the %d sub-stage(s) before it, training "
                        "%s again; the earlier results are moved to %s", self.folder, ", ".join(differ),
@@ -311,7 +312,7 @@ class StageRunner:
                 kept["completed"][sub.name] = record
             if (self.folder / sub.checkpoint).exists():
                 os.replace(self.folder / sub.checkpoint, old / sub.checkpoint)
-        if partial and partial.get("name") in names:
+        if partial:
             kept["partial"] = self.state.pop("partial")
             if (self.folder / partial["file"]).exists():
                 os.replace(self.folder / partial["file"], old / partial["file"])
@@ -557,10 +558,6 @@ def _sub_stage_settings(settings: dict, sub: SubStage, n_groups: int) -> dict:
     return {**{k: v for k, v in settings.items() if k not in ("stages", "plan")}, "stages": stages,
             "epochs": _epochs_for(sub, n_groups, counts["epochs"], counts["final_epochs"], counts["label_epochs"]),
             "plan": plan[:sub.index] if plan is not None else None}
-
-
-def _differing(recorded: dict, current: dict) -> bool:
-    return any(not _same_setting(recorded.get(k), current.get(k)) for k in set(recorded) | set(current))
 
 
 def _differences(recorded: dict, current: dict) -> list[str]:

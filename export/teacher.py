@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import shutil
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -25,7 +24,7 @@ import numpy as np
 import xtremedistil  # noqa: F401
 import tensorflow as tf
 
-from xtremedistil.distill.files import path_size, put_in_place
+from xtremedistil.distill.files import path_size, put_in_place, remove_path
 from xtremedistil.errors import XtremeDistilError, is_disk_full
 from xtremedistil.export.base import FormatConfig, Quantization, formats
 from xtremedistil.export.inference import logits_function
@@ -60,6 +59,11 @@ def teacher_formats() -> dict[str, FormatConfig]:
             if fmt.teacher is not None}
 
 
+def artifact_name(format_name: str, quantization: Quantization, batch_size: int | None = None) -> str:
+    """`teacher-onnx-fp32`, `teacher-tflite-dynamic-b32`: a teacher artifact's name (and file stem)."""
+    return f"teacher-{format_name}-{quantization.value}" + (f"-b{batch_size}" if batch_size is not None else "")
+
+
 def teacher_plan(batch_sizes: list[int], wanted: dict[str, list[Quantization] | None] | None = None) -> list[tuple]:
     """[(name, format, quantization, batch_size)] for `wanted` ({format: quantizations or None for all};
     None: every teacher format). A quantization a format cannot export for a teacher is one clear error."""
@@ -76,8 +80,7 @@ def teacher_plan(batch_sizes: list[int], wanted: dict[str, list[Quantization] | 
             raise XtremeDistilError(f"a teacher exports to {offered} in {name}, not {', '.join(refused)}")
         for quantization in quantizations:
             for batch_size in (batch_sizes if fmt.teacher.per_batch_size else [None]):
-                suffix = f"-b{batch_size}" if batch_size is not None else ""
-                plan.append((f"teacher-{name}-{quantization.value}{suffix}", fmt, quantization, batch_size))
+                plan.append((artifact_name(name, quantization, batch_size), fmt, quantization, batch_size))
     unknown = sorted(set(wanted) - set(capable))
     if unknown:
         raise XtremeDistilError(f"{', '.join(unknown)}: no teacher export for this format; teachers export to "
@@ -103,12 +106,11 @@ def export_teacher(model, pad_id: int, vocab_size: int, folder: str | Path, seq_
             continue
         job = TeacherJob(name, fmt, quantization, batch_size, model, function, pad_id, seq_len, folder)
         started = time.time()
-        temp = job.target.with_name(f".{job.target.name}.tmp") if job.target.parent == folder else \
-            job.target.parent.with_name(f".{job.target.parent.name}.tmp")
-        final = job.target if job.target.parent == folder else job.target.parent   # a versioned folder moves whole
-        _remove(temp)                                        # left by a killed run
+        final = folder / job.target.relative_to(folder).parts[0]   # the file, or a versioned folder as a whole
+        temp = final.with_name(f".{final.name}.tmp")
+        remove_path(temp)                                    # left by a killed run
         try:
-            written = temp if final == job.target else temp / job.target.relative_to(final)
+            written = temp / job.target.relative_to(final)     # `temp` itself for a file
             written.parent.mkdir(parents=True, exist_ok=True)
             details = fmt.teacher.export(job, written)
             parity = _parity(fmt, written, ids, reference)
@@ -117,14 +119,14 @@ def export_teacher(model, pad_id: int, vocab_size: int, folder: str | Path, seq_
                                         f"{parity['max_abs_logit_delta']:.3g} (> {FP32_MAX_DELTA:g}); the conversion "
                                         f"is broken")
         except Exception as err:  # noqa: BLE001 - reported per artifact by the caller's choice
-            _remove(temp)
+            remove_path(temp)
             if is_disk_full(err) or on_failure is None:
                 raise
             lines = str(err).strip().splitlines()
             on_failure(name, f"{type(err).__name__}: {lines[-1][:300] if lines else ''}")
             log(f"{name}: conversion failed, not measured")
             continue
-        _remove(final)
+        remove_path(final)                                   # a folder cannot be renamed over
         put_in_place(temp, final, POINT)
         row = {"name": name, "format": fmt.name, "runtime": fmt.runtime, "quantization": quantization.value,
                "path": str(job.target.relative_to(folder)), "size_bytes": path_size(final),
@@ -134,13 +136,6 @@ def export_teacher(model, pad_id: int, vocab_size: int, folder: str | Path, seq_
         log(f"{name} written in {row['seconds']:.0f} s ({row['size_bytes'] / 1e6:.1f} MB, max |Δlogit| vs TF "
             f"{parity['max_abs_logit_delta']:.2e})")
         yield row
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
 
 
 def _parity(fmt: FormatConfig, path: Path, ids: np.ndarray, reference: np.ndarray) -> dict:

@@ -18,7 +18,9 @@ def _convert(job, path: Path):
 
 
 def export_teacher(job, temp: Path) -> dict | None:
-    fp32 = job.folder / f"teacher-onnx-{Quantization.FP32.value}.onnx"
+    from xtremedistil.export.teacher import artifact_name
+
+    fp32 = job.folder / job.fmt.teacher.filename.format(name=artifact_name(job.fmt.name, Quantization.FP32))
     if job.quantization is Quantization.FP32:
         return {"op_counts": op_counts(_convert(job, temp))}
     source, scratch = fp32, None
