@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from xtremedistil.errors import XtremeDistilError
 from xtremedistil.distill.files import put_in_place
+from xtremedistil.settings import Settings, setting
 
 logger = logging.getLogger(__name__)
 
@@ -51,30 +52,31 @@ ALLOCATIONS = ("sentence", "word")
 
 
 @dataclasses.dataclass
-class AugmentConfig:
-    multiplier: int = 10          # variants drawn per source sentence (Tang et al.: 20 for SST-2)
-    p_mask: float = 0.1
-    p_replace: float = 0.1
-    p_ngram: float = 0.25
-    max_ngram: int = 5
-    neighbours: int = 10
-    max_vocab: int = 30_000
-    seed: int = 42
-    allocation: str = "sentence"  # or "word": variants in proportion to a sentence's words (see the docstring)
+class AugmentConfig(Settings):
+    """Tang et al. (2019)'s rules: each variant masks words (`p_mask`), replaces others by a near word
+    (`p_replace`), then with `p_ngram` keeps only an n-gram of 1..`max_ngram` words."""
 
-    def __post_init__(self):
-        if self.multiplier < 0:
-            raise XtremeDistilError("--augment_multiplier must be 0 (off) or more")
-        for name in ("p_mask", "p_replace", "p_ngram"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise XtremeDistilError(f"--augment_{name} must be in [0, 1]")
+    multiplier: int = setting(0, "augment the transfer set: N variants per sentence (Tang et al. 2019: masking, "
+                                 "nearest-word replacement, n-gram sampling; they used 20 for SST-2), scored like "
+                                 "any transfer file; 0 = off", flag="augment_multiplier", minimum=0)
+    p_mask: float = setting(0.1, "augmentation: probability of masking a word", flag="augment_p_mask",
+                            minimum=0, maximum=1)
+    p_replace: float = setting(0.1, "augmentation: probability of replacing a word by one of its nearest words in "
+                                    "the teacher's embedding space", flag="augment_p_replace", minimum=0, maximum=1)
+    p_ngram: float = setting(0.25, "augmentation: probability of keeping only an n-gram", flag="augment_p_ngram",
+                             minimum=0, maximum=1)
+    max_ngram: int = setting(5, "augmentation: longest n-gram kept", flag="augment_max_ngram", minimum=1)
+    neighbours: int = setting(10, flag=None, minimum=1)
+    max_vocab: int = setting(30_000, flag=None, minimum=2)
+    seed: int = setting(42, flag=None)
+    allocation: str = setting("sentence", "augmentation: 'sentence' = N variants per sentence (Tang et al.), "
+                                          "'word' = variants in proportion to a sentence's words (more sentence-length "
+                                          "text when the transfer text is short phrases, as SST-2's is)",
+                              flag="augment_allocation", choices=ALLOCATIONS)
+
+    def check(self) -> None:
         if self.p_mask + self.p_replace > 1.0:
             raise XtremeDistilError("--augment_p_mask + --augment_p_replace must not exceed 1")
-        if self.allocation not in ALLOCATIONS:
-            raise XtremeDistilError(f"--augment_allocation '{self.allocation}' is not one of {', '.join(ALLOCATIONS)}")
-        if self.max_ngram < 1 or self.neighbours < 1 or self.max_vocab < 2:
-            raise XtremeDistilError("--augment_max_ngram and --augment_neighbours must be at least 1, "
-                                    "--augment_max_vocab at least 2")
 
 
 def _key(sentence: str) -> bytes:

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from xtremedistil.distill import data as data_lib
-from xtremedistil.distill.augment import AugmentConfig, augment_file
+from xtremedistil.distill.augment import augment_file
 from xtremedistil.distill import embeddings as emb_lib
 from xtremedistil.distill import metrics as metrics_lib
 from xtremedistil.distill.bundle import write_bundle
@@ -26,14 +26,12 @@ from xtremedistil.distill.cluster import make_cluster
 from xtremedistil.distill.files import file_digest, read_json, write_json_atomic
 from xtremedistil.distill.teacher_phase import encode_split, run_teacher
 from xtremedistil.distill.seeding import seed_everything
-from xtremedistil.distill.stages import (
-    LABELS, StageConfig, StageData, StageRunner, SubStage, predict_student_logits, schedule,
-)
+from xtremedistil.distill.options import DistilOptions
+from xtremedistil.distill.stages import StageData, StageRunner, plan_substages, predict_student_logits
 from xtremedistil.distill.students import StudentConfig, build_student, layer_groups
-from xtremedistil.distill.students.base import OPTIONS, CommonStudentSettings, student_option_fields
 from xtremedistil.distill.memory import PhasePeaks
 from xtremedistil.distill.metrics import metrics_from_predictions
-from xtremedistil.distill.teacher import SPEC_FILE, FineTuneConfig, teacher_stamp as saved_teacher_stamp
+from xtremedistil.distill.teacher import SPEC_FILE, teacher_stamp as saved_teacher_stamp
 from xtremedistil.errors import XtremeDistilError
 from xtremedistil.layout import BundleLayout, RunLayout
 
@@ -42,62 +40,12 @@ logger = logging.getLogger(__name__)
 CACHE_FORMAT = 3    # 2: tagging chunks carry word_start (the positions the losses count); 3: content-hashed sources
 
 
-@dataclasses.dataclass
-class _DistilSettings:
-    """Every `distill` flag but the students' own options; names follow the original run_xtreme_distil.py."""
-
-    task: str
-    model_dir: str
-    pt_teacher_checkpoint: str
-    pt_teacher: str | None = None
-    do_NER: bool = False
-    transfer_file: str | None = None
-    seq_len: int = 32
-    student: str = "bilstm"
-    word_emb_dim: int = CommonStudentSettings.word_emb_dim
-    word_emb_file: str | None = None
-    dropout_rate: float = CommonStudentSettings.dropout_rate
-    dense_act_func: str = CommonStudentSettings.dense_act_func
-    teacher_layer: int = 6
-    ft_epochs: int = FineTuneConfig.epochs
-    ft_batch_size: int = FineTuneConfig.batch_size
-    ft_learning_rate: float = FineTuneConfig.learning_rate
-    ft_patience: int = FineTuneConfig.patience
-    ft_freeze_word_embeddings: bool = FineTuneConfig.freeze_word_embeddings
-    distil_epochs: int = StageConfig.epochs
-    distil_label_epochs: int = 0         # stage-3 (labels) sub-stages; 0 = distil_epochs
-    distil_final_epochs: int = 0         # the last stage-2 sub-stage (every layer trains); 0 = distil_epochs
-    distil_batch_size: int = StageConfig.batch_size
-    distil_chunk_size: int = 100_000
-    distil_patience: int = StageConfig.patience
-    distil_loss: str = StageConfig.distil_loss
-    temperature: float = StageConfig.temperature
-    score_batch_size: int = 128
-    augment_multiplier: int = 0
-    augment_p_mask: float = AugmentConfig.p_mask
-    augment_p_replace: float = AugmentConfig.p_replace
-    augment_p_ngram: float = AugmentConfig.p_ngram
-    augment_max_ngram: int = AugmentConfig.max_ngram
-    augment_allocation: str = AugmentConfig.allocation
-    seed: int = 42
-    strategy: str = "auto"
-    student_name: str = ""       # several students of one teacher and cache: MODEL_DIR/student-NAME, bundle-NAME
-    stages: str = "1,2,3"        # or "labels": one sub-stage, every layer on labels (the no-teacher ablation)
-
-
-# Every `distill` flag: the settings above plus each registered student's own options (`--bilstm_hidden_size`,
-# `--cnn_filters`, ...; see `students.base.register_student`), so a new student's options need no edit here.
-DistilOptions = dataclasses.make_dataclass(
-    "DistilOptions",
-    [(field.name, field.type, dataclasses.field(default=field.default)) for _, field in student_option_fields()],
-    bases=(_DistilSettings,), namespace={"__module__": __name__})
-
-
 def _teacher_layer(options: DistilOptions, num_layers: int) -> int:
-    if not 0 <= options.teacher_layer <= num_layers:
+    layer = options.teacher.teacher_layer
+    if not 0 <= layer <= num_layers:
         raise XtremeDistilError(
-            f"--teacher_layer {options.teacher_layer} is out of range for this teacher: use 0 (embeddings) to {num_layers}")
-    return options.teacher_layer
+            f"--teacher_layer {layer} is out of range for this teacher: use 0 (embeddings) to {num_layers}")
+    return layer
 
 
 def run_distill(options: DistilOptions, on_batch=None) -> dict:
@@ -105,15 +53,14 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     phases: dict[str, float] = {}
     peaks = PhasePeaks()
     started = time.time()
-    _validate_early(options)
-    cluster = make_cluster(options.strategy)   # first: a multi-worker strategy must precede any TF op
+    _check_teacher_layer_early(options)
+    run = options.run
+    cluster = make_cluster(run.strategy)   # first: a multi-worker strategy must precede any TF op
 
     def teacher_phase(chief: bool):
         return run_teacher(
-            options.task, options.model_dir, options.pt_teacher_checkpoint, options.do_NER, options.seq_len,
-            FineTuneConfig(options.ft_epochs, options.ft_batch_size, options.ft_learning_rate, patience=options.ft_patience,
-                           freeze_word_embeddings=options.ft_freeze_word_embeddings),
-            options.seed, options.pt_teacher, options.transfer_file, require_transfer=True,
+            run.task, run.model_dir, options.teacher.pt_teacher_checkpoint, run.do_NER, run.seq_len,
+            options.fine_tune, run.seed, options.teacher.pt_teacher, run.transfer_file, require_transfer=True,
             evaluate=chief, reuse_only=not chief,
         )
 
@@ -127,8 +74,7 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     peaks.stop("teacher")
     task, tokenizer, model = teacher.task, teacher.tokenizer, teacher.model
     layer = _teacher_layer(options, model.num_layers)
-    model_dir = Path(options.model_dir)
-    layout = RunLayout(model_dir, options.student_name)
+    layout = RunLayout(run.model_dir, run.student_name)
 
     teacher_stamp = saved_teacher_stamp(layout.teacher)
     teacher_emb = emb_lib.teacher_word_embeddings(model.encoder)
@@ -136,7 +82,7 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     # Optional augmentation of the transfer set (chief writes it; the others read the same file).
     transfer_path, transfer_lines = task.transfer_path, task.transfer_lines
     transfer_info = {"file": str(transfer_path), "sentences": transfer_lines}
-    if options.augment_multiplier > 0:
+    if options.augment.multiplier > 0:
         t0 = time.time()
         peaks.start()
         transfer_path, transfer_lines, transfer_info["augment"] = _augmented_transfer(
@@ -160,12 +106,12 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
         ("dev", task.path / "dev.tsv", lambda: (ex.text for ex in task.splits["dev"]), len(task.splits["dev"])),
     ):
         signature = {"source_sha1": file_digest(path), "teacher": teacher_stamp, "layer": layer,
-                     "seq_len": options.seq_len, "tagging": task.is_tagging, "format": CACHE_FORMAT,
-                     "chunk_size": options.distil_chunk_size}
+                     "seq_len": run.seq_len, "tagging": task.is_tagging, "format": CACHE_FORMAT,
+                     "chunk_size": options.cache.distil_chunk_size}
         caches[name] = build_cache(
             layout.cache / f"{name}-{signature_hash(signature)}", sentences(), score, tokenizer,
-            seq_len=options.seq_len, tagging=task.is_tagging, chunk_size=options.distil_chunk_size,
-            batch_size=options.score_batch_size, signature=signature, total=total,
+            seq_len=run.seq_len, tagging=task.is_tagging, chunk_size=options.cache.distil_chunk_size,
+            batch_size=options.cache.score_batch_size, signature=signature, total=total,
             description=f"teacher scoring {name}", worker=cluster.worker, workers=cluster.workers,
             barrier=cluster.barrier)
     phases["teacher_outputs"] = round(time.time() - t0, 1)
@@ -173,16 +119,20 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
 
     # Student vocabulary, embeddings, model.
     t0 = time.time()
-    train = encode_split(tokenizer, task, "train", options.seq_len)
-    dev = encode_split(tokenizer, task, "dev", options.seq_len)
+    train = encode_split(tokenizer, task, "train", run.seq_len)
+    dev = encode_split(tokenizer, task, "dev", run.seq_len)
     vocab = emb_lib.build_vocab([train.input_ids, *caches["transfer"].all_input_ids()],
                                 teacher_emb.shape[0], tokenizer.pad_token_id, tokenizer.unk_token_id)
-    embedding = emb_lib.pca_embeddings(teacher_emb, vocab, options.word_emb_dim, options.seed)
-    if options.word_emb_file:
-        embedding = emb_lib.read_embedding_file(options.word_emb_file, vocab, tokenizer, options.word_emb_dim, embedding)
-    student_config = _student_config(options, task.is_tagging, len(task.labels), teacher_emb.shape[0], vocab.size,
-                                     model.encoder.config.hidden_size)
-    seed_everything(options.seed)
+    student_settings = options.student
+    embedding = emb_lib.pca_embeddings(teacher_emb, vocab, student_settings.word_emb_dim, run.seed)
+    if student_settings.word_emb_file:
+        embedding = emb_lib.read_embedding_file(student_settings.word_emb_file, vocab, tokenizer,
+                                                student_settings.word_emb_dim, embedding)
+    student_config = StudentConfig(tagging=task.is_tagging, num_labels=len(task.labels), seq_len=run.seq_len,
+                                   teacher_vocab_size=teacher_emb.shape[0], vocab_size=vocab.size,
+                                   teacher_hidden_size=model.encoder.config.hidden_size, pad_row=emb_lib.PAD_ROW,
+                                   **student_settings.architecture())
+    seed_everything(run.seed)
     with cluster.scope():
         student = build_student(student_config)
     student.get_layer("id_remap").set_weights([vocab.remap])
@@ -192,9 +142,9 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     # The stages.
     t0 = time.time()
     peaks.start()
-    stage_config = _stage_config(options)
+    stage_config = options.distil
     groups = layer_groups(student, student_config)
-    plan = _plan(options.stages, len(groups), options.distil_loss)
+    plan = plan_substages(run.stages, len(groups), stage_config.distil_loss)
     data = StageData(caches["transfer"], caches["dev"], train, dev, task.splits["dev"], task.labels, task.is_tagging,
                      pad_id=tokenizer.pad_token_id)
     settings = {"student": student_config.to_dict(), "stages": dataclasses.asdict(stage_config),
@@ -213,7 +163,7 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     peaks.stop("stages")
 
     # Test is only reported, for the sub-stage chosen on dev.
-    test = encode_split(tokenizer, task, "test", options.seq_len)
+    test = encode_split(tokenizer, task, "test", run.seq_len)
     student_test = _student_metrics(runner, student, test, task)
     student_params = int(student.count_params())
     teacher_params = int(model.count_params())
@@ -233,15 +183,16 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
         "peak_rss_mb": {"teacher_fine_tune": read_json(layout.teacher / SPEC_FILE).get("peak_rss_mb"),
                         **peaks.mb, "per_phase": peaks.per_phase},
         "transfer": transfer_info,
-        "distillation": {"stages": options.stages, "distil_loss": options.distil_loss,
-                         "augment_multiplier": options.augment_multiplier, "student_name": options.student_name},
+        "distillation": {"stages": run.stages, "distil_loss": stage_config.distil_loss,
+                         "augment_multiplier": options.augment.multiplier, "student_name": run.student_name},
         "sentences_per_second": _throughput(layout, caches, state),
-        "seed": options.seed,
+        "seed": run.seed,
     }
-    teacher_info = {"checkpoint": options.pt_teacher_checkpoint, "model_class": options.pt_teacher, "layer": layer,
+    teacher_info = {"checkpoint": options.teacher.pt_teacher_checkpoint, "model_class": options.teacher.pt_teacher,
+                    "layer": layer,
                     "parameters": teacher_params, "folder": str(layout.teacher.resolve())}
     write_bundle(layout.bundle, student, student_config, tokenizer, task.labels, metrics, teacher_info,
-                 {"options": dataclasses.asdict(options)})
+                 {"options": options.to_flags()})
     write_json_atomic(layout.student / BundleLayout.METRICS, metrics)
     cluster.barrier("the chief's bundle")
     return metrics
@@ -258,38 +209,10 @@ def _throughput(layout: RunLayout, caches: dict, state: dict) -> dict:
     }
 
 
-STAGE_CHOICES = "a subset of 1,2,3 (e.g. 1,2,3 or 2,3), or 'labels'"
-
-
-def _student_config(options: DistilOptions, tagging: bool, num_labels: int, teacher_vocab_size: int,
-                    vocab_size: int, teacher_hidden_size: int) -> StudentConfig:
-    shared = [f.name for f in dataclasses.fields(CommonStudentSettings)
-              if f.name != "kind" and f.name in {g.name for g in dataclasses.fields(options)}]   # seq_len, word_emb_dim, ...
-    own = dataclasses.fields(OPTIONS[options.student]) if options.student in OPTIONS else ()
-    architecture = {name: getattr(options, name) for name in (*shared, *(f.name for f in own))}
-    return StudentConfig(kind=options.student, tagging=tagging, num_labels=num_labels,
-                         teacher_vocab_size=teacher_vocab_size, vocab_size=vocab_size,
-                         teacher_hidden_size=teacher_hidden_size, pad_row=emb_lib.PAD_ROW, **architecture)
-
-
-def _stage_config(options: DistilOptions) -> StageConfig:
-    return StageConfig(options.distil_epochs, options.distil_batch_size, patience=options.distil_patience,
-                       distil_loss=options.distil_loss, temperature=options.temperature, seed=options.seed,
-                       label_epochs=options.distil_label_epochs or None,
-                       final_epochs=options.distil_final_epochs or None)
-
-
-def _validate_early(options: DistilOptions) -> None:
-    """Every setting that can be checked without the teacher's fine-tuning or scoring, checked first:
-    stage, augmentation and student settings (a bad --student or --transformer_hidden must not wait for an
-    hour of fine-tuning), the run layout, and --teacher_layer against the checkpoint's config when it can be
-    read without loading weights."""
-    _stage_config(options)
-    augment_config(options)
-    _plan(options.stages, 4, options.distil_loss)
-    RunLayout(options.model_dir, options.student_name)
-    _student_config(options, options.do_NER, 2, 2, 2, 2)        # shapes checked; sizes come later
-    layers = _checkpoint_layers(options.pt_teacher_checkpoint)
+def _check_teacher_layer_early(options: DistilOptions) -> None:
+    """--teacher_layer against the checkpoint's config when it can be read without loading weights (every other
+    setting was checked when `options` was built): a bad layer must not wait for an hour of fine-tuning."""
+    layers = _checkpoint_layers(options.teacher.pt_teacher_checkpoint)
     if layers is not None:
         _teacher_layer(options, layers)
 
@@ -307,28 +230,9 @@ def _checkpoint_layers(checkpoint: str) -> int | None:
     return layers if isinstance(layers, int) else None
 
 
-def _plan(stages: str, n_groups: int, distil_loss: str) -> list:
-    """The sub-stages to run: XtremeDistil's (a subset of stages 1-3), or the labels-only ablation."""
-    if stages == "labels":
-        return [SubStage(1, 3, "labels-only", LABELS, n_groups, "cross_entropy")]
-    try:
-        chosen = tuple(sorted({int(part) for part in stages.split(",")}))
-    except ValueError:
-        chosen = ()
-    if not chosen or not set(chosen) <= {1, 2, 3} or chosen == (1,):
-        raise XtremeDistilError(f"--stages '{stages}' must be {STAGE_CHOICES}; stage 1 alone trains no logits")
-    return schedule(n_groups, chosen, distil_loss)
-
-
-def augment_config(options: DistilOptions) -> AugmentConfig:
-    return AugmentConfig(options.augment_multiplier, options.augment_p_mask, options.augment_p_replace,
-                         options.augment_p_ngram, options.augment_max_ngram, seed=options.seed,
-                         allocation=options.augment_allocation)
-
-
 def _augmented_transfer(options, task, tokenizer, teacher_emb, teacher_stamp, layout: RunLayout, cluster):
     """MODEL_DIR/augmented/transfer-<hash>.txt for these settings (made once); (path, lines, stats)."""
-    config = augment_config(options)
+    config = options.augment
     signature = {"source_sha1": file_digest(task.transfer_path), "teacher": teacher_stamp,
                  "screened_sha1": [file_digest(task.path / f"{split}.tsv") for split in ("dev", "test")],
                  "config": dataclasses.asdict(config)}

@@ -37,8 +37,10 @@ from xtremedistil.distill.files import file_crc32, read_json, save_keras_weights
 from xtremedistil.distill.metrics import metrics_from_predictions
 from xtremedistil.distill.cluster import Cluster, lost_worker
 from xtremedistil.distill.tokenization import IGNORE_INDEX, Encoded
+from xtremedistil.distill.options import parse_stages
 from xtremedistil.errors import XtremeDistilError
 from xtremedistil.faults import kill_point
+from xtremedistil.settings import Settings, setting
 
 logger = logging.getLogger(__name__)
 
@@ -87,17 +89,28 @@ def schedule(n_groups: int, stages=(1, 2, 3), distil_loss: str = "mse") -> list[
 
 
 @dataclasses.dataclass
-class StageConfig:
-    epochs: int = 10
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    final_learning_rate: float = 1e-8
-    patience: int = 2
-    distil_loss: str = "mse"
-    temperature: float = 1.0
-    seed: int = 42
-    label_epochs: int | None = None   # stage-3 (labels) sub-stages; None = `epochs`
-    final_epochs: int | None = None   # the last stage-2 sub-stage (every layer trains); None = `epochs`
+class StageConfig(Settings):
+    """The stages' training settings (the `distil_*` flags); every sub-stage's epochs are early-stopped on its
+    validation loss, with Adam decaying from `learning_rate` to `final_learning_rate`."""
+
+    epochs: int = setting(10, "maximum epochs per sub-stage, early-stopped on validation loss",
+                          flag="distil_epochs", minimum=1)
+    batch_size: int = setting(128, "student batch size in every stage", flag="distil_batch_size", minimum=1)
+    learning_rate: float = setting(1e-3, flag=None, positive=True)
+    final_learning_rate: float = setting(1e-8, flag=None, positive=True)
+    patience: int = setting(2, "sub-stage early-stopping patience in epochs", flag="distil_patience", minimum=0)
+    distil_loss: str = setting("mse", "stage-2 logit loss (stage 1 is always mse on the hidden target, stage 3 "
+                                      "cross-entropy on labels)", choices=losses_lib.distil_losses)
+    temperature: float = setting(1.0, "softmax temperature of the kl loss", positive=True)
+    seed: int = setting(42, flag=None)
+    label_epochs: int | None = setting(
+        None, "maximum epochs of the sub-stages on labeled data (stage 3, or the labels-only ablation) when they "
+              "should differ from a large transfer set's; 0 or unset = --distil_epochs",
+        flag="distil_label_epochs", minimum=0)
+    final_epochs: int | None = setting(
+        None, "maximum epochs of the last stage-2 sub-stage, the one where every layer learns the teacher's "
+              "logits (where a time budget is best spent); 0 or unset = --distil_epochs",
+        flag="distil_final_epochs", minimum=0)
 
     def epochs_for(self, sub: "SubStage", n_groups: int) -> int:
         """Maximum epochs of a sub-stage: `label_epochs` for the labeled set, `final_epochs` for the stage-2
@@ -108,18 +121,18 @@ class StageConfig:
         while the partly frozen sub-stages before it gain little; a budget is best spent there."""
         return _epochs_for(sub, n_groups, self.epochs, self.final_epochs, self.label_epochs)
 
-    def __post_init__(self):
-        if self.distil_loss not in losses_lib.distil_losses():
-            raise XtremeDistilError(
-                f"--distil_loss '{self.distil_loss}' is not one of {', '.join(losses_lib.distil_losses())}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise XtremeDistilError("--distil_epochs and --distil_batch_size must be at least 1")
-        if self.label_epochs is not None and self.label_epochs < 1:
-            raise XtremeDistilError("--distil_label_epochs must be at least 1 (or 0 for --distil_epochs)")
-        if self.final_epochs is not None and self.final_epochs < 1:
-            raise XtremeDistilError("--distil_final_epochs must be at least 1 (or 0 for --distil_epochs)")
-        if self.temperature <= 0:
-            raise XtremeDistilError("--temperature must be positive")
+    def check(self) -> None:
+        # 0 = "the same as --distil_epochs", stored as None (run settings recorded in state.json compare it)
+        self.label_epochs = self.label_epochs or None
+        self.final_epochs = self.final_epochs or None
+
+
+def plan_substages(stages: str, n_groups: int, distil_loss: str) -> list[SubStage]:
+    """The sub-stages to run for `--stages`: XtremeDistil's (a subset of stages 1-3), or the labels-only
+    ablation (one sub-stage, every layer on labels)."""
+    if stages == "labels":
+        return [SubStage(1, 3, "labels-only", LABELS, n_groups, "cross_entropy")]
+    return schedule(n_groups, parse_stages(stages), distil_loss)
 
 
 @dataclasses.dataclass

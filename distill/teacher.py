@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from xtremedistil.distill import batching
 from xtremedistil.distill import losses as losses_lib
+from xtremedistil.distill.options import FineTuneConfig  # noqa: F401  (re-exported: teacher_lib.FineTuneConfig)
 from xtremedistil.distill import metrics as metrics_lib
 from xtremedistil.distill.embeddings import word_embedding_variable
 from xtremedistil.distill.files import atomic_directory, read_json, write_json_atomic
@@ -180,27 +181,6 @@ def evaluate(model, encoded: Encoded, examples, labels: list[str], tagging: bool
     """Metrics dict (see `metrics`) of `model` on an encoded split; word-level for tagging."""
     predicted = np.argmax(predict_logits(model, encoded, batch_size), axis=-1)
     return metrics_lib.metrics_from_predictions(predicted, encoded, examples, labels, tagging)
-
-
-@dataclasses.dataclass
-class FineTuneConfig:
-    epochs: int = 3
-    batch_size: int = 32
-    learning_rate: float = 5e-5
-    warmup_fraction: float = 0.1
-    weight_decay: float = 0.01
-    patience: int = 3
-    # The input word embeddings stay as pre-trained. For a 250k-piece vocabulary (XLM-R, mBERT) the
-    # optimizer's dense update of that matrix dominates a CPU step (measured, multilingual-e5-small,
-    # batch 32, 16 pieces: 3.6 s per step trained, 0.68 s frozen); the students' embeddings are
-    # taken from these rows either way.
-    freeze_word_embeddings: bool = False
-
-    def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1:
-            raise XtremeDistilError("--ft_epochs and --ft_batch_size must be at least 1")
-        if self.learning_rate <= 0 or self.patience < 1:
-            raise XtremeDistilError("--ft_learning_rate must be positive and --ft_patience at least 1")
 
 
 def build_teacher(spec: TeacherSpec) -> TeacherModel:

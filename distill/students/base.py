@@ -7,7 +7,9 @@ from typing import Callable
 import xtremedistil  # noqa: F401
 import tensorflow as tf
 
+from xtremedistil.distill.options import StudentSettings
 from xtremedistil.errors import XtremeDistilError
+from xtremedistil.settings import Settings, setting
 
 STUDENTS: dict[str, Callable] = {}
 GROUPS: dict[str, Callable] = {}
@@ -18,25 +20,13 @@ OPTIONS: dict[str, type] = {}
 def option(default, help: str, *, minimum=None, below=None):
     """A field of a student's own settings: its flag `--NAME` (CLI, recipe key) says `help`; values under
     `minimum` or not under `below` are one-line errors."""
-    return dataclasses.field(default=default, metadata={"help": help, "minimum": minimum, "below": below})
+    return setting(default, help, minimum=minimum, below=below)
 
 
 @dataclasses.dataclass
-class StudentOptions:
+class StudentOptions(Settings):
     """Base of a student's own settings. Field names are flag names, unique across students (the CLI and
     recipe keys are generated from them); `check()` adds checks across fields."""
-
-    def __post_init__(self):
-        for field in dataclasses.fields(self):
-            value, minimum, below = getattr(self, field.name), field.metadata.get("minimum"), field.metadata.get("below")
-            if minimum is not None and below is not None and not minimum <= value < below:
-                raise XtremeDistilError(f"--{field.name} must be in [{minimum}, {below})")
-            if minimum is not None and value < minimum:
-                raise XtremeDistilError(f"--{field.name} must be at least {minimum}")
-        self.check()
-
-    def check(self) -> None:
-        pass
 
 
 def register_student(name: str, groups: Callable, describe: Callable | None = None,
@@ -95,9 +85,9 @@ class CommonStudentSettings:
     vocab_size: int
     teacher_hidden_size: int
     pad_row: int = 0
-    word_emb_dim: int = 300
-    dropout_rate: float = 0.2
-    dense_act_func: str = "gelu_tanh"
+    word_emb_dim: int = StudentSettings.word_emb_dim         # declared (help, limits) in StudentSettings
+    dropout_rate: float = StudentSettings.dropout_rate
+    dense_act_func: str = StudentSettings.dense_act_func
 
 
 _COMMON = [f.name for f in dataclasses.fields(CommonStudentSettings)]
@@ -123,13 +113,8 @@ class StudentConfig:
         self.common = CommonStudentSettings(kind, tagging, num_labels, seq_len, teacher_vocab_size, vocab_size,
                                             teacher_hidden_size, **common)
         self.options = OPTIONS[kind](**{k: v for k, v in settings.items() if k in own})
-        if self.dense_act_func not in ACTIVATIONS:
-            raise XtremeDistilError(
-                f"--dense_act_func '{self.dense_act_func}' is not one of {', '.join(ACTIVATIONS)}")
-        if self.word_emb_dim < 1:
-            raise XtremeDistilError("--word_emb_dim must be at least 1")
-        if not 0.0 <= self.dropout_rate < 1.0:
-            raise XtremeDistilError("--dropout_rate must be in [0, 1)")
+        StudentSettings(student=kind, word_emb_dim=self.word_emb_dim, dropout_rate=self.dropout_rate,
+                        dense_act_func=self.dense_act_func, options=self.options)   # the declared limits
 
     def __getattr__(self, name):             # only for names not found the usual way
         for part in ("common", "options"):

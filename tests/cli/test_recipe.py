@@ -136,3 +136,20 @@ def test_missing_recipe_and_unknown_pip_teacher(tmp_path, capsys):
     assert "expected SECTION.KEY=VALUE" in capsys.readouterr().err
     assert main(["recipe", str(REPO / "bench" / "recipes" / "wikiann-e5.yaml"), "--students", "50-200,big"]) == 2
     assert "--students big: not in" in capsys.readouterr().err
+
+
+def test_every_students_settings_are_checked_before_the_first_student_is_distilled(tmp_path, capsys, monkeypatch):
+    """A bad value in the last student of a sweep is one line before the first student's hours of work."""
+    def no_distill(*args, **kwargs):
+        raise AssertionError("a student was distilled before every student's settings were checked")
+    monkeypatch.setattr("xtremedistil.distill.pipeline.run_distill", no_distill)
+    recipe = _write(tmp_path / "r.yaml", {
+        "name": "r", "model_dir": str(tmp_path / "run"),
+        "distill": {"task": "t", "pt_teacher_checkpoint": "c"},
+        "students": [{"student_name": "a"}, {"student_name": "b", "student": "cnn", "cnn_filters": 0}]})
+    assert main(["recipe", str(recipe), "--steps", "distill"]) == 2
+    err = capsys.readouterr().err
+    assert f"{recipe} (student 'b'): --cnn_filters must be at least 1, not 0" in err and "Traceback" not in err
+    _write(recipe, {"name": "r", "model_dir": str(tmp_path / "run"), "distill": {"task": "t"}})
+    assert main(["recipe", str(recipe), "--steps", "distill"]) == 2
+    assert "(student 'student'): missing --pt_teacher_checkpoint" in capsys.readouterr().err

@@ -1,4 +1,3 @@
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -11,7 +10,8 @@ from xtremedistil.cli import main
 from xtremedistil.distill import load_bundle
 from xtremedistil.distill.data import load_task
 from xtremedistil.distill.metrics import headline, metrics_from_predictions
-from xtremedistil.distill.pipeline import DistilOptions, run_distill
+from xtremedistil.distill.options import DistilOptions
+from xtremedistil.distill.pipeline import run_distill
 from xtremedistil.distill.teacher_phase import encode_split
 from xtremedistil.distill.teacher import load_teacher
 from xtremedistil.distill.stages import SubStage, StageRunner, schedule
@@ -24,8 +24,8 @@ TINY_FLAGS = dict(seq_len=16, ft_epochs=1, ft_batch_size=2, word_emb_dim=8, bils
 
 
 def options(task, model_dir, checkpoint, tagging, **extra):
-    return DistilOptions(task=str(task), model_dir=str(model_dir), pt_teacher_checkpoint=str(checkpoint),
-                         do_NER=tagging, **{**TINY_FLAGS, **extra})
+    return DistilOptions.from_flags(dict(task=str(task), model_dir=str(model_dir), pt_teacher_checkpoint=str(checkpoint),
+                                         do_NER=tagging, **{**TINY_FLAGS, **extra}))
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +42,11 @@ def _weights_by_layer(model):
 
 def test_each_substage_trains_what_it_should_and_freezes_the_rest(tagging_run):
     opts, _ = tagging_run
-    bundle = load_bundle(f"{opts.model_dir}/bundle")
+    bundle = load_bundle(f"{opts.run.model_dir}/bundle")
     model = build_student(bundle.student_config)
     names = [g[0].name for g in layer_groups(model, bundle.student_config)]   # bottom-up
     plan = schedule(len(names))
-    folder = f"{opts.model_dir}/student"
+    folder = f"{opts.run.model_dir}/student"
     model.load_weights(f"{folder}/00-init.weights.h5")
     previous = _weights_by_layer(model)
     for sub in plan:
@@ -65,17 +65,17 @@ def test_each_substage_trains_what_it_should_and_freezes_the_rest(tagging_run):
 
 def test_stage1_loss_decreases_and_each_recorded_dev_metric_is_its_checkpoints(tagging_run):
     opts, metrics = tagging_run
-    state = json.loads(open(f"{opts.model_dir}/student/state.json").read())
+    state = json.loads(open(f"{opts.run.model_dir}/student/state.json").read())
     history = state["completed"]["stage1"]["history"]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert set(metrics["substages"]) == {s.name for s in schedule(4)}
     # Re-evaluate every checkpoint on dev from scratch: the recorded figure must be that checkpoint's.
-    bundle = load_bundle(f"{opts.model_dir}/bundle")
-    task = load_task(opts.task, True)
+    bundle = load_bundle(f"{opts.run.model_dir}/bundle")
+    task = load_task(opts.run.task, True)
     dev = encode_split(bundle.tokenizer, task, "dev", bundle.seq_len)
     model = build_student(bundle.student_config)
     for name, done in state["completed"].items():
-        model.load_weights(f"{opts.model_dir}/student/{done['checkpoint']}")
+        model.load_weights(f"{opts.run.model_dir}/student/{done['checkpoint']}")
         logits = model(dev.input_ids, training=False)["logits"].numpy()
         again = metrics_from_predictions(np.argmax(logits, -1), dev, task.splits["dev"], task.labels, True)
         assert headline(again) == pytest.approx(done["dev_metric"]), name
@@ -110,10 +110,10 @@ def test_the_bundle_is_the_substage_best_on_dev_whatever_test_says(tiny_models, 
     (first, a), (second, b) = runs
     assert a["student"]["best_substage"] == b["student"]["best_substage"] == "stage2-top3"   # ties: the earlier
     assert a["student"]["test"]["overall"]["accuracy"] + b["student"]["test"]["overall"]["accuracy"] == pytest.approx(1.0)
-    bundle = load_bundle(f"{first.model_dir}/bundle").model
-    checkpoint = build_student(load_bundle(f"{first.model_dir}/bundle").student_config)
-    checkpoint.load_weights(f"{first.model_dir}/student/{schedule(4)[3].checkpoint}")
-    for x, y, z in zip(bundle.get_weights(), checkpoint.get_weights(), load_bundle(f"{second.model_dir}/bundle").model.get_weights()):
+    bundle = load_bundle(f"{first.run.model_dir}/bundle").model
+    checkpoint = build_student(load_bundle(f"{first.run.model_dir}/bundle").student_config)
+    checkpoint.load_weights(f"{first.run.model_dir}/student/{schedule(4)[3].checkpoint}")
+    for x, y, z in zip(bundle.get_weights(), checkpoint.get_weights(), load_bundle(f"{second.run.model_dir}/bundle").model.get_weights()):
         np.testing.assert_array_equal(x, y)
         np.testing.assert_array_equal(x, z)
 
@@ -122,8 +122,8 @@ def test_tagging_bundle_reports_languages_and_predicts_words(tagging_run):
     opts, metrics = tagging_run
     assert set(metrics["student"]["test"]["per_language"]) == {"ar", "en", "ru"}
     assert set(metrics["teacher"]["test"]["per_language"]) == {"ar", "en", "ru"}
-    bundle = load_bundle(f"{opts.model_dir}/bundle")
-    teacher, _, _ = load_teacher(f"{opts.model_dir}/teacher")          # counted again, from the saved models
+    bundle = load_bundle(f"{opts.run.model_dir}/bundle")
+    teacher, _, _ = load_teacher(f"{opts.run.model_dir}/teacher")          # counted again, from the saved models
     assert metrics["compression"] == pytest.approx(teacher.count_params() / bundle.model.count_params())
     tags = bundle.predict(["john lives in paris .", "иван живет в москва"])
     assert [len(t) for t in tags] == [5, 4]
@@ -156,7 +156,7 @@ def test_killed_run_resumes_to_the_same_result(tagging_run, tiny_models, tmp_pat
         assert resumed["substages"][name]["dev_metric"] == sub["dev_metric"]
         assert resumed["substages"][name]["val_loss"] == pytest.approx(sub["val_loss"], rel=1e-6)
     a = load_bundle(tmp_path / "out" / "bundle").model.get_weights()
-    b = load_bundle(f"{reference_opts.model_dir}/bundle").model.get_weights()
+    b = load_bundle(f"{reference_opts.run.model_dir}/bundle").model.get_weights()
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
 
@@ -194,7 +194,7 @@ def test_run_killed_inside_a_substage_resumes_after_its_last_finished_epoch(tagg
         assert resumed["substages"][name]["val_loss"] == pytest.approx(sub["val_loss"], rel=1e-6), name
     assert resumed["student"]["test"] == reference["student"]["test"]
     a = load_bundle(tmp_path / "out" / "bundle").model.get_weights()
-    b = load_bundle(f"{reference_opts.model_dir}/bundle").model.get_weights()
+    b = load_bundle(f"{reference_opts.run.model_dir}/bundle").model.get_weights()
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
 
@@ -258,20 +258,20 @@ def test_metrics_record_wall_time_and_peak_memory_per_phase(tagging_run):
 
 def test_student_config_round_trips_through_the_bundle(tagging_run):
     opts, _ = tagging_run
-    bundle = load_bundle(f"{opts.model_dir}/bundle")
+    bundle = load_bundle(f"{opts.run.model_dir}/bundle")
     assert StudentConfig(**bundle.config["student"]) == bundle.student_config
     assert bundle.config["teacher"]["layer"] == 1
 
 
 def test_a_second_student_shares_the_teacher_and_cache_and_labels_only_needs_no_teacher_outputs(tagging_run):
     opts, reference = tagging_run
-    root = Path(opts.model_dir)
+    root = Path(opts.run.model_dir)
     stamps = {p: p.stat().st_mtime_ns for p in [root / "teacher" / "teacher.json", root / "teacher" / "metrics.json",
                                                *root.glob("cache/*/index.json")]}
     bundle_before = (root / "bundle" / "student.weights.h5").read_bytes()
-    for path in Path(opts.task).iterdir():     # the data copied afresh: new mtimes, the same bytes
+    for path in Path(opts.run.task).iterdir():     # the data copied afresh: new mtimes, the same bytes
         os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**12))
-    metrics = run_distill(dataclasses.replace(opts, student_name="labels-only", stages="labels"))
+    metrics = run_distill(opts.replace(student_name="labels-only", stages="labels"))
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps     # nothing fine-tuned, evaluated or scored again
     assert sorted(p.name for p in root.glob("cache/*")) == sorted(p.parent.name for p in stamps if p.parent.parent.name == "cache")
     assert set(metrics["substages"]) == {"labels-only"} and metrics["student"]["best_substage"] == "labels-only"
@@ -281,24 +281,24 @@ def test_a_second_student_shares_the_teacher_and_cache_and_labels_only_needs_no_
     assert (root / "bundle" / "student.weights.h5").read_bytes() == bundle_before  # the first student untouched
     for bad, message in (("1", "stage 1 alone"), ("4", "must be a subset"), ("x", "must be a subset")):
         with pytest.raises(XtremeDistilError, match=message):
-            run_distill(dataclasses.replace(opts, stages=bad))
+            run_distill(opts.replace(stages=bad))
     with pytest.raises(XtremeDistilError, match="--student_name"):
-        run_distill(dataclasses.replace(opts, student_name="../x"))
+        run_distill(opts.replace(student_name="../x"))
 
 
 def test_augmented_transfer_set_is_made_once_screened_and_scored(tagging_run):
     """--augment_multiplier: the chief writes MODEL_DIR/augmented/transfer-<hash>.txt once, without a dev or
     test sentence; the teacher scores it like any transfer file; a rerun reuses file and cache."""
     opts, _ = tagging_run
-    root = Path(opts.model_dir)
-    augmented = dataclasses.replace(opts, student_name="augmented", augment_multiplier=3, distil_epochs=1)
+    root = Path(opts.run.model_dir)
+    augmented = opts.replace(student_name="augmented", augment_multiplier=3, distil_epochs=1)
     metrics = run_distill(augmented)
     info = metrics["transfer"]
     path = Path(info["file"])
     assert path.parent == root / "augmented" and info["augment"]["sources"] == 4
     lines = path.read_text(encoding="utf-8").splitlines()
     assert len(lines) == info["sentences"] == info["augment"]["written"] > 4
-    task = load_task(opts.task, True)
+    task = load_task(opts.run.task, True)
     screened = {" ".join(ex.text.split()) for split in ("dev", "test") for ex in task.splits[split]}
     assert not screened & set(lines)                 # here dev = test = train: only variants survive
     cache_rows = [json.loads(p.read_text())["rows"] for p in root.glob("cache/transfer-*/index.json")]
@@ -312,7 +312,7 @@ def test_augmented_transfer_set_is_made_once_screened_and_scored(tagging_run):
     before = state.read_bytes()
     with pytest.raises(XtremeDistilError, match=r"student-augmented: its sub-stages were trained with other "
                                                 r"settings \([a-z, ]*transfer differ\); give this run its own "):
-        run_distill(dataclasses.replace(augmented, augment_allocation="word", augment_multiplier=5))
+        run_distill(augmented.replace(augment_allocation="word", augment_multiplier=5))
     assert state.read_bytes() == before
 
 
@@ -321,8 +321,8 @@ def test_a_changed_late_setting_retrains_only_the_sub_stages_it_affects(tagging_
     would come out the same), trains the last stage-2 sub-stage and stage 3 again, moves what they replace
     to superseded/, and ends with the same student as a fresh run under those settings."""
     opts, _ = tagging_run
-    root = Path(opts.model_dir)
-    first = dataclasses.replace(opts, student_name="late", distil_epochs=1)
+    root = Path(opts.run.model_dir)
+    first = opts.replace(student_name="late", distil_epochs=1)
     run_distill(first)
     folder = root / "student-late"
     state = json.loads((folder / "state.json").read_text())
@@ -334,7 +334,7 @@ def test_a_changed_late_setting_retrains_only_the_sub_stages_it_affects(tagging_
     kept_bytes = {n: (folder / state["completed"][n]["checkpoint"]).read_bytes() for n in kept}
     old_final = (folder / state["completed"][final]["checkpoint"]).read_bytes()
 
-    changed = run_distill(dataclasses.replace(first, distil_final_epochs=2))
+    changed = run_distill(first.replace(distil_final_epochs=2))
     after = json.loads((folder / "state.json").read_text())
     for n in kept:   # untouched, not retrained
         assert (folder / after["completed"][n]["checkpoint"]).read_bytes() == kept_bytes[n]
@@ -344,7 +344,7 @@ def test_a_changed_late_setting_retrains_only_the_sub_stages_it_affects(tagging_
     assert sorted(superseded["completed"]) == sorted(retrained)
     assert (folder / "superseded" / state["completed"][final]["checkpoint"]).read_bytes() == old_final
 
-    fresh = run_distill(dataclasses.replace(first, student_name="late-fresh", distil_final_epochs=2))
+    fresh = run_distill(first.replace(student_name="late-fresh", distil_final_epochs=2))
     assert changed["student"]["test"] == fresh["student"]["test"]
     for n in names:
         ours = folder / after["completed"][n]["checkpoint"]
@@ -353,11 +353,11 @@ def test_a_changed_late_setting_retrains_only_the_sub_stages_it_affects(tagging_
 
 
 @pytest.mark.parametrize("override, message", [
-    ({"student": "lstm"}, "unknown student 'lstm'"),
+    ({"student": "lstm"}, "--student 'lstm' is not one of bilstm, cnn, transformer"),
     ({"student": "transformer", "transformer_hidden": 250, "transformer_heads": 4}, "multiple of --transformer_heads"),
     ({"teacher_layer": 9}, r"--teacher_layer 9 is out of range for this teacher: use 0 \(embeddings\) to 2"),
-    ({"distil_label_epochs": -1}, "--distil_label_epochs must be at least 1"),
-    ({"distil_final_epochs": -2}, "--distil_final_epochs must be at least 1"),
+    ({"distil_label_epochs": -1}, "--distil_label_epochs must be at least 0, not -1"),
+    ({"distil_final_epochs": -2}, "--distil_final_epochs must be at least 0, not -2"),
 ])
 def test_bad_settings_fail_before_the_teacher_is_fine_tuned(tiny_models, tmp_path, monkeypatch, override, message):
     def no_teacher(*args, **kwargs):
@@ -365,4 +365,4 @@ def test_bad_settings_fail_before_the_teacher_is_fine_tuned(tiny_models, tmp_pat
     monkeypatch.setattr("xtremedistil.distill.pipeline.run_teacher", no_teacher)
     task = tagging_task(tmp_path / "task")
     with pytest.raises(XtremeDistilError, match=message):
-        run_distill(dataclasses.replace(options(task, tmp_path / "out", tiny_models("bert"), True), **override))
+        run_distill(options(task, tmp_path / "out", tiny_models("bert"), True, **override))

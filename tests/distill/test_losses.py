@@ -191,10 +191,11 @@ def test_label_and_final_substages_run_their_own_epochs_and_decay_over_them(tmp_
     assert seen == [1, 1, 1, 2, 3, 3]
     lr = learning_rate_schedule(runner.config, 10, 3)
     assert float(lr(30)) == pytest.approx(runner.config.final_learning_rate, rel=1e-3)
-    with pytest.raises(XtremeDistilError, match="--distil_label_epochs"):
-        StageConfig(label_epochs=0)
-    with pytest.raises(XtremeDistilError, match="--distil_final_epochs"):
-        StageConfig(final_epochs=0)
+    assert StageConfig(label_epochs=0).label_epochs is None and StageConfig(final_epochs=0).final_epochs is None
+    with pytest.raises(XtremeDistilError, match="--distil_label_epochs must be at least 0"):
+        StageConfig(label_epochs=-1)
+    with pytest.raises(XtremeDistilError, match="--distil_final_epochs must be at least 0"):
+        StageConfig(final_epochs=-1)
 
 
 def test_a_non_finite_loss_stops_the_substage_with_a_clear_error(tmp_path, tagging_data, monkeypatch):

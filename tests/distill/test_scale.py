@@ -89,14 +89,15 @@ def test_mirrored_strategy_distils_like_the_default_one(tiny_models, tmp_path):
     """In-process MirroredStrategy (one CPU replica here) takes the same path as a multi-GPU run:
     variables under its scope, batches through distribute_datasets_from_function, strategy.run."""
     from helpers import classification_task
-    from xtremedistil.distill.pipeline import DistilOptions, run_distill
+    from xtremedistil.distill.options import DistilOptions
+    from xtremedistil.distill.pipeline import run_distill
 
     task = classification_task(tmp_path / "task")
     flags = dict(task=str(task), pt_teacher_checkpoint=str(tiny_models("bert")), seq_len=16, ft_epochs=1,
                  ft_batch_size=4, word_emb_dim=8, bilstm_hidden_size=8, teacher_layer=1, distil_epochs=1,
                  distil_batch_size=4, dropout_rate=0.0, seed=7)
-    default = run_distill(DistilOptions(model_dir=str(tmp_path / "default"), strategy="default", **flags))
-    mirrored = run_distill(DistilOptions(model_dir=str(tmp_path / "mirrored"), strategy="mirrored", **flags))
+    default = run_distill(DistilOptions.from_flags(dict(model_dir=str(tmp_path / "default"), strategy="default", **flags)))
+    mirrored = run_distill(DistilOptions.from_flags(dict(model_dir=str(tmp_path / "mirrored"), strategy="mirrored", **flags)))
     assert mirrored["student"]["test"] == default["student"]["test"]
     for name, sub in default["substages"].items():
         assert mirrored["substages"][name]["val_loss"] == pytest.approx(sub["val_loss"], rel=1e-5)

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -28,7 +30,8 @@ def test_a_student_is_one_file_its_options_become_flags_config_keys_and_checked_
 
     import tensorflow as tf
 
-    from xtremedistil.cli import build_parser, student_flags
+    from xtremedistil.cli import build_parser
+    from xtremedistil.distill.options import DistilOptions
     from xtremedistil.distill.students import base
 
     for registry in ("STUDENTS", "GROUPS", "DESCRIPTIONS", "OPTIONS"):     # the toy leaves no trace
@@ -50,9 +53,16 @@ def test_a_student_is_one_file_its_options_become_flags_config_keys_and_checked_
     assert toy.toy_width == 3 and toy.to_dict()["toy_width"] == 3 and "bilstm_hidden_size" not in toy.to_dict()
     assert base.StudentConfig(**toy.to_dict()) == toy and describe_student(toy.to_dict()) == "toy 3"
     assert build_student(toy)(np.ones((2, 12), np.int32))["logits"].shape == (2, 5)
-    assert ("--toy_width", int, "toy student: units of the toy layer (default: 7)") in student_flags()
-    args = build_parser(students=True).parse_args(["distill", "--student", "toy", "--toy_width", "4"])
+    monkeypatch.setenv("COLUMNS", "200")
+    parser = build_parser(distill_flags=True)
+    args = parser.parse_args(["distill", "--student", "toy", "--toy_width", "4"])
     assert (args.student, args.toy_width) == ("toy", 4)
+    distill_help = parser._subparsers._group_actions[0].choices["distill"].format_help()
+    assert re.search(r"toy student:\n  --toy_width WIDTH +units of the toy layer \(default: 7\)", distill_help)
+    flags = dict(task="t", model_dir="m", pt_teacher_checkpoint="c", student="toy", toy_width=5)
+    assert DistilOptions.from_flags(flags).student.options.toy_width == 5
+    with pytest.raises(XtremeDistilError, match="--toy_width must be at least 2, not 1"):
+        DistilOptions.from_flags({**flags, "toy_width": 1})          # at once: before any work
     with pytest.raises(XtremeDistilError, match="--toy_width must be at least 2"):
         config("toy", toy_width=1)
     with pytest.raises(XtremeDistilError, match="unknown student setting"):
