@@ -14,7 +14,7 @@ import os
 import sys
 
 import xtremedistil  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from xtremedistil.layout import BundleLayout
+from xtremedistil.layout import BundleLayout, RunLayout
 from xtremedistil.errors import XtremeDistilError, is_disk_full
 from xtremedistil.settings import flag_fields
 
@@ -118,11 +118,12 @@ def _cmd_distill(args) -> int:
 
     options = _distill_options(args)
     metrics = run_distill(options)
+    bundle = RunLayout(options.run.model_dir, options.run.student_name).bundle
     if worker_done(metrics):
-        print(f"{worker_done(metrics)} in {options.model_dir}/bundle")
+        print(f"{worker_done(metrics)} in {bundle}")
         return 0
     print(format_report(metrics))
-    print(f"bundle: {options.model_dir}/bundle")
+    print(f"bundle: {bundle}")
     return 0
 
 
