@@ -10,7 +10,7 @@ export XD_DATA ?= ../shared/data
 
 .PHONY: test test-slow demo install clean sst2 sst2-sweep wikiann wikiann-e5 wikiann-e5-sweep sample ci-mini ci-gate streaming
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
