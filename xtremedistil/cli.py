@@ -529,18 +529,25 @@ def _configure_logging(quiet: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
-# Commands that load TensorFlow (all but `pick` and `bench gate`).
+# Commands that load TensorFlow (all but `pick` and the two-word commands below).
 TF_COMMANDS = {"teacher", "distill", "augment", "export", "bench", "recipe", "sweep"}
+# Two-word commands with a parser of their own: `bench`'s BUNDLE... positional would take "gate" for a bundle.
+TWO_WORD_COMMANDS = {("bench", "gate"): build_gate_parser}
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The parsed command line: a two-word command's own parser, else the main one."""
+    two_words = TWO_WORD_COMMANDS.get(tuple(argv[:2]))
+    if two_words is not None:
+        return two_words().parse_args(argv[2:])
+    if argv[:1] and argv[0] in TF_COMMANDS:
+        xtremedistil.import_tensorflow_quietly()
+    return build_parser(distill_flags=argv[:1] == ["distill"]).parse_args(argv)
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] and argv[0] in TF_COMMANDS and argv[:2] != ["bench", "gate"]:
-        xtremedistil.import_tensorflow_quietly()
-    if argv[:2] == ["bench", "gate"]:
-        args = build_gate_parser().parse_args(argv[2:])
-    else:
-        args = build_parser(distill_flags=argv[:1] == ["distill"]).parse_args(argv)
+    args = parse(argv)
     args.raw_argv = argv[1:]
     _configure_logging(getattr(args, "quiet", False))
     quiet_bars = getattr(args, "quiet", False) and "TQDM_DISABLE" not in os.environ
