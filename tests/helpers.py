@@ -138,8 +138,9 @@ def tagging_task(folder: Path) -> Path:
 
 
 def tiny_bundle(root: Path, checkpoint: Path, tagging: bool, kind: str = "bilstm", seed: int = 0,
-                seq_len: int = 16) -> Path:
-    """A student bundle built directly (random weights, identity id-remap) with its task folder."""
+                seq_len: int = 16, **options) -> Path:
+    """A student bundle built directly (random weights, identity id-remap) with its task folder; `options`
+    override the student's settings."""
     import numpy as np
     import tensorflow as tf
 
@@ -153,7 +154,7 @@ def tiny_bundle(root: Path, checkpoint: Path, tagging: bool, kind: str = "bilstm
     config = StudentConfig(kind=kind, tagging=tagging, num_labels=len(labels), seq_len=seq_len,
                            teacher_vocab_size=len(tokenizer), vocab_size=len(tokenizer), teacher_hidden_size=16,
                            word_emb_dim=8, bilstm_hidden_size=8, transformer_layers=1, transformer_heads=2,
-                           transformer_hidden=8, transformer_ffn=16, cnn_filters=8)
+                           transformer_hidden=8, transformer_ffn=16, cnn_filters=8, **options)
     tf.keras.utils.set_random_seed(seed)
     model = build_student(config)
     model.get_layer("id_remap").set_weights([np.arange(len(tokenizer), dtype=np.int32)])

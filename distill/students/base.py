@@ -17,10 +17,10 @@ DESCRIPTIONS: dict[str, Callable] = {}
 OPTIONS: dict[str, type] = {}
 
 
-def option(default, help: str, *, minimum=None, below=None):
+def option(default, help: str, *, minimum=None, below=None, choices: tuple | None = None):
     """A field of a student's own settings: its flag `--NAME` (CLI, recipe key) says `help`; values under
-    `minimum` or not under `below` are one-line errors."""
-    return setting(default, help, minimum=minimum, below=below)
+    `minimum`, not under `below` or not among `choices` are one-line errors."""
+    return setting(default, help, minimum=minimum, below=below, choices=choices)
 
 
 @dataclasses.dataclass
@@ -166,6 +166,23 @@ class PadRowLayer(tf.keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "pad_row": self.pad_row}
+
+
+@tf.keras.utils.register_keras_serializable(package="xtremedistil")
+class PositionMask(PadRowLayer):
+    """[batch, width, 1] float: 1 at real positions, 0 at padding (student row `pad_row`)."""
+
+    def call(self, rows):
+        return tf.cast(tf.not_equal(rows, self.pad_row), tf.float32)[:, :, tf.newaxis]
+
+
+@tf.keras.utils.register_keras_serializable(package="xtremedistil")
+class MaskedMaxPool(tf.keras.layers.Layer):
+    """Each feature's maximum over the real positions: [batch, width, dim] -> [batch, dim]."""
+
+    def call(self, inputs):
+        sequence, mask = inputs
+        return tf.reduce_max(sequence + (mask - 1.0) * 1e4, axis=1)
 
 
 def student_inputs(config: StudentConfig, batch_size: int | None = None):

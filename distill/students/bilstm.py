@@ -4,7 +4,10 @@ Padding-independent by construction, with the fast fused LSTM kernels kept: inpu
 post-padded, so a forward LSTM's outputs at a sentence's real positions never see its padding.
 The backward direction is a second forward LSTM over each sentence *reversed by its own length*
 (real tokens first, padding after), and its outputs are reversed back the same way. For
-classification each direction's feature is its output at the sentence's last real position.
+classification each direction's feature is its output at the sentence's last real position (the
+paper's; `--bilstm_pooling last`) or each unit's maximum over the sentence's real positions
+(`--bilstm_pooling max`: every position reaches the classifier directly, not only through the
+last step's state, which long sentences strain).
 Nothing depends on how much padding follows a sentence, so length-bucketed batches and any
 artifact (whatever its padded width) give a sentence the same logits. The reversal is a batched
 gather (GATHER / GatherElements in TFLite and ONNX), not a mask, which the fused TFLite
@@ -15,7 +18,8 @@ import dataclasses
 import tensorflow as tf
 
 from xtremedistil.distill.students.base import (
-    PadRowLayer, StudentConfig, StudentOptions, option, register_student, student_inputs, student_outputs,
+    MaskedMaxPool, PadRowLayer, PositionMask, StudentConfig, StudentOptions, option, register_student,
+    student_inputs, student_outputs,
 )
 
 
@@ -24,6 +28,9 @@ class BiLSTMOptions(StudentOptions):
     bilstm_hidden_size: int = option(600, "BiLSTM units per direction", minimum=1)
     recurrent_dropout: float = option(0.0, "LSTM recurrent dropout (non-zero disables fused kernels)",
                                       minimum=0.0, below=1.0)
+    bilstm_pooling: str = option("last", "classification feature of each direction: 'last' = its output at the "
+                                 "sentence's last real position (the paper's), 'max' = each unit's maximum over "
+                                 "the real positions", choices=("last", "max"))
 
 
 def _groups(config: StudentConfig):
@@ -63,9 +70,10 @@ class LastStep(tf.keras.layers.Layer):
         return tf.gather(sequence, lengths - 1, batch_dims=1)
 
 
-@register_student("bilstm", _groups, lambda c: f"BiLSTM {c.word_emb_dim}/{c.bilstm_hidden_size}", BiLSTMOptions)
+@register_student("bilstm", _groups, lambda c: f"BiLSTM {c.word_emb_dim}/{c.bilstm_hidden_size}" + (" max-pooled" if c.bilstm_pooling == "max" and not c.tagging else ""), BiLSTMOptions)
 def build_bilstm(config: StudentConfig, batch_size: int | None = None, unroll: bool = False) -> tf.keras.Model:
-    """BiLSTM student; sequence output for tagging, each direction's last real step for classification.
+    """BiLSTM student; sequence output for tagging, each direction's last real step (or its maximum over the
+    real steps) for classification.
 
     `recurrent_dropout` is 0 by default: any other value disables the fused LSTM kernels.
     """
@@ -82,6 +90,10 @@ def build_bilstm(config: StudentConfig, batch_size: int | None = None, unroll: b
     backward = lstm("bilstm_backward")(ReverseByLength(name="reverse_input")([x, lengths]))
     if config.tagging:
         backward = ReverseByLength(name="reverse_output")([backward, lengths])
+    elif config.bilstm_pooling == "max":     # the reversed backward outputs have their real steps first too
+        mask = PositionMask(config.pad_row, name="position_mask")(rows)
+        forward = MaskedMaxPool(name="forward_max")([forward, mask])
+        backward = MaskedMaxPool(name="backward_max")([backward, mask])
     else:
         forward = LastStep(name="forward_last")([forward, lengths])
         backward = LastStep(name="backward_last")([backward, lengths])

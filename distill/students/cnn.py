@@ -14,8 +14,8 @@ import dataclasses
 import tensorflow as tf
 
 from xtremedistil.distill.students.base import (
-    PadRowLayer, StudentConfig, StudentOptions, gelu_tanh, option, register_student, student_inputs,
-    student_outputs,
+    MaskedMaxPool, PositionMask, StudentConfig, StudentOptions, gelu_tanh, option, register_student,
+    student_inputs, student_outputs,
 )
 
 
@@ -32,23 +32,6 @@ def _blocks(config: StudentConfig):
 
 def _groups(config: StudentConfig):
     return [["word_embedding"], ["conv_input", *_blocks(config)], ["projection"], ["logits"]]
-
-
-@tf.keras.utils.register_keras_serializable(package="xtremedistil")
-class PositionMask(PadRowLayer):
-    """[batch, width, 1] float: 1 at real positions, 0 at padding (student row `pad_row`)."""
-
-    def call(self, rows):
-        return tf.cast(tf.not_equal(rows, self.pad_row), tf.float32)[:, :, tf.newaxis]
-
-
-@tf.keras.utils.register_keras_serializable(package="xtremedistil")
-class MaskedMaxPool(tf.keras.layers.Layer):
-    """Each feature's maximum over the real positions: [batch, width, dim] -> [batch, dim]."""
-
-    def call(self, inputs):
-        sequence, mask = inputs
-        return tf.reduce_max(sequence + (mask - 1.0) * 1e4, axis=1)
 
 
 @register_student("cnn", _groups,

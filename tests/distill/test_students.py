@@ -119,11 +119,15 @@ def test_bilstm_is_the_papers_shape_with_fused_kernel_defaults():
     assert with_dropout.get_layer("bilstm_backward").recurrent_dropout == 0.1
 
 
-@pytest.mark.parametrize("kind", sorted(STUDENTS))
+VARIANTS = [(kind, {}) for kind in sorted(STUDENTS)] + [("bilstm", {"bilstm_pooling": "max"})]
+
+
+@pytest.mark.parametrize("kind,options", VARIANTS, ids=lambda v: "-".join(f"{k}={x}" for k, x in v.items())
+                         if isinstance(v, dict) else v)
 @pytest.mark.parametrize("tagging", [True, False])
-def test_logits_do_not_depend_on_padding_or_batch_company(kind, tagging):
+def test_logits_do_not_depend_on_padding_or_batch_company(kind, options, tagging):
     """A sentence gets the same logits unpadded, padded to any width, and beside a longer one."""
-    cfg = config(kind, tagging, dropout_rate=0.0)
+    cfg = config(kind, tagging, dropout_rate=0.0, **options)
     model = build_student(cfg)
     model.get_layer("id_remap").set_weights([np.arange(50, dtype=np.int32) % 10])
     sentence = np.array([3, 5, 7, 9], np.int32)
@@ -142,6 +146,32 @@ def test_logits_do_not_depend_on_padding_or_batch_company(kind, tagging):
     # Both ends of the sentence matter (the backward direction reads it from its last real token).
     assert not np.allclose(logits([np.array([3, 5, 7, 2], np.int32)], 4), alone, atol=1e-5)
     assert not np.allclose(logits([np.array([4, 5, 7, 9], np.int32)], 4), alone, atol=1e-5)
+
+
+def test_bilstm_max_pooling_takes_each_units_maximum_over_the_real_steps():
+    """--bilstm_pooling max: the classifier reads each unit's maximum over the sentence's real positions (both
+    directions), not the last step; same weights as 'last', other logits; the default stays the paper's."""
+    import tensorflow as tf
+
+    from xtremedistil.distill.students.base import copy_student_weights
+
+    assert config(tagging=False).bilstm_pooling == "last"
+    assert describe_student(config(tagging=False, bilstm_pooling="max").to_dict()) == "BiLSTM 8/6 max-pooled"
+    with pytest.raises(XtremeDistilError, match="bilstm_pooling"):
+        config(tagging=False, bilstm_pooling="mean")
+    pooled = build_student(config(tagging=False, dropout_rate=0.0, bilstm_pooling="max"))
+    pooled.get_layer("id_remap").set_weights([np.arange(50, dtype=np.int32) % 10])
+    last = copy_student_weights(pooled, build_student(config(tagging=False, dropout_rate=0.0)))
+    assert pooled.count_params() == last.count_params()
+    batch = np.zeros((2, 9), np.int32)
+    batch[0, :5], batch[1, :9] = [3, 5, 7, 9, 4], [4, 6, 8, 2, 3, 5, 7, 9, 4]
+    inside = tf.keras.Model(pooled.input, [pooled.get_layer(name).output for name in
+                                           ("bilstm_forward", "bilstm_backward", "bilstm")])
+    forward, backward, features = (t.numpy() for t in inside(batch))
+    for row, length in enumerate((5, 9)):
+        np.testing.assert_allclose(features[row, :6], forward[row, :length].max(axis=0), atol=1e-6)
+        np.testing.assert_allclose(features[row, 6:], backward[row, :length].max(axis=0), atol=1e-6)
+    assert not np.allclose(pooled(batch)["logits"], last(batch)["logits"], atol=1e-4)
 
 
 def test_cnn_is_dilated_residual_convolutions_with_one_group_for_the_encoder():

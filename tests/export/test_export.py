@@ -237,6 +237,24 @@ def test_cnn_student_exports_to_every_format_with_parity_and_plain_convolutions(
         assert ops.get(op, 0) >= 3 and not {"WHILE", "Loop", "Scan"} & set(ops), (name, ops)
 
 
+def test_max_pooled_bilstm_exports_to_every_format_with_parity_and_fused_lstm(tiny_models, tmp_path):
+    """--bilstm_pooling max: the masked maximum lowers to REDUCE_MAX / ReduceMax beside the fused LSTM kernel,
+    every format and precision within parity."""
+    bundle = tiny_bundle(tmp_path, tiny_models("bert"), tagging=False, bilstm_pooling="max")
+    manifest = run_export(ExportOptions(bundle=str(bundle), tflite_batch_sizes="1", **LOOSE))
+    rows = {row["name"]: row for row in manifest["artifacts"]}
+    assert set(rows) == {"savedmodel-fp32", "onnx-fp32", "onnx-dynamic", "onnx-static",
+                         *(f"tflite-{q}-b1" for q in ("fp32", "fp16", "dynamic", "int8"))}
+    for name, row in rows.items():
+        assert row["passed"] and row["parity"]["finite"], (name, row)
+    for name in ("savedmodel-fp32", "onnx-fp32", "tflite-fp32-b1"):
+        assert rows[name]["parity"]["max_abs_logit_delta"] <= 1e-4, name
+    for name, ops in (("tflite-fp32-b1", ("UNIDIRECTIONAL_SEQUENCE_LSTM", "REDUCE_MAX")),
+                      ("onnx-fp32", ("LSTM", "ReduceMax"))):
+        counts = rows[name]["details"]["op_counts"]
+        assert all(counts.get(op, 0) >= 1 for op in ops), (name, counts)
+
+
 def test_every_registered_format_keeps_the_plug_in_contract(exported):
     """Derived from the registry: a new format folder gets this battery without being listed anywhere."""
     from xtremedistil.bench import harness
