@@ -26,7 +26,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from xtremedistil.errors import XtremeDistilError
-from xtremedistil.settings import Settings, flag_fields, setting
+from xtremedistil.settings import Settings, check_required, flag_fields, setting
 
 if TYPE_CHECKING:
     from xtremedistil.distill.augment import AugmentConfig
@@ -237,10 +237,7 @@ class DistilOptions:
         if unknown:
             raise XtremeDistilError(f"{prefix}unknown key(s) {', '.join(unknown)}; keys are the distill flag names "
                                     "without dashes")
-        missing = [f"--{flag}" for flag, field, *_ in cls.flags()
-                   if field.metadata.get("required") and values.get(flag) is None]
-        if missing:
-            raise XtremeDistilError(f"{prefix}missing {', '.join(missing)} (give it as a flag or in --config)")
+        check_required([(flag, field) for flag, field, *_ in cls.flags()], values, prefix)   # all at once
         try:
             run = RunSettings.from_flags(values)
             built = {"run": run}

@@ -70,6 +70,13 @@ def check_value(flag: str, field: dataclasses.Field, value) -> None:
         raise XtremeDistilError(f"{name} '{value}' is not one of {', '.join(map(str, choices))}")
 
 
+def check_required(fields, values: dict, prefix: str = "") -> None:
+    """One line naming every required flag of `fields` ((flag, field) pairs) that `values` lacks."""
+    missing = [f"--{flag}" for flag, field in fields if field.metadata.get("required") and values.get(flag) is None]
+    if missing:
+        raise XtremeDistilError(f"{prefix}missing {', '.join(missing)} (give it as a flag or in --config)")
+
+
 @dataclasses.dataclass
 class Settings:
     """Base of a settings dataclass: building one checks every field against its declaration, then `check()`
@@ -90,10 +97,7 @@ class Settings:
     def from_flags(cls, values: dict, **fixed):
         """An instance from flag-named values (the given ones; defaults for the rest) plus `fixed` fields by
         field name (derived ones, e.g. a seed shared by several sections)."""
-        missing = [f"--{flag}" for flag, field in flag_fields(cls)
-                   if field.metadata.get("required") and values.get(flag) is None]
-        if missing:
-            raise XtremeDistilError(f"missing {', '.join(missing)} (give it as a flag or in --config)")
+        check_required(flag_fields(cls), values)
         given = {field.name: values[flag] for flag, field in flag_fields(cls) if flag in values}
         return cls(**given, **fixed)
 
