@@ -122,7 +122,7 @@ def _read_students(options: BenchOptions, seq_len: int, runtimes: list[str]):
     names = [n.strip() for n in options.names.split(",")] if options.names else []
     if names and len(names) != len(options.bundles):
         raise XtremeDistilError(f"--names gives {len(names)} names for {len(options.bundles)} bundles")
-    students, targets, taken = [], [], set()
+    students, targets, left_out, taken = [], [], [], set()
     for index, raw in enumerate(options.bundles):
         folder = Path(raw)
         if not BundleLayout(folder).is_bundle():
@@ -155,12 +155,18 @@ def _read_students(options: BenchOptions, seq_len: int, runtimes: list[str]):
                                     "or bench with --runtimes keras")
         for row in read_json(manifest_path).get("artifacts", []):
             runtime = FORMAT_RUNTIME.get(row["format"])
-            if runtime in exported and row.get("passed", True):
-                path = folder / row["path"]
-                if path.exists():
-                    targets.append(Target(name, "student", runtime, row["quantization"], row["name"], str(path),
-                                          int(row["size_bytes"]), row.get("batch_size")))
-    return students, targets
+            if runtime not in exported:
+                continue
+            if not row.get("passed", True):      # never benched: the report says which and why
+                left_out.append({"model": name, "role": "student", "artifact": row["name"], "threads": None,
+                                 "error": "left out: failed parity at export (" + "; ".join(row.get("failures", []))
+                                          + ("; dropped" if row.get("dropped") else "") + ")"})
+                continue
+            path = folder / row["path"]
+            if path.exists():
+                targets.append(Target(name, "student", runtime, row["quantization"], row["name"], str(path),
+                                      int(row["size_bytes"]), row.get("batch_size")))
+    return students, targets, left_out
 
 
 def assign_batches(targets: list[Target], batch_sizes: list[int]) -> list[Target]:
@@ -361,7 +367,7 @@ def run_bench(options: BenchOptions, progress: bool = True) -> dict:
         raise XtremeDistilError(f"--out {out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
 
-    students, targets = _read_students(options, options.seq_len, runtimes)
+    students, targets, left_out = _read_students(options, options.seq_len, runtimes)
     first = students[0]
     mixed = [s.name for s in students if s.labels != first.labels or s.tagging != first.tagging]
     if mixed:
@@ -435,6 +441,7 @@ def run_bench(options: BenchOptions, progress: bool = True) -> dict:
     rows, metric_by_artifact = [], {}
     failures = [{"model": teacher.name, "role": "teacher", "artifact": name, "threads": None,
                  "error": f"conversion failed: {reason}"} for name, reason in teacher_manifest.get("failures", {}).items()]
+    failures += left_out
     for target, threads, record in records:
         if "metrics" in record:
             metric_by_artifact[(target.model, target.role, target.artifact)] = _metric_of(record)

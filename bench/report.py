@@ -119,7 +119,7 @@ def render_markdown(report: dict) -> str:
     if languages:
         lines += languages
     if report["failures"]:
-        lines += ["## Failed measurements", ""]
+        lines += ["## Failed measurements and artifacts left out", ""]
         lines += [f"- {f['model']} {f['artifact']}" + (f" ({f['threads']} threads)" if f.get("threads") else "")
                   + f": {f['error']}" for f in report["failures"]]
         lines.append("")

@@ -34,6 +34,11 @@ LIBRARIES = ("tensorflow", "tf-keras", "tf2onnx", "onnx", "onnxruntime", "ai-edg
              "tensorflow-model-optimization", "transformers", "numpy")
 
 
+PARITY_FAILURE_CHOICES = ("error", "drop")
+# Export settings that cannot change an artifact that passes (a recipe's export stamp leaves them out).
+NOT_IN_ARTIFACTS = ("on_parity_failure", "threads")
+
+
 @dataclasses.dataclass
 class ExportOptions:
     bundle: str
@@ -49,10 +54,14 @@ class ExportOptions:
     cluster: int | None = None
     optimize_steps: int = 200
     threads: int | None = None
+    on_parity_failure: str = "error"         # "drop": delete a failing artifact, record why, keep the others
 
     def __post_init__(self):
         if not 17 <= self.opset <= 21:
             raise XtremeDistilError(f"--opset {self.opset}: use 17 to 21 (tf2onnx 1.17 and ONNX Runtime both support them)")
+        if self.on_parity_failure not in PARITY_FAILURE_CHOICES:
+            raise XtremeDistilError(f"--on_parity_failure '{self.on_parity_failure}' is not one of "
+                                    f"{', '.join(PARITY_FAILURE_CHOICES)}")
 
     def batch_sizes(self) -> tuple[int, ...]:
         try:
@@ -127,7 +136,9 @@ def run_export(options: ExportOptions) -> dict:
     """Writes every requested artifact, checks its parity, and records it in BUNDLE/manifest.json.
 
     Raises ParityError (after the manifest is written, so the figures survive) when any artifact
-    misses its tolerance.
+    misses its tolerance; with `on_parity_failure="drop"` such an artifact is deleted instead, its manifest
+    row kept (passed: false, dropped: true, the figures and why) so nothing benches or serves it, and only
+    an export where every artifact failed raises.
     """
     requests = parse_formats(options.formats)
     batch_sizes = options.batch_sizes()
@@ -179,7 +190,7 @@ def run_export(options: ExportOptions) -> dict:
     ctx = ExportContext(model=model, student_config=bundle.student_config, labels=bundle.labels,
                         artifacts_dir=artifacts_dir, representative_ids=representative,
                         tflite_batch_sizes=batch_sizes, opset=options.opset, model_name="student")
-    failures = []
+    failures, produced = [], 0
     from tqdm.auto import tqdm
 
     for request in tqdm(requests, desc="export", unit="format"):
@@ -200,16 +211,25 @@ def run_export(options: ExportOptions) -> dict:
                 "passed": not problems, "failures": problems, "seconds": round(convert_seconds, 2),
                 "details": artifact.details,
             }
+            produced += 1
+            drop = bool(problems) and options.on_parity_failure == "drop"
+            if drop:
+                row["dropped"] = True
             keep[artifact.name] = row
             manifest["artifacts"] = list(keep.values())
             write_json_atomic(manifest_path, manifest)
-            logger.info("%s: %s", artifact.name, "parity ok" if not problems else "; ".join(problems))
+            if drop:     # recorded first: a kill between the two leaves a failed row, never a usable-looking file
+                shutil.rmtree(artifact.path) if artifact.path.is_dir() else artifact.path.unlink(missing_ok=True)
+                logger.warning("%s: %s; dropped (--on_parity_failure drop): deleted, its figures kept in %s",
+                               artifact.name, "; ".join(problems), manifest_path)
+            else:
+                logger.info("%s: %s", artifact.name, "parity ok" if not problems else "; ".join(problems))
             if problems:
                 failures.append(f"{artifact.name}: {'; '.join(problems)}")
             t0 = time.time()
     manifest["seconds"] = round(time.time() - started, 1)
     write_json_atomic(manifest_path, manifest)
-    if failures:
+    if failures and (options.on_parity_failure == "error" or len(failures) == produced):
         raise ParityError("parity check failed (figures in " + str(manifest_path) + "): " + " | ".join(failures))
     return manifest
 
@@ -222,5 +242,5 @@ def format_manifest(manifest: dict) -> str:
         p = row["parity"]
         lines.append(f"{row['name']:<22}{row['size_bytes'] / 1e6:>10.2f}MB{p['max_abs_logit_delta']:>11.2e}"
                      f"{p['argmax_agreement']:>9.2%}{p['metric_delta_points']:>+10.2f}p  "
-                     f"{'ok' if row['passed'] else 'FAILED: ' + '; '.join(row['failures'])}")
+                     f"{'ok' if row['passed'] else ('DROPPED: ' if row.get('dropped') else 'FAILED: ') + '; '.join(row['failures'])}")
     return "\n".join(lines)

@@ -225,8 +225,11 @@ def _select_students(students: list[dict], only: list[str], path) -> list[dict]:
 
 
 def _export_stamp(bundle: Path, export: dict) -> dict:
+    """What a bundle's artifacts depend on: its weights and the export settings that shape an artifact."""
+    from xtremedistil.export.pipeline import NOT_IN_ARTIFACTS
+
     digest = hashlib.sha256(BundleLayout(bundle).weights.read_bytes()).hexdigest()
-    return {"weights_sha256": digest, "export": export}
+    return {"weights_sha256": digest, "export": {k: v for k, v in export.items() if k not in NOT_IN_ARTIFACTS}}
 
 
 def run_recipe(path: str | Path, steps=STEPS, model_dir: str | None = None, results: str | None = None,

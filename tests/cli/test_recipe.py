@@ -153,3 +153,17 @@ def test_every_students_settings_are_checked_before_the_first_student_is_distill
     _write(recipe, {"name": "r", "model_dir": str(tmp_path / "run"), "distill": {"task": "t"}})
     assert main(["recipe", str(recipe), "--steps", "distill"]) == 2
     assert "(student 'student'): missing --pt_teacher_checkpoint" in capsys.readouterr().err
+
+
+def test_export_stamp_ignores_settings_that_cannot_change_an_artifact(tmp_path):
+    """Adding `on_parity_failure: drop` (or parity threads) to a recipe does not re-export every finished student;
+    a setting that shapes artifacts does."""
+    from xtremedistil.recipe import _export_stamp
+    from xtremedistil.layout import BundleLayout
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    BundleLayout(bundle).weights.write_bytes(b"weights")
+    base = _export_stamp(bundle, {"tflite_batch_sizes": "32"})
+    assert _export_stamp(bundle, {"tflite_batch_sizes": "32", "on_parity_failure": "drop", "threads": 2}) == base
+    assert _export_stamp(bundle, {"tflite_batch_sizes": "1,32"}) != base

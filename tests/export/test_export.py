@@ -276,3 +276,38 @@ def test_every_registered_format_keeps_the_plug_in_contract(exported):
             assert type(predictor) is type(load_predictor(path))
             assert predictor.predict(ids).shape == expected.shape
     assert callable(formats()["onnx"].convert)
+
+
+def test_on_parity_failure_drop_deletes_the_failing_artifact_keeps_its_figures_and_bench_leaves_it_out(
+        tiny_models, tmp_path, capsys, monkeypatch):
+    """A sweep must not stop at one student's broken int8 artifact: with --on_parity_failure drop the artifact
+    that misses its tolerance is deleted, its manifest row says why (passed false, dropped), the others stay,
+    bench lists it as left out; the default still exits 3; every artifact failing still exits 3."""
+    from xtremedistil.bench.harness import BenchOptions, _read_students
+    from xtremedistil.export import pipeline
+    from xtremedistil.export.parity import ParityError
+
+    checked = pipeline.parity_failures      # the quantized artifacts (no logit tolerance) fail, as int8 can
+    monkeypatch.setattr(pipeline, "parity_failures", lambda figures, tolerance: checked(figures, tolerance) if
+                        tolerance.max_logit_delta is not None else ["dev metric dropped 63.53 points (> 1 allowed)"])
+    bundle = tiny_bundle(tmp_path, tiny_models("bert"), tagging=False)
+    strict = dict(bundle=str(bundle), formats="onnx:fp32,onnx:dynamic")
+    with pytest.raises(ParityError, match="onnx-dynamic: dev metric dropped"):
+        run_export(ExportOptions(**strict))
+    first = {row["name"]: row for row in json.loads((bundle / "manifest.json").read_text())["artifacts"]}
+    assert (bundle / first["onnx-dynamic"]["path"]).exists()       # the default keeps it to look at, and exits 3
+    manifest = run_export(ExportOptions(**strict, on_parity_failure="drop"))
+    rows = {row["name"]: row for row in manifest["artifacts"]}
+    assert rows["onnx-fp32"]["passed"] and (bundle / rows["onnx-fp32"]["path"]).exists()
+    dropped = rows["onnx-dynamic"]
+    assert not dropped["passed"] and dropped["dropped"] and dropped["failures"]
+    assert not (bundle / dropped["path"]).exists()
+    assert json.loads((bundle / "manifest.json").read_text())["artifacts"] == manifest["artifacts"]
+    _, targets, left_out = _read_students(BenchOptions(bundles=[str(bundle)], out=str(tmp_path / "bench")), 16, ["onnxruntime"])
+    assert [t.artifact for t in targets] == ["onnx-fp32"]
+    assert [row["artifact"] for row in left_out] == ["onnx-dynamic"]
+    assert "failed parity at export" in left_out[0]["error"] and "dropped" in left_out[0]["error"]
+    code = main(["export", str(bundle), "--formats", "onnx:dynamic", "--on_parity_failure", "drop"])
+    assert code == 3 and "DROPPED" in capsys.readouterr().out
+    with pytest.raises(XtremeDistilError, match="--on_parity_failure 'skip' is not one of error, drop"):
+        ExportOptions(bundle=str(bundle), on_parity_failure="skip")
