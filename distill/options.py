@@ -228,15 +228,19 @@ class DistilOptions:
                        for flag, field in flag_fields(options)]
 
     @classmethod
+    def check_keys(cls, values: dict, where: str = "") -> None:
+        """One line naming the keys of `values` that are no distill flag (prefixed with `where`, a file)."""
+        unknown = sorted(set(values) - {flag for flag, *_ in cls.flags()})
+        if unknown:
+            raise XtremeDistilError(f"{where + ': ' if where else ''}unknown key(s) {', '.join(unknown)}; keys are "
+                                    "the distill flag names without dashes")
+
+    @classmethod
     def from_flags(cls, values: dict, where: str = "") -> "DistilOptions":
         """From flat flag-named values (command line, --config, a recipe's distill section and student entry).
         Unknown keys and bad values are one-line errors, prefixed with `where` (a file) when given."""
-        known = {flag for flag, *_ in cls.flags()}
-        unknown = sorted(set(values) - known)
+        cls.check_keys(values, where)
         prefix = f"{where}: " if where else ""
-        if unknown:
-            raise XtremeDistilError(f"{prefix}unknown key(s) {', '.join(unknown)}; keys are the distill flag names "
-                                    "without dashes")
         check_required([(flag, field) for flag, field, *_ in cls.flags()], values, prefix)   # all at once
         try:
             run = RunSettings.from_flags(values)

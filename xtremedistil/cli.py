@@ -104,10 +104,7 @@ def _distill_options(args):
             raise XtremeDistilError(f"--config {args.config}: {str(err).splitlines()[0]}") from err
         if not isinstance(loaded, dict):
             raise XtremeDistilError(f"--config {args.config}: expected a mapping of flag names to values")
-        unknown = sorted(set(loaded) - known)
-        if unknown:
-            raise XtremeDistilError(f"--config {args.config}: unknown key(s) {', '.join(unknown)}; "
-                                    f"keys are the distill flag names without dashes")
+        DistilOptions.check_keys(loaded, f"--config {args.config}")
         values.update(loaded)
     values.update({k: v for k, v in vars(args).items() if k in known})
     return DistilOptions.from_flags(values)
