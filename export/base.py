@@ -22,6 +22,10 @@ class Quantization(str, enum.Enum):
     STATIC = "static"    # ONNX QDQ: weights and activations int8, calibrated
 
 
+# What export does with an artifact that misses its tolerance: stop with exit 3, or delete it and go on.
+PARITY_FAILURE_CHOICES = ("error", "drop")
+
+
 @dataclasses.dataclass(frozen=True)
 class Tolerance:
     """A parity threshold: an artifact passes when every figure set here holds on dev inputs.

@@ -19,7 +19,7 @@ from xtremedistil.distill.metrics import headline, metrics_from_predictions
 from xtremedistil.distill.teacher_phase import encode_split
 from xtremedistil.distill.tokenization import encode_sentences
 from xtremedistil.errors import XtremeDistilError
-from xtremedistil.export.base import ExportContext, Quantization, Tolerance, parse_formats
+from xtremedistil.export.base import PARITY_FAILURE_CHOICES, ExportContext, Quantization, Tolerance, parse_formats
 from xtremedistil.export.optimize import OptimizeOptions, optimize
 from xtremedistil.export.parity import ParityError, parity_failures, parity_figures
 from xtremedistil.export.predictor import load_predictor
@@ -34,7 +34,6 @@ LIBRARIES = ("tensorflow", "tf-keras", "tf2onnx", "onnx", "onnxruntime", "ai-edg
              "tensorflow-model-optimization", "transformers", "numpy")
 
 
-PARITY_FAILURE_CHOICES = ("error", "drop")
 # Export settings that cannot change an artifact that passes (a recipe's export stamp leaves them out).
 NOT_IN_ARTIFACTS = ("on_parity_failure", "threads")
 

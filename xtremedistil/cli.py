@@ -437,7 +437,9 @@ def build_parser(distill_flags: bool = False) -> argparse.ArgumentParser:
     export.add_argument("--cluster", type=int, metavar="N", help="weight clustering into N clusters per weight")
     export.add_argument("--optimize_steps", type=int, default=200, help="fine-tune steps for --prune/--cluster (default: 200)")
     export.add_argument("--threads", type=int, help="runtime threads for the parity runs (default: the runtime's)")
-    export.add_argument("--on_parity_failure", choices=("error", "drop"), default="error",
+    from xtremedistil.export.base import PARITY_FAILURE_CHOICES
+
+    export.add_argument("--on_parity_failure", choices=PARITY_FAILURE_CHOICES, default=PARITY_FAILURE_CHOICES[0],
                         help="error: exit 3 when any artifact misses its tolerance (default); drop: delete that "
                         "artifact, keep its figures in the manifest (never benched or served) and go on, "
                         "exit 3 only when every artifact failed")

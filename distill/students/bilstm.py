@@ -70,7 +70,12 @@ class LastStep(tf.keras.layers.Layer):
         return tf.gather(sequence, lengths - 1, batch_dims=1)
 
 
-@register_student("bilstm", _groups, lambda c: f"BiLSTM {c.word_emb_dim}/{c.bilstm_hidden_size}" + (" max-pooled" if c.bilstm_pooling == "max" and not c.tagging else ""), BiLSTMOptions)
+def _describe(config: StudentConfig) -> str:
+    pooled = " max-pooled" if config.bilstm_pooling == "max" and not config.tagging else ""
+    return f"BiLSTM {config.word_emb_dim}/{config.bilstm_hidden_size}{pooled}"
+
+
+@register_student("bilstm", _groups, _describe, BiLSTMOptions)
 def build_bilstm(config: StudentConfig, batch_size: int | None = None, unroll: bool = False) -> tf.keras.Model:
     """BiLSTM student; sequence output for tagging, each direction's last real step (or its maximum over the
     real steps) for classification.
