@@ -51,10 +51,14 @@ sst2-sweep wikiann-e5-sweep: $(STAMP)
 streaming: $(STAMP)
 	$(BIN)/python -m xtremedistil.distill.streaming --lines 200000,2000000 --out runs/streaming
 
-# The regression gate CI runs: the ci-mini recipe, then its report against the committed baseline.
+# The regression gate CI runs: the ci-mini recipe (bench: median of 5 round-robin rounds), then its report
+# against the committed baseline. Tolerances from measured spread on a shared 2-core VM (7 runs of the same
+# bundle: one row's speedup -34%..+39% of its median, their geometric mean -19%..+18%): a row may lose 50%
+# (an artifact twice as slow is caught), the mean over all student rows 30%; compression and accuracy are exact.
 ci-gate: ci-mini
 	$(BIN)/xtremedistil bench gate runs/ci-mini/bench/report.json --baseline bench/results/ci-mini \
-		--max-speedup-drop $${XD_GATE_SPEEDUP_DROP:-25%} --max-metric-drop 0.5
+		--max-speedup-drop $${XD_GATE_SPEEDUP_DROP:-50%} --max-mean-speedup-drop $${XD_GATE_MEAN_DROP:-30%} \
+		--max-metric-drop 0.5
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -46,6 +46,7 @@ class BenchOptions:
     threads: str = "1,2"
     queries: int = 1000
     repeats: int = 1
+    rounds: int = 1
     warmup: int = 5
     names: str | None = None
     task: str | None = None
@@ -341,6 +342,26 @@ def compute_ratios(rows: list[dict], teacher_metric: float | None, teacher_param
         row["retention"] = row["metric"] / teacher_metric if row.get("metric") is not None and teacher_metric else None
 
 
+def combine_rounds(records: list[dict]) -> dict:
+    """One artifact's measurements over the rounds -> one record: every latency figure the median over
+    the rounds (p50 of each round's p50, ...), the rounds' p50s kept; the first error if any round failed."""
+    failed = next((r for r in records if "error" in r), None)
+    if failed is not None or len(records) == 1:
+        return failed or records[0]
+    first = records[0]
+    latency = []
+    for position, row in enumerate(first["latency"]):
+        rounds = [r["latency"][position] for r in records]
+        median = {key: float(np.median([r[key] for r in rounds])) for key in ("p50_ms", "p90_ms", "p99_ms", "mean_ms")}
+        batch = row["batch_size"]
+        latency.append({**row, **median, "timed_batches": sum(r["timed_batches"] for r in rounds),
+                        "sentences": sum(r["sentences"] for r in rounds), "ms_per_sentence": median["p50_ms"] / batch,
+                        "sentences_per_s": batch / (median["p50_ms"] / 1000),
+                        "rounds_p50_ms": [r["p50_ms"] for r in rounds]})
+    return {**first, "latency": latency, "peak_rss_mb": max(r["peak_rss_mb"] for r in records),
+            "load_seconds": float(np.median([r["load_seconds"] for r in records]))}
+
+
 def run_bench(options: BenchOptions, progress: bool = True) -> dict:
     from tqdm import tqdm
 
@@ -355,7 +376,8 @@ def run_bench(options: BenchOptions, progress: bool = True) -> dict:
         config = BundleLayout(options.bundles[0]).config
         seq_len = read_json(config).get("task", {}).get("seq_len") if config.exists() else None
         options = dataclasses.replace(options, seq_len=seq_len if isinstance(seq_len, int) else 32)
-    for flag, value in (("--queries", options.queries), ("--repeats", options.repeats), ("--seq-len", options.seq_len)):
+    for flag, value in (("--queries", options.queries), ("--repeats", options.repeats), ("--rounds", options.rounds),
+                        ("--seq-len", options.seq_len)):
         if value < 1:
             raise XtremeDistilError(f"{flag} {value}: must be at least 1")
     if options.warmup < 0:
@@ -384,8 +406,8 @@ def run_bench(options: BenchOptions, progress: bool = True) -> dict:
                                     "students were distilled on (accuracy is measured on its test split)")
         task = data_lib.load_task(task_folder, first.tagging)
     protocol = {"seq_len": options.seq_len, "batch_sizes": batch_sizes, "threads": threads_list,
-                "queries": options.queries, "repeats": options.repeats, "warmup": options.warmup,
-                "runtimes": runtimes, "teacher": source.name if source.preset else "fine-tuned teacher",
+                "queries": options.queries, "repeats": options.repeats, "rounds": options.rounds,
+                "warmup": options.warmup, "runtimes": runtimes, "teacher": source.name if source.preset else "fine-tuned teacher",
                 "eval_limit": options.eval_limit}
     workers = WorkerPool(out, options.timeout, options.fresh)
 
@@ -421,22 +443,33 @@ def run_bench(options: BenchOptions, progress: bool = True) -> dict:
     models = {m.name + m.role: m for m in [teacher] + students}
     inputs = {key: _latency_inputs(m, out, options.seq_len, task, teacher_manifest) for key, m in models.items()}
 
-    jobs = [(target, threads) for target in targets for threads in threads_list]
+    # Round-robin: every artifact once per round, so a slow minute of a shared machine lands on teacher and
+    # students alike instead of on whichever was measured then; each row is the median over the rounds.
+    jobs = [(round_, target, threads) for round_ in range(options.rounds) for target in targets
+            for threads in threads_list]
     bar = tqdm(jobs, desc="bench", unit="run", disable=not progress, file=sys.stderr)
-    records = []
-    for target, threads in bar:
+    by_job: dict[tuple, list[dict]] = {}
+    for round_, target, threads in bar:
         model = models[target.model + target.role]
-        bar.set_postfix_str(f"{target.model}:{target.artifact} t{threads}")
+        bar.set_postfix_str(f"{target.model}:{target.artifact} t{threads}"
+                            + (f" round {round_ + 1}/{options.rounds}" if options.rounds > 1 else ""))
         spec = {"role": target.role, "runtime": target.runtime, "path": target.path, "threads": threads,
                 "batch_sizes": target.batch_sizes, "queries": options.queries, "warmup": options.warmup,
                 "repeats": options.repeats, "inputs": str(inputs[target.model + target.role]),
                 "labels": model.labels, "tagging": model.tagging, "seq_len": options.seq_len,
                 "teacher": dataclasses.asdict(source), "task": task_folder, "tokenizer": model.tokenizer,
                 "eval_limit": options.eval_limit, "stamp": _stamp(target.path),
-                # accuracy does not depend on threads: measured once per artifact
-                "evaluate": bool(task is not None and model.tokenizer and threads == threads_list[0])}
-        key = hashlib.sha1(json.dumps({**spec, "protocol": protocol}, sort_keys=True).encode()).hexdigest()[:16]
-        records.append((target, threads, workers.run("measure", spec, key, threads)))
+                # accuracy depends neither on threads nor on the round: measured once per artifact
+                "evaluate": bool(task is not None and model.tokenizer and threads == threads_list[0]
+                                 and round_ == 0)}
+        # the first round keeps the key a one-round bench used, so its measurements are reused
+        keyed = {**spec, "protocol": {k: v for k, v in protocol.items() if k != "rounds"}}
+        if round_:
+            keyed["round"] = round_
+        key = hashlib.sha1(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+        by_job.setdefault((id(target), threads), []).append(workers.run("measure", spec, key, threads))
+    records = [(target, threads, combine_rounds(by_job[(id(target), threads)]))
+               for target in targets for threads in threads_list]
 
     rows, metric_by_artifact = [], {}
     failures = [{"model": teacher.name, "role": "teacher", "artifact": name, "threads": None,

@@ -74,7 +74,9 @@ def render_markdown(report: dict) -> str:
         "",
         f"Protocol: sequence length {protocol['seq_len']}, batch sizes {protocol['batch_sizes']}, threads "
         f"{protocol['threads']}, {protocol['queries']} sentences per measurement after {protocol['warmup']} warm-up "
-        f"batches, x{protocol['repeats']}; one process per artifact and thread count. Machine: {env['cpu']}, "
+        f"batches, x{protocol['repeats']}" + (f", median of {protocol['rounds']} round-robin rounds"
+                                              if protocol.get("rounds", 1) > 1 else "")
+        + f"; one process per artifact and thread count. Machine: {env['cpu']}, "
         f"{env['cores']} cores" + _int8_units(env) + f", commit {str(env.get('git_commit'))[:10]}.",
         "",
     ]

@@ -246,7 +246,8 @@ outputs in --out: report.json (every figure numeric, environment, versions, comm
 accuracy_vs_latency.png, speedup_by_batch.png, measurements.jsonl (raw; a rerun skips what it holds).
 
 regression gate (ratios from one run, never absolute times):
-  xtremedistil bench gate REPORT --baseline BASELINE.json [--max-speedup-drop 10%] [--max-metric-drop 0.5]
+  xtremedistil bench gate REPORT --baseline BASELINE.json [--max-speedup-drop 10%] [--max-mean-speedup-drop 5%]
+                                  [--max-metric-drop 0.5]
   exit 0: nothing regressed; 1: a table of what regressed; 2: unusable input or another protocol.
 """
 
@@ -274,7 +275,8 @@ def _cmd_gate(args) -> int:
     from xtremedistil.bench.gate import Regression, run_gate
 
     try:
-        print(run_gate(args.report, args.baseline, args.max_speedup_drop, args.max_metric_drop))
+        print(run_gate(args.report, args.baseline, args.max_speedup_drop, args.max_metric_drop,
+                       args.max_mean_speedup_drop))
     except Regression as regression:
         print(regression)
         return regression.exit_code
@@ -326,7 +328,12 @@ def build_gate_parser() -> argparse.ArgumentParser:
                            "recorded on this report's CPU is used, else baseline.json; speedups are compared only "
                            "between reports of the same CPU model)")
     gate.add_argument("--max-speedup-drop", default=DEFAULT_MAX_SPEEDUP_DROP,
-                      help="largest allowed relative drop of a speedup or compression ratio (default: %(default)s)")
+                      help="largest allowed relative drop of one row's speedup (default: %(default)s); "
+                           "compression is compared exactly")
+    gate.add_argument("--max-mean-speedup-drop", default=None,
+                      help="largest allowed relative drop of each speedup's geometric mean over the student rows "
+                           "(default: not checked): catches everything getting a little slower, which a per-row "
+                           "tolerance wide enough for a noisy machine lets through")
     gate.add_argument("--max-metric-drop", type=float, default=DEFAULT_MAX_METRIC_DROP,
                       help="largest allowed drop of a test metric, in points (default: %(default)s)")
     gate.set_defaults(handler=_cmd_gate, command="bench gate")
@@ -470,6 +477,10 @@ def build_parser(distill_flags: bool = False) -> argparse.ArgumentParser:
                        help="sentences timed per measurement (default: %(default)s)")
     bench.add_argument("--repeats", type=int, default=defaults["repeats"],
                        help="timed passes over the queries (default: %(default)s)")
+    bench.add_argument("--rounds", type=int, default=defaults["rounds"],
+                       help="measure every artifact this many times, round-robin over all of them, and report each "
+                            "figure's median over the rounds: on a shared or throttling machine a slow minute then "
+                            "hits teacher and students alike (default: %(default)s; make ci-gate uses 5)")
     bench.add_argument("--warmup", type=int, default=defaults["warmup"], help="untimed batches first (default: %(default)s)")
     bench.add_argument("--names", help="comma-separated names of the bundles in the report (default: folder names)")
     bench.add_argument("--task", help="task folder whose test split gives accuracy (default: the one distilled on)")

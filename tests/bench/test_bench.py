@@ -10,6 +10,7 @@ from xtremedistil.bench.gate import compare, pick_baseline, run_gate, GateInputE
 from xtremedistil.bench.harness import BenchOptions, run_bench
 from xtremedistil.bench.report import pareto_front
 from xtremedistil.cli import main
+from xtremedistil.errors import XtremeDistilError
 from xtremedistil.export.pipeline import ExportOptions, run_export
 
 PROTOCOL = dict(batch_sizes="1,4", seq_len=16, threads="1", queries=12, warmup=1)
@@ -134,6 +135,50 @@ def test_a_rerun_resumes_without_measuring_again(benched):
     assert len(added) == 1 and "latency" in json.loads(added[0])
 
 
+def test_rounds_measure_round_robin_and_report_medians(benched, tmp_path):
+    """--rounds N: every artifact measured N times (a rerun keeps what it has: round 1 is a one-round bench's
+    measurement), each row the median over the rounds, the rounds' p50s kept; ratios from those medians."""
+    _, _, first, _ = benched
+    out = tmp_path / "rounds"
+    options = dict(bundles=[str(first)], out=str(out), runtimes="onnxruntime", **PROTOCOL)
+    one = run_bench(BenchOptions(**options), progress=False)
+    lines = (out / "measurements.jsonl").read_text().splitlines()
+    measured = [json.loads(line) for line in lines if "latency" in json.loads(line)]
+    three = run_bench(BenchOptions(**options, rounds=3), progress=False)
+    added = [json.loads(line) for line in (out / "measurements.jsonl").read_text().splitlines()[len(lines):]]
+    assert len(added) == 2 * len(measured) and all("latency" in r for r in added)
+    assert three["protocol"]["rounds"] == 3 and "median of 3 round-robin rounds" in (out / "report.md").read_text()
+    by_key = {(r["model"], r["artifact"], r["batch_size"]): r for r in one["rows"]}
+    for row in three["rows"]:
+        rounds = row["rounds_p50_ms"]
+        assert len(rounds) == 3 and row["p50_ms"] == pytest.approx(float(np.median(rounds)))
+        assert rounds[0] == pytest.approx(by_key[(row["model"], row["artifact"], row["batch_size"])]["p50_ms"])
+        assert row["timed_batches"] == 3 * by_key[(row["model"], row["artifact"], row["batch_size"])]["timed_batches"]
+        assert row["ms_per_sentence"] == pytest.approx(row["p50_ms"] / row["batch_size"])
+        teacher = _rows(three, role="teacher", runtime="onnxruntime", quantization="fp32", batch_size=row["batch_size"])
+        assert row["speedup_same_runtime"] == pytest.approx(teacher[0]["p50_ms"] / row["p50_ms"])
+    with pytest.raises(XtremeDistilError, match="--rounds 0"):
+        run_bench(BenchOptions(**{**options, "out": str(tmp_path / "zero")}, rounds=0), progress=False)
+
+
+def test_combine_rounds_takes_medians_and_the_first_error():
+    from xtremedistil.bench.harness import combine_rounds
+
+    def record(p50, rss):
+        return {"latency": [{"batch_size": 2, "p50_ms": p50, "p90_ms": p50 + 1, "p99_ms": p50 + 2, "mean_ms": p50,
+                             "timed_batches": 5, "sentences": 10, "ms_per_sentence": p50 / 2,
+                             "sentences_per_s": 2000 / p50}], "peak_rss_mb": rss, "load_seconds": 1.0,
+                "metrics": {"accuracy": 0.5}}
+
+    combined = combine_rounds([record(4.0, 100), record(9.0, 120), record(5.0, 90)])
+    row = combined["latency"][0]
+    assert row["p50_ms"] == 5.0 and row["p90_ms"] == 6.0 and row["rounds_p50_ms"] == [4.0, 9.0, 5.0]
+    assert row["ms_per_sentence"] == 2.5 and row["sentences_per_s"] == 400.0 and row["timed_batches"] == 15
+    assert combined["peak_rss_mb"] == 120 and combined["metrics"] == {"accuracy": 0.5}
+    assert combine_rounds([record(4.0, 100), {"error": "exit 1: boom"}]) == {"error": "exit 1: boom"}
+    assert combine_rounds([record(4.0, 100)]) == record(4.0, 100)
+
+
 def test_gate_passes_on_identical_reports_and_catches_regressions(benched, tmp_path, capsys):
     report, out, _, _ = benched
     baseline = tmp_path / "baseline.json"     # this run's report: out/report.json is rewritten by the resume test
@@ -151,6 +196,10 @@ def test_gate_passes_on_identical_reports_and_catches_regressions(benched, tmp_p
     assert "speedup_best" in table and "-20.0%" in table and "b4 t1" in table
     # within a looser tolerance it passes
     assert main(["bench", "gate", str(path), "--baseline", str(baseline), "--max-speedup-drop", "25%"]) == 0
+    # ... unless the mean over every student row is held tighter than that one row's drop spreads over them
+    assert main(["bench", "gate", str(path), "--baseline", str(baseline), "--max-speedup-drop", "25%",
+                 "--max-mean-speedup-drop", "0.5%"]) == 1
+    assert "geometric mean of" in capsys.readouterr().out
 
     worse = copy.deepcopy(report)
     row = next(r for r in worse["rows"] if r["role"] == "student")
@@ -197,6 +246,21 @@ def test_gate_compare_unit():
     assert compare(current, baseline, 0.1, 0.5) == []
     current["rows"][0].update(speedup_same_runtime=44.0, metric=0.89)    # -12%, -1 point
     assert {f["measure"] for f in compare(current, baseline, 0.1, 0.5)} == {"speedup_same_runtime", "metric"}
+    # compression (parameter counts) is exact whatever the speedup tolerance
+    current = copy.deepcopy(baseline)
+    current["rows"][0]["compression_params"] = 29.9
+    assert [f["measure"] for f in compare(current, baseline, 0.5, 0.5)] == ["compression_params"]
+    # every row a little slower: within a wide per-row tolerance, caught by the geometric-mean one
+    rows = [dict(row, batch_size=b, speedup_same_runtime=50.0 * b, speedup_best=10.0 * b) for b in (1, 2, 4)]
+    baseline = {"protocol": {"seq_len": 32}, "rows": rows}
+    slower = {"protocol": {"seq_len": 32}, "rows": [dict(r, speedup_same_runtime=r["speedup_same_runtime"] * f,
+                                                           speedup_best=r["speedup_best"] * 0.95)
+                                                      for r, f in zip(rows, (0.8, 0.75, 0.7))]}
+    assert compare(slower, baseline, 0.5, 0.5) == []
+    assert compare(slower, baseline, 0.5, 0.5, max_mean_speedup_drop=0.3) == []
+    found = compare(slower, baseline, 0.5, 0.5, max_mean_speedup_drop=0.2)
+    assert [(f["row"], f["measure"]) for f in found] == [("geometric mean of 3 student rows", "speedup_same_runtime")]
+    assert found[0]["change"] == pytest.approx((0.8 * 0.75 * 0.7) ** (1 / 3) - 1)
     with pytest.raises(Regression):
         raise Regression("x")
 
