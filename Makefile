@@ -54,7 +54,7 @@ streaming: $(STAMP)
 # The regression gate CI runs: the ci-mini recipe (bench: median of 5 round-robin rounds), then its report
 # against the committed baseline. Tolerances from measured spread on a shared 2-core VM (7 runs of the same
 # bundle: one row's speedup -34%..+39% of its median, their geometric mean -19%..+18%): a row may lose 50%
-# (an artifact twice as slow is caught), the mean over all student rows 30%; compression and accuracy are exact.
+# (a speedup that halves is caught), the mean over all student rows 30%; compression and accuracy are exact.
 ci-gate: ci-mini
 	$(BIN)/xtremedistil bench gate runs/ci-mini/bench/report.json --baseline bench/results/ci-mini \
 		--max-speedup-drop $${XD_GATE_SPEEDUP_DROP:-50%} --max-mean-speedup-drop $${XD_GATE_MEAN_DROP:-30%} \
