@@ -2,9 +2,16 @@
 
 A candidate is one measured artifact (a student's or the teacher's, any runtime and precision) at one
 batch size and thread count. The front holds the candidates no other one beats on both latency (p50 of
-one batch call) and accuracy. The pick is the most accurate candidate meeting every constraint given
-(`max_latency_ms`, `min_retention`, `max_size_mb`); ties go to the faster, then the smaller. When none
-meets them all, the answer names each constraint no candidate meets and the nearest miss.
+one batch call) and accuracy. The pick is the best candidate meeting every constraint given
+(`max_latency_ms`, `min_retention`, `max_size_mb`) by the budget's `prefer`:
+
+- `accuracy`: the most accurate (ties: the faster, then the smaller);
+- `speed`: the fastest (ties: the more accurate, then the smaller);
+- `auto` (default): `accuracy` when the budget bounds latency or bounds nothing, `speed` when it sets an
+  accuracy floor without a latency bound ("at least 98% of the teacher: what is fastest?"). Preferring
+  accuracy there would always answer with the teacher's most accurate artifact.
+
+When none meets them all, the answer names each constraint no candidate meets and the nearest miss.
 """
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ from xtremedistil.distill.files import read_json, write_json_atomic
 from xtremedistil.errors import XtremeDistilError
 
 PICK_FILE = "pick.json"
+PREFER = ("auto", "accuracy", "speed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +32,7 @@ class Budget:
     max_latency_ms: float | None = None   # p50 of one batch call
     min_retention: float | None = None    # fraction of the teacher's metric, e.g. 0.98
     max_size_mb: float | None = None      # artifact size on disk
+    prefer: str = "auto"                  # among those meeting the budget: accuracy, speed, or auto (see above)
 
     def __post_init__(self):
         for name, kind in (("batch_size", int), ("threads", int), ("max_latency_ms", float),
@@ -44,6 +53,14 @@ class Budget:
                                     f"(got {self.min_retention})")
         if self.batch_size < 1:
             raise XtremeDistilError(f"--batch_size must be at least 1 (got {self.batch_size})")
+        if self.prefer not in PREFER:
+            raise XtremeDistilError(f"--prefer must be one of {', '.join(PREFER)} (got {self.prefer!r})")
+
+    def objective(self) -> str:
+        """What the pick maximises among the candidates meeting the budget: 'accuracy' or 'speed'."""
+        if self.prefer != "auto":
+            return self.prefer
+        return "speed" if self.min_retention is not None and self.max_latency_ms is None else "accuracy"
 
 
 def _summary(row: dict) -> dict:
@@ -95,11 +112,15 @@ def pick(report: dict, budget: Budget) -> dict:
     rows = candidates(report, budget.batch_size, budget.threads)
     threads = rows[0]["threads"]
     meeting = [r for r in rows if not _violations(r, budget)]
-    result = {"budget": {**dataclasses.asdict(budget), "threads": threads},
+    objective = budget.objective()
+    result = {"budget": {**dataclasses.asdict(budget), "threads": threads, "objective": objective},
               "front": [_summary(r) for r in front(rows)], "candidates": len(rows), "pick": None,
               "unmet": [], "nearest_miss": None}
     if meeting:
-        best = max(meeting, key=lambda r: (r["metric"], -r["p50_ms"], -r["size_bytes"]))
+        if objective == "speed":
+            best = min(meeting, key=lambda r: (r["p50_ms"], -r["metric"], r["size_bytes"]))
+        else:
+            best = max(meeting, key=lambda r: (r["metric"], -r["p50_ms"], -r["size_bytes"]))
         result["pick"] = _summary(best)
         return result
     for name in ("max_latency_ms", "min_retention", "max_size_mb"):
@@ -116,6 +137,8 @@ def describe(result: dict) -> str:
     where = f"batch {budget['batch_size']}, {budget['threads']} threads"
     if result["pick"]:
         p = result["pick"]
+        which = {"speed": "fastest", "accuracy": "most accurate"}.get(budget.get("objective"))
+        where += f", {which} within the budget" if which else ""
         return (f"pick ({where}): {p['model']} {p['artifact']} — p50 {p['p50_ms']:.3f} ms per call, "
                 f"metric {p['metric']:.4f} ({_pct(p['retention'])} of the teacher), {p['size_mb']:.1f} MB; "
                 f"{len(result['front'])} of {result['candidates']} candidates on the Pareto front")

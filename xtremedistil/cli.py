@@ -287,7 +287,7 @@ def _budget(args):
     from xtremedistil.bench.pick import Budget
 
     return Budget(batch_size=args.batch_size, threads=args.threads, max_latency_ms=args.max_latency_ms,
-                  min_retention=args.min_retention, max_size_mb=args.max_size_mb)
+                  min_retention=args.min_retention, max_size_mb=args.max_size_mb, prefer=args.prefer)
 
 
 def _cmd_pick(args) -> int:
@@ -304,8 +304,8 @@ def _cmd_recipe(args) -> int:
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
     only = [s.strip() for s in args.students.split(",") if s.strip()] if args.students else None
     budgets = []
-    if args.command == "sweep" and any(getattr(args, k) is not None for k in ("max_latency_ms", "min_retention",
-                                                                               "max_size_mb")):
+    if args.command == "sweep" and (args.prefer != "auto" or any(
+            getattr(args, k) is not None for k in ("max_latency_ms", "min_retention", "max_size_mb"))):
         budgets.append(_budget(args))
     out = run_recipe(args.recipe, steps, args.model_dir, args.results, progress=not args.quiet, overrides=args.set,
                      only=only, budgets=budgets)
@@ -347,6 +347,10 @@ def _budget_arguments(parser) -> None:
     parser.add_argument("--min_retention", type=float,
                         help="smallest test metric as a fraction of the teacher's (e.g. 0.98)")
     parser.add_argument("--max_size_mb", type=float, help="largest artifact size on disk, in MB")
+    parser.add_argument("--prefer", choices=("auto", "accuracy", "speed"), default="auto",
+                        help="which candidate meeting the budget to pick: the most accurate, the fastest, or auto "
+                             "(default): the fastest when --min_retention is given without --max_latency_ms, else "
+                             "the most accurate")
 
 
 def _recipe_arguments(parser, what: str) -> None:
@@ -495,10 +499,11 @@ def build_parser(distill_flags: bool = False) -> argparse.ArgumentParser:
     pick = commands.add_parser(
         "pick", help="which artifact to ship for a latency/accuracy/size budget: the Pareto front of a bench report",
         description="Read a bench report and pick, among every measured artifact (students' and the teacher's, any "
-                    "runtime and precision) at one batch size and thread count, the most accurate one that meets "
-                    "every constraint given; ties go to the faster, then the smaller. Writes pick.json (the pick, "
-                    "the Pareto front, or the constraints no candidate meets and the nearest miss) beside the "
-                    "report. Exit 0 with a pick, 1 when nothing meets the budget, 2 on unusable input.",
+                    "runtime and precision) at one batch size and thread count, the best one that meets every "
+                    "constraint given: with --max_latency_ms the most accurate, with only an accuracy floor "
+                    "(--min_retention) the fastest (--prefer overrides); ties go to the other measure, then the "
+                    "smaller. Writes pick.json (the pick, the "
+                    "Pareto front, or the constraints no candidate meets and the nearest miss) beside the report. Exit 0 with a pick, 1 when nothing meets the budget, 2 on unusable input.",
         epilog="example: xtremedistil pick bench/results/sst2 --batch_size 1 --max_latency_ms 2 --min_retention 0.98",
     )
     pick.add_argument("report", metavar="REPORT", help="a bench report.json, or the folder holding it")

@@ -44,14 +44,29 @@ def test_the_front_keeps_what_nothing_beats_and_the_smaller_of_equal_points():
     (Budget(), ("teacher", "onnx-fp32")),                                   # no constraint: the most accurate
     (Budget(max_latency_ms=5), ("big", "onnx-fp32")),
     (Budget(max_latency_ms=5, max_size_mb=15), ("big", "litert-dynamic")),
-    (Budget(min_retention=0.98, max_size_mb=15), ("big", "litert-dynamic")),  # 0.884/0.9 = 98.2%
+    (Budget(max_latency_ms=5, min_retention=0.98, prefer="speed"), ("big", "litert-dynamic")),
+    (Budget(min_retention=0.98, max_size_mb=15, prefer="accuracy"), ("big", "litert-dynamic")),  # 0.884/0.9 = 98.2%
     (Budget(max_size_mb=2), ("small", "onnx-dynamic")),                      # off the front, but the only one that fits
     (Budget(batch_size=32), ("small", "onnx-fp32")),
 ])
-def test_the_pick_is_the_most_accurate_candidate_within_the_budget(budget, expected):
+def test_the_pick_is_the_most_accurate_candidate_within_a_latency_budget(budget, expected):
     result = pick(REPORT, budget)
     assert (result["pick"]["model"], result["pick"]["artifact"]) == expected
     assert result["budget"]["threads"] == 2 and result["unmet"] == [] and result["nearest_miss"] is None
+
+
+@pytest.mark.parametrize("budget, expected", [
+    # An accuracy floor alone: the fastest artifact keeping it, not the teacher's most accurate one.
+    (Budget(min_retention=0.98), ("big", "litert-dynamic")),                 # 2.5 ms, 98.2% (fp16: same, larger)
+    (Budget(min_retention=0.99), ("teacher", "onnx-dynamic")),               # 6 ms, 99.4%
+    (Budget(min_retention=0.94), ("small", "onnx-fp32")),                    # 0.8 ms, 94.4%; onnx-dynamic is 93.3%
+    (Budget(min_retention=0.90, max_size_mb=2), ("small", "onnx-dynamic")),
+    (Budget(min_retention=0.98, prefer="accuracy"), ("teacher", "onnx-fp32")),
+])
+def test_an_accuracy_floor_without_a_latency_bound_picks_the_fastest_that_keeps_it(budget, expected):
+    result = pick(REPORT, budget)
+    assert (result["pick"]["model"], result["pick"]["artifact"]) == expected
+    assert result["budget"]["objective"] == ("accuracy" if budget.prefer == "accuracy" else "speed")
 
 
 def test_no_pick_names_the_constraint_nobody_meets_and_the_nearest_miss():
@@ -68,6 +83,8 @@ def test_budgets_are_checked():
         Budget(min_retention=98)
     with pytest.raises(XtremeDistilError, match="--max_latency_ms must be positive"):
         Budget(max_latency_ms=0)
+    with pytest.raises(XtremeDistilError, match="--prefer must be one of auto, accuracy, speed"):
+        Budget(min_retention=0.9, prefer="smallest")
     with pytest.raises(XtremeDistilError, match="--max_size_mb must be a number"):
         Budget(max_size_mb="small")
     with pytest.raises(XtremeDistilError, match="no measurement with an accuracy at batch 8"):
@@ -81,7 +98,11 @@ def test_budgets_are_checked():
 def test_cli_writes_pick_json_and_exits_1_when_nothing_fits(tmp_path, capsys):
     (tmp_path / "report.json").write_text(json.dumps(REPORT))
     assert main(["pick", str(tmp_path), "--max_latency_ms", "5"]) == 0
-    assert "pick (batch 1, 2 threads): big onnx-fp32" in capsys.readouterr().out
+    assert "pick (batch 1, 2 threads, most accurate within the budget): big onnx-fp32" in capsys.readouterr().out
+    assert main(["pick", str(tmp_path), "--min_retention", "0.98"]) == 0
+    assert "pick (batch 1, 2 threads, fastest within the budget): big litert-dynamic" in capsys.readouterr().out
+    assert main(["pick", str(tmp_path), "--min_retention", "0.98", "--prefer", "accuracy"]) == 0
+    assert "most accurate within the budget): teacher onnx-fp32" in capsys.readouterr().out
     assert json.loads((tmp_path / "pick.json").read_text())["pick"]["artifact"] == "onnx-fp32"
     assert main(["pick", str(tmp_path / "report.json"), "--max_latency_ms", "0.1"]) == 1
     assert "no candidate at batch 1, 2 threads meets the budget" in capsys.readouterr().out
@@ -98,7 +119,7 @@ def test_report_md_lists_the_front_and_the_picks():
     text = render_markdown(report)
     assert "## Pareto front, batch 1, 2 threads" in text and "## Pareto front, batch 32, 2 threads" in text
     assert "| big | litert-dynamic | 2.500 |" in text and "| small | onnx-dynamic |" not in text
-    assert "## Pick for the budget" in text and "- pick (batch 1, 2 threads): big onnx-fp32" in text
+    assert "## Pick for the budget" in text and "- pick (batch 1, 2 threads, most accurate within the budget): big onnx-fp32" in text
 
 
 def test_length_buckets_split_the_test_set_and_match_each_model(tiny_models, tmp_path):
