@@ -347,7 +347,9 @@ def _budget_arguments(parser) -> None:
     parser.add_argument("--min_retention", type=float,
                         help="smallest test metric as a fraction of the teacher's (e.g. 0.98)")
     parser.add_argument("--max_size_mb", type=float, help="largest artifact size on disk, in MB")
-    parser.add_argument("--prefer", choices=("auto", "accuracy", "speed"), default="auto",
+    from xtremedistil.bench.pick import PREFER
+
+    parser.add_argument("--prefer", choices=PREFER, default=PREFER[0],
                         help="which candidate meeting the budget to pick: the most accurate, the fastest, or auto "
                              "(default): the fastest when --min_retention is given without --max_latency_ms, else "
                              "the most accurate")
@@ -502,8 +504,9 @@ def build_parser(distill_flags: bool = False) -> argparse.ArgumentParser:
                     "runtime and precision) at one batch size and thread count, the best one that meets every "
                     "constraint given: with --max_latency_ms the most accurate, with only an accuracy floor "
                     "(--min_retention) the fastest (--prefer overrides); ties go to the other measure, then the "
-                    "smaller. Writes pick.json (the pick, the "
-                    "Pareto front, or the constraints no candidate meets and the nearest miss) beside the report. Exit 0 with a pick, 1 when nothing meets the budget, 2 on unusable input.",
+                    "smaller. Writes pick.json (the pick, the Pareto front, or the constraints no candidate meets "
+                    "and the nearest miss) beside the report. Exit 0 with a pick, 1 when nothing meets the budget, "
+                    "2 on unusable input.",
         epilog="example: xtremedistil pick bench/results/sst2 --batch_size 1 --max_latency_ms 2 --min_retention 0.98",
     )
     pick.add_argument("report", metavar="REPORT", help="a bench report.json, or the folder holding it")
