@@ -19,6 +19,7 @@ import dataclasses
 from pathlib import Path
 
 from xtremedistil.distill.files import read_json, write_json_atomic
+from xtremedistil.distill.metrics import retention_percent
 from xtremedistil.errors import XtremeDistilError
 
 PICK_FILE = "pick.json"
@@ -140,18 +141,15 @@ def describe(result: dict) -> str:
         which = {"speed": "fastest", "accuracy": "most accurate"}.get(budget.get("objective"))
         where += f", {which} within the budget" if which else ""
         return (f"pick ({where}): {p['model']} {p['artifact']} — p50 {p['p50_ms']:.3f} ms per call, "
-                f"metric {p['metric']:.4f} ({_pct(p['retention'])} of the teacher), {p['size_mb']:.1f} MB; "
+                f"metric {p['metric']:.4f} ({retention_percent(p['retention'])} of the teacher), "
+                f"{p['size_mb']:.1f} MB; "
                 f"{len(result['front'])} of {result['candidates']} candidates on the Pareto front")
     m = result["nearest_miss"]
     unmet = ", ".join(f"--{name}" for name in result["unmet"]) or "no single constraint, only their combination"
     misses = ", ".join(f"--{k} by {v:.1%}" for k, v in m["misses"].items())
     return (f"no candidate at {where} meets the budget; unmet by every candidate: {unmet}. Nearest miss: "
             f"{m['model']} {m['artifact']} (p50 {m['p50_ms']:.3f} ms, metric {m['metric']:.4f}, "
-            f"{_pct(m['retention'])} retained, {m['size_mb']:.1f} MB) misses {misses}")
-
-
-def _pct(value) -> str:
-    return "n/a" if value is None else f"{value:.1%}"
+            f"{retention_percent(m['retention'])} retained, {m['size_mb']:.1f} MB) misses {misses}")
 
 
 def run_pick(report_path: str | Path, budget: Budget, out: str | Path | None = None) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from xtremedistil.distill.metrics import retention_percent
 from xtremedistil.errors import XtremeDistilError
 
 PLOTS = ("accuracy_vs_latency.png", "speedup_by_batch.png")
@@ -54,7 +55,7 @@ def format_headline(report: dict) -> str:
     """The headline rows as console lines (the CLI and recipes print these)."""
     lines = []
     for row in headline_rows(report):
-        retention = "" if row["retention"] is None else f", retention {row['retention']:.1%}"
+        retention = "" if row["retention"] is None else f", retention {retention_percent(row['retention'])}"
         lines.append(f"batch {row['batch_size']:>3}: {row['model']} fastest as {row['artifact']}: "
                      f"{row['ms_per_sentence']:.3f} ms/sentence, {_fmt(row['speedup_same_runtime'], '.1f', 'x')} vs "
                      f"teacher same runtime, {_fmt(row['speedup_best'], '.1f', 'x')} vs teacher's best{retention}")
@@ -95,7 +96,7 @@ def render_markdown(report: dict) -> str:
                 f"{_fmt(row['speedup_same_runtime'], '.1f', 'x')} ({row['teacher_same_runtime'] or 'n/a'}) | "
                 f"{_fmt(row['speedup_best'], '.1f', 'x')} ({row['teacher_best']}) | {row['size_bytes'] / 1e6:.1f} | "
                 f"{_fmt(row['compression_params'], '.1f', 'x')} | {_fmt(row['metric'], '.4f')} | "
-                f"{_fmt(row['retention'], '.1%')} |")
+                f"{retention_percent(row['retention'])} |")
         lines.append("")
     for batch in protocol["batch_sizes"]:
         for threads in sorted(protocol["threads"], reverse=True):
@@ -114,7 +115,8 @@ def render_markdown(report: dict) -> str:
                     f"{row['p90_ms']:.2f} | {row['p99_ms']:.2f} | {row['ms_per_sentence']:.3f} | "
                     f"{row['sentences_per_s']:.0f} | {_fmt(row['speedup_same_runtime'], '.1f', 'x')} | "
                     f"{_fmt(row['speedup_best'], '.1f', 'x')} | {row['size_bytes'] / 1e6:.1f} | "
-                    f"{row['peak_rss_mb']:.0f} | {_fmt(row['metric'], '.4f')} | {_fmt(row['retention'], '.1%')} |")
+                    f"{row['peak_rss_mb']:.0f} | {_fmt(row['metric'], '.4f')} | "
+                    f"{retention_percent(row['retention'])} |")
             lines.append("")
     lines += _front_and_picks(report, _main_threads(report))
     languages = _per_language(report)
@@ -148,7 +150,8 @@ def _front_and_picks(report: dict, threads: int) -> list[str]:
                   "| model | artifact | p50 ms | ms/sentence | " + (report["task"]["metric"] or "metric")
                   + " | retention | size MB |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
         lines += [f"| {r['model']} | {r['artifact']} | {r['p50_ms']:.3f} | {r['ms_per_sentence']:.4f} | "
-                  f"{r['metric']:.4f} | {_fmt(r['retention'], '.1%')} | {r['size_bytes'] / 1e6:.1f} |" for r in rows]
+                  f"{r['metric']:.4f} | {retention_percent(r['retention'])} | {r['size_bytes'] / 1e6:.1f} |"
+                  for r in rows]
         lines.append("")
     if report.get("picks"):
         lines += ["## Pick for the budget", ""]

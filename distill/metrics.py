@@ -6,6 +6,7 @@ paper's multilingual figure); `overall` is always the micro figure over all sent
 """
 from __future__ import annotations
 
+import math
 import warnings
 from collections import defaultdict
 from typing import Sequence
@@ -86,6 +87,14 @@ def headline(metrics: dict) -> float:
     """The single figure used for model selection and reports: macro over languages if any."""
     block = metrics.get("macro") or metrics["overall"]
     return block[metrics["metric"]]
+
+
+def retention_percent(share: float | None) -> str:
+    """A retention (0.97957) as a percentage with one decimal, rounded down ("97.9%"): a figure shown as 98.0%
+    is at least 98%, so a goal or a pick's accuracy floor never reads as met when it is not."""
+    if share is None:
+        return "n/a"
+    return f"{math.floor(share * 1000 + 1e-9) / 10:.1f}%"    # 1e-9: 0.953 * 1000 is 952.99999...
 
 
 def format_metrics(metrics: dict, title: str = "") -> str:

@@ -275,7 +275,7 @@ def format_report(metrics: dict) -> str:
         f"student ({metrics['student']['best_substage']}, chosen on dev): {metrics['student']['parameters']:,} parameters",
         metrics_lib.format_metrics(metrics["student"]["test"], "  test:"),
         f"compression: {metrics['compression']:.1f}x fewer parameters; test {name} retention: "
-        + (f"{100 * retention:.1f}%" if retention is not None else "n/a (teacher scored 0)"),
+        + (metrics_lib.retention_percent(retention) if retention is not None else "n/a (teacher scored 0)"),
         "wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in metrics["seconds"].items()),
     ]
     return "\n".join(lines)

@@ -363,6 +363,8 @@ def students_table(students: dict) -> dict:
 
 def students_markdown(table: dict) -> str:
     """students.json as the ablation table a README shows: how each student was made and what it kept."""
+    from xtremedistil.distill.metrics import retention_percent
+
     lines = ["| student | transfer set | stages | parameters | dev | test | teacher test | retention (test) | "
              "stages time |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, row in table.items():
@@ -375,7 +377,7 @@ def students_markdown(table: dict) -> str:
         stages = "labels only (no teacher)" if stages == "labels" else f"{stages} (best {row['best_substage']})"
         seconds = (row.get("seconds") or {}).get("stages")
         minutes = f"{seconds / 60:.1f} min" if seconds is not None else "n/a"
-        retention = f"{100 * row['retention_test']:.1f}%" if row.get("retention_test") is not None else "n/a"
+        retention = retention_percent(row.get("retention_test"))
         lines.append(f"| {name} | {made} | {stages} | {row['parameters']:,} | {100 * row['student_dev']:.2f} | "
                      f"{100 * row['student_test']:.2f} | {100 * row['teacher_test']:.2f} | {retention} | {minutes} |")
     return "\n".join(lines) + "\n"

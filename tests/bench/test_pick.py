@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from xtremedistil.bench.pick import Budget, budgets_from_recipe, front, pick
+from xtremedistil.bench.pick import Budget, budgets_from_recipe, describe, front, pick
 from xtremedistil.bench.report import render_markdown
 from xtremedistil.cli import main
 from xtremedistil.errors import XtremeDistilError
@@ -141,3 +141,13 @@ def test_length_buckets_split_the_test_set_and_match_each_model(tiny_models, tmp
     assert all(0 <= r["teacher"] <= 1 and 0 <= r["agreement"] <= 1 for r in rows)
     tagging = tiny_bundle(tmp_path / "tag", tiny_models("bert"), tagging=True)
     assert buckets_main(["--bundle", str(tagging)]) == 2
+
+
+def test_the_nearest_miss_of_an_accuracy_floor_is_not_shown_as_meeting_it():
+    rows = [_row("teacher", "onnx-fp32", 12.0, 0.8956, 90.0, teacher_metric=0.8956),
+            _row("cnn", "litert-dynamic", 0.2, 0.8773, 4.0, teacher_metric=0.8956)]    # 97.96% of the teacher
+    report = {**REPORT, "rows": rows}
+    result = pick(report, Budget(min_retention=0.98, max_latency_ms=1))
+    assert result["pick"] is None and result["nearest_miss"]["model"] == "cnn"
+    assert "97.9% retained" in describe(result) and "98.0%" not in describe(result)
+    assert "| 97.9% |" in render_markdown({**report, "picks": [result]})
