@@ -146,7 +146,8 @@ def test_length_buckets_split_the_test_set_and_match_each_model(tiny_models, tmp
 def test_the_nearest_miss_of_an_accuracy_floor_is_not_shown_as_meeting_it():
     rows = [_row("teacher", "onnx-fp32", 12.0, 0.8956, 90.0, teacher_metric=0.8956),
             _row("cnn", "litert-dynamic", 0.2, 0.8773, 4.0, teacher_metric=0.8956)]    # 97.96% of the teacher
-    report = {**REPORT, "rows": rows}
+    report = {**REPORT, "rows": rows, "teacher": {"name": "t", "parameters": 1, "metric": 0.8956}, "students": [],
+              "failures": [], "environment": {"cpu": "cpu", "cores": 2, "git_commit": "abc", "cpu_flags": []}}
     result = pick(report, Budget(min_retention=0.98, max_latency_ms=1))
     assert result["pick"] is None and result["nearest_miss"]["model"] == "cnn"
     assert "97.9% retained" in describe(result) and "98.0%" not in describe(result)
