@@ -160,6 +160,8 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     best = runner.best(plan)
     student.load_weights(str(layout.student / best.checkpoint))
     phases["stages"] = round(time.time() - t0, 1)
+    # What the stages cost over every run that trained them (a resumed run's `stages` is its own sitting only).
+    phases["stages_all_runs"] = round(sum(state["completed"][sub.name].get("seconds", 0.0) for sub in plan), 1)
     peaks.stop("stages")
 
     # Test is only reported, for the sub-stage chosen on dev.

@@ -423,7 +423,8 @@ class StageRunner:
                     f"a learning rate too high for this student, or non-finite teacher outputs in the cache. "
                     f"Completed sub-stages in {self.folder} are intact; fix the cause and rerun to resume")
             history.append({"epoch": epoch + 1, "train_loss": total / max(n, 1), "val_loss": val,
-                            "sentences_per_second": round(rows * self.cluster.workers / max(train_seconds, 1e-9), 1)})
+                            "sentences_per_second": round(rows * self.cluster.workers / max(train_seconds, 1e-9), 1),
+                            "seconds": round(time.time() - epoch_started, 1)})
             logger.info("%s epoch %d: train loss %.5g, validation loss %.5g", sub.name, epoch + 1, total / max(n, 1), val)
             if val < best_loss:
                 best_loss, best_weights, waited = val, model.get_weights(), 0
@@ -435,7 +436,10 @@ class StageRunner:
             if epoch + 1 < epochs:
                 self._save_epochs(sub, epochs, optimizer, best_loss, best_weights, waited, history)
         model.set_weights(best_weights)
-        return {"history": history, "val_loss": best_loss}
+        # Epochs an earlier (killed) run trained count in the sub-stage's time: its seconds are the sub-stage's
+        # cost, not this sitting's (histories saved before epochs recorded their seconds add nothing).
+        earlier = sum(h.get("seconds", 0.0) for h in history[:first])
+        return {"history": history, "val_loss": best_loss, "earlier_seconds": earlier}
 
     def _epochs_path(self, sub: SubStage) -> Path:
         return self.folder / sub.checkpoint.replace(".weights.h5", ".epoch.npz")
@@ -524,13 +528,15 @@ class StageRunner:
                 "index": sub.index, "stage": sub.stage, "trainable_groups": sub.trainable_groups,
                 "val_loss": result["val_loss"], "history": result["history"],
                 "dev_metric": metrics_lib.headline(dev), "dev_metric_name": dev["metric"], "dev": dev,
-                "seconds": round(time.time() - started, 1), "checkpoint": sub.checkpoint,
+                "seconds": round(time.time() - started + result["earlier_seconds"], 1),
+                "seconds_earlier_runs": round(result["earlier_seconds"], 1), "checkpoint": sub.checkpoint,
             }
             partial = self.state.pop("partial", None)
             write_json_atomic(self.state_path, self.state)
             if partial:
                 (self.folder / partial["file"]).unlink(missing_ok=True)
-            logger.info("%s done in %.0f s: dev %s %.4f", sub.name, time.time() - started,
+            earlier = (f" (+{result['earlier_seconds']:.0f} s in earlier runs)" if result["earlier_seconds"] else "")
+            logger.info("%s done in %.0f s%s: dev %s %.4f", sub.name, time.time() - started, earlier,
                         dev["metric"], metrics_lib.headline(dev))
         return self.state
 

@@ -375,7 +375,8 @@ def students_markdown(table: dict) -> str:
                 else f"{transfer.get('sentences', 0):,}")
         stages = distillation.get("stages", "1,2,3")
         stages = "labels only (no teacher)" if stages == "labels" else f"{stages} (best {row['best_substage']})"
-        seconds = (row.get("seconds") or {}).get("stages")
+        seconds = row.get("seconds") or {}
+        seconds = seconds.get("stages_all_runs", seconds.get("stages"))   # every sitting's sub-stages, when recorded
         minutes = f"{seconds / 60:.1f} min" if seconds is not None else "n/a"
         retention = retention_percent(row.get("retention_test"))
         lines.append(f"| {name} | {made} | {stages} | {row['parameters']:,} | {100 * row['student_dev']:.2f} | "

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from helpers import classification_task
-from xtremedistil.recipe import load_recipe, run_recipe
+from xtremedistil.recipe import load_recipe, run_recipe, students_markdown
 from xtremedistil.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -167,3 +167,15 @@ def test_export_stamp_ignores_settings_that_cannot_change_an_artifact(tmp_path):
     base = _export_stamp(bundle, {"tflite_batch_sizes": "32"})
     assert _export_stamp(bundle, {"tflite_batch_sizes": "32", "on_parity_failure": "drop", "threads": 2}) == base
     assert _export_stamp(bundle, {"tflite_batch_sizes": "1,32"}) != base
+
+
+def test_students_table_shows_the_stages_time_of_every_sitting():
+    # A student resumed in a second sitting: `stages` is that sitting's wall time, `stages_all_runs` what the
+    # sub-stages cost in all; the table shows the latter (and the former for reports written before it existed).
+    row = {"distillation": {"stages": "1,2,3", "augment_multiplier": 2}, "transfer": {"sentences": 1000},
+           "best_substage": "stage3-top4", "parameters": 10, "student_dev": 0.5, "student_test": 0.5,
+           "teacher_test": 0.6, "retention_test": 0.5 / 0.6}
+    resumed = students_markdown({"s": {**row, "seconds": {"stages": 60.0, "stages_all_runs": 600.0}}})
+    assert resumed.splitlines()[2].endswith("| 10.0 min |")
+    older = students_markdown({"s": {**row, "seconds": {"stages": 60.0}}})
+    assert older.splitlines()[2].endswith("| 1.0 min |")

@@ -190,6 +190,12 @@ def test_run_killed_inside_a_substage_resumes_after_its_last_finished_epoch(tagg
     assert "partial" not in json.loads((folder / "state.json").read_text())
     finished = json.loads((folder / "state.json").read_text())["completed"]["stage2-top2"]
     assert finished["history"][0] == state["partial"]["history"][0] and len(finished["history"]) == 2
+    # The sub-stage's time counts the epoch the killed run trained, not only this sitting's.
+    earlier = state["partial"]["history"][0]["seconds"]
+    assert earlier > 0 and finished["seconds_earlier_runs"] == pytest.approx(earlier)
+    assert finished["seconds"] >= earlier + finished["history"][1]["seconds"] - 0.2
+    assert resumed["seconds"]["stages_all_runs"] == pytest.approx(
+        sum(sub["seconds"] for sub in resumed["substages"].values()), abs=0.1)
     for name, sub in reference["substages"].items():
         assert resumed["substages"][name]["val_loss"] == pytest.approx(sub["val_loss"], rel=1e-6), name
     assert resumed["student"]["test"] == reference["student"]["test"]
