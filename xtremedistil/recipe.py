@@ -356,9 +356,20 @@ def students_table(students: dict) -> dict:
             "teacher_test": headline(metrics["teacher"]["test"]), "teacher_dev": headline(metrics["teacher"]["dev"]),
             "retention_test": metrics["retention"]["test"], "parameters": metrics["student"]["parameters"],
             "transfer": metrics.get("transfer"), "seconds": metrics["seconds"],
+            "substage_seconds": {sub: done.get("seconds") for sub, done in (metrics.get("substages") or {}).items()},
             "sentences_per_second": metrics.get("sentences_per_second"),
         }
     return rows
+
+
+def stages_seconds(row: dict) -> float | None:
+    """What a student's stages cost: over every sitting when recorded (`stages_all_runs`); else the sum of its
+    sub-stages' seconds (a rerun of a finished student records a near-zero `stages` wall time); else `stages`."""
+    seconds = row.get("seconds") or {}
+    if seconds.get("stages_all_runs") is not None:
+        return seconds["stages_all_runs"]
+    parts = [v for v in (row.get("substage_seconds") or {}).values() if v is not None]
+    return round(sum(parts), 1) if parts else seconds.get("stages")
 
 
 def students_markdown(table: dict) -> str:
@@ -375,8 +386,7 @@ def students_markdown(table: dict) -> str:
                 else f"{transfer.get('sentences', 0):,}")
         stages = distillation.get("stages", "1,2,3")
         stages = "labels only (no teacher)" if stages == "labels" else f"{stages} (best {row['best_substage']})"
-        seconds = row.get("seconds") or {}
-        seconds = seconds.get("stages_all_runs", seconds.get("stages"))   # every sitting's sub-stages, when recorded
+        seconds = stages_seconds(row)
         minutes = f"{seconds / 60:.1f} min" if seconds is not None else "n/a"
         retention = retention_percent(row.get("retention_test"))
         lines.append(f"| {name} | {made} | {stages} | {row['parameters']:,} | {100 * row['student_dev']:.2f} | "
