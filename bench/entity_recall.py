@@ -1,0 +1,117 @@
+"""Where a tagging student loses its teacher: entity recall by kind, teacher vs student, per language.
+
+    python -m xtremedistil.bench.entity_recall --bundle runs/wikiann-e5/bundle-300-600 \
+        [--teacher runs/wikiann-e5/teacher] [--task DIR] [--languages en,de]
+
+Tagging tasks only. The teacher defaults to MODEL_DIR/teacher beside the bundle and the task to the one the
+bundle was distilled on. Each gold entity of the test split (exact span and type, as seqeval counts them) is
+put in three groupings: its type, its length in words (1, 2, 3+) and whether its span holds punctuation
+(a comma, a bracket, a quote or a dash: "Nowy Dwór , Gmina Somonino", "Stephen Levin ( councillor )").
+Prints, per language and group, the entities, the share the teacher and the student find, and the gap.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+
+import xtremedistil  # noqa: F401
+from xtremedistil.errors import XtremeDistilError
+
+
+def _punctuated(words) -> bool:
+    """True when a word of the span is punctuation only (any script's commas, brackets, quotes, dashes)."""
+    return any(w and all(unicodedata.category(c).startswith("P") for c in w) for w in words)
+
+
+def _groups(words, entity) -> list[tuple[str, str]]:
+    kind, start, end = entity
+    n = end - start + 1
+    return [("type", kind), ("words", str(n) if n < 3 else "3+"),
+            ("punctuation", "yes" if _punctuated(words[start:end + 1]) else "no")]
+
+
+def recall_by_kind(gold: list[list[str]], predicted: dict[str, list[list[str]]], words: list, languages: list) -> list[dict]:
+    """Rows {language, group, kind, entities, <model>: recall} from word-level gold and predicted tags;
+    language "all" pools every sentence. `predicted` maps a model name to its tags of every sentence."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    found: dict[tuple, dict] = {}
+    for i, tags in enumerate(gold):
+        hits = {name: set(get_entities(list(p[i]))) for name, p in predicted.items()}
+        for entity in get_entities(list(tags)):
+            for language in (languages[i], "all") if languages[i] else ("all",):
+                for group, kind in _groups(words[i], entity):
+                    cell = found.setdefault((language, group, kind), {"entities": 0, **{n: 0 for n in predicted}})
+                    cell["entities"] += 1
+                    for name in predicted:
+                        cell[name] += entity in hits[name]
+    order = {"type": 0, "words": 1, "punctuation": 2}
+    rows = []
+    for (language, group, kind), cell in sorted(found.items(), key=lambda kv: (kv[0][0] == "all", kv[0][0],
+                                                                             order[kv[0][1]], kv[0][2])):
+        rows.append({"language": language, "group": group, "kind": kind, "entities": cell["entities"],
+                     **{name: cell[name] / cell["entities"] for name in predicted}})
+    return rows
+
+
+def entity_recall(bundle_dir: str, teacher_dir: str | None = None, task_dir: str | None = None,
+                  languages: list[str] | None = None) -> list[dict]:
+    from xtremedistil.distill import load_bundle
+    from xtremedistil.distill import teacher as teacher_lib
+    from xtremedistil.distill.data import load_task
+    from xtremedistil.distill.tokenization import encode_examples, tags_from_piece_predictions
+
+    bundle = load_bundle(bundle_dir)
+    if not bundle.student_config.tagging:
+        raise XtremeDistilError(f"{bundle_dir}: entity recall is for tagging bundles (for classification use "
+                                "python -m xtremedistil.bench.length_buckets)")
+    task = load_task(task_dir or bundle.config["options"]["task"], True)
+    test = task.splits["test"]
+    if languages:
+        present = {ex.language for ex in test}
+        missing = [lang for lang in languages if lang not in present]
+        if missing:
+            raise XtremeDistilError(f"--languages: {', '.join(missing)} not in the test split (it has "
+                                    f"{', '.join(sorted(str(p) for p in present)) or 'no languages'})")
+        test = [ex for ex in test if ex.language in languages]
+    teacher_dir = teacher_dir or str(Path(bundle_dir).parent / "teacher")
+    model, spec, tokenizer = teacher_lib.load_teacher(teacher_dir)
+    labels = task.labels
+    encoded = encode_examples(tokenizer, test, labels, spec.seq_len, True, "test")
+    teacher = tags_from_piece_predictions(np.argmax(teacher_lib.predict_logits(model, encoded), -1),
+                                          encoded.word_index, encoded.n_words, labels)
+    student_encoded = encode_examples(bundle.tokenizer, test, labels, bundle.seq_len, True, "test")
+    student = tags_from_piece_predictions(np.argmax(bundle.predict_logits(student_encoded.input_ids), -1),
+                                          student_encoded.word_index, student_encoded.n_words, labels)
+    return recall_by_kind([list(ex.label) for ex in test], {"teacher": teacher, "student": student},
+                          [ex.words for ex in test], [ex.language for ex in test])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m xtremedistil.bench.entity_recall",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", required=True, help="a tagging student bundle")
+    parser.add_argument("--teacher", help="fine-tuned teacher folder (default: beside the bundle)")
+    parser.add_argument("--task", help="task folder (default: the one the bundle was distilled on)")
+    parser.add_argument("--languages", default="", help="comma-separated languages to keep (default: all)")
+    args = parser.parse_args(argv)
+    try:
+        rows = entity_recall(args.bundle, args.teacher, args.task,
+                             [lang for lang in args.languages.split(",") if lang] or None)
+    except XtremeDistilError as err:
+        print(f"entity_recall: error: {err}", file=sys.stderr)
+        return 2
+    print("| language | group | kind | entities | teacher recall | student recall | gap (points) |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r['language']} | {r['group']} | {r['kind']} | {r['entities']} | {100 * r['teacher']:.1f} | "
+              f"{100 * r['student']:.1f} | {100 * (r['teacher'] - r['student']):.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
