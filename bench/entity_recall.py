@@ -11,14 +11,11 @@ Prints, per language and group, the entities, the share the teacher and the stud
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import unicodedata
-from pathlib import Path
-
-import numpy as np
 
 import xtremedistil  # noqa: F401
+from xtremedistil.bench import teacher_vs_student
 from xtremedistil.errors import XtremeDistilError
 
 
@@ -34,7 +31,8 @@ def _groups(words, entity) -> list[tuple[str, str]]:
             ("punctuation", "yes" if _punctuated(words[start:end + 1]) else "no")]
 
 
-def recall_by_kind(gold: list[list[str]], predicted: dict[str, list[list[str]]], words: list, languages: list) -> list[dict]:
+def recall_by_kind(gold: list[list[str]], predicted: dict[str, list[list[str]]], words: list,
+                   languages: list) -> list[dict]:
     """Rows {language, group, kind, entities, <model>: recall} from word-level gold and predicted tags;
     language "all" pools every sentence. `predicted` maps a model name to its tags of every sentence."""
     from seqeval.metrics.sequence_labeling import get_entities
@@ -60,16 +58,9 @@ def recall_by_kind(gold: list[list[str]], predicted: dict[str, list[list[str]]],
 
 def entity_recall(bundle_dir: str, teacher_dir: str | None = None, task_dir: str | None = None,
                   languages: list[str] | None = None) -> list[dict]:
-    from xtremedistil.distill import load_bundle
-    from xtremedistil.distill import teacher as teacher_lib
-    from xtremedistil.distill.data import load_task
-    from xtremedistil.distill.tokenization import encode_examples, tags_from_piece_predictions
-
-    bundle = load_bundle(bundle_dir)
-    if not bundle.student_config.tagging:
-        raise XtremeDistilError(f"{bundle_dir}: entity recall is for tagging bundles (for classification use "
-                                "python -m xtremedistil.bench.length_buckets)")
-    task = load_task(task_dir or bundle.config["options"]["task"], True)
+    bundle, task = teacher_vs_student.load_bundle_and_task(
+        bundle_dir, task_dir, True, f"{bundle_dir}: entity recall is for tagging bundles (for classification use "
+        "python -m xtremedistil.bench.length_buckets)")
     test = task.splits["test"]
     if languages:
         present = {ex.language for ex in test}
@@ -78,25 +69,13 @@ def entity_recall(bundle_dir: str, teacher_dir: str | None = None, task_dir: str
             raise XtremeDistilError(f"--languages: {', '.join(missing)} not in the test split (it has "
                                     f"{', '.join(sorted(str(p) for p in present)) or 'no languages'})")
         test = [ex for ex in test if ex.language in languages]
-    teacher_dir = teacher_dir or str(Path(bundle_dir).parent / "teacher")
-    model, spec, tokenizer = teacher_lib.load_teacher(teacher_dir)
-    labels = task.labels
-    encoded = encode_examples(tokenizer, test, labels, spec.seq_len, True, "test")
-    teacher = tags_from_piece_predictions(np.argmax(teacher_lib.predict_logits(model, encoded), -1),
-                                          encoded.word_index, encoded.n_words, labels)
-    student_encoded = encode_examples(bundle.tokenizer, test, labels, bundle.seq_len, True, "test")
-    student = tags_from_piece_predictions(np.argmax(bundle.predict_logits(student_encoded.input_ids), -1),
-                                          student_encoded.word_index, student_encoded.n_words, labels)
+    teacher, student = teacher_vs_student.predictions(bundle, bundle_dir, teacher_dir, test, task.labels)
     return recall_by_kind([list(ex.label) for ex in test], {"teacher": teacher, "student": student},
                           [ex.words for ex in test], [ex.language for ex in test])
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xtremedistil.bench.entity_recall",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", required=True, help="a tagging student bundle")
-    parser.add_argument("--teacher", help="fine-tuned teacher folder (default: beside the bundle)")
-    parser.add_argument("--task", help="task folder (default: the one the bundle was distilled on)")
+    parser = teacher_vs_student.parser("entity_recall", __doc__, "tagging")
     parser.add_argument("--languages", default="", help="comma-separated languages to keep (default: all)")
     args = parser.parse_args(argv)
     try:

@@ -9,34 +9,24 @@ student accuracy, retention, and how often the two agree.
 """
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 
 import xtremedistil  # noqa: F401
+from xtremedistil.bench import teacher_vs_student
 from xtremedistil.errors import XtremeDistilError
 
 
 def length_buckets(bundle_dir: str, teacher_dir: str | None = None, task_dir: str | None = None,
                    edges=(10, 20, 30)) -> list[dict]:
-    from xtremedistil.distill import load_bundle
-    from xtremedistil.distill import teacher as teacher_lib
-    from xtremedistil.distill.data import load_task
-    from xtremedistil.distill.tokenization import encode_examples
-
-    bundle = load_bundle(bundle_dir)
-    if bundle.student_config.tagging:
-        raise XtremeDistilError("length buckets are for classification bundles (tagging F1 is per entity)")
-    task = load_task(task_dir or bundle.config["options"]["task"], False)
-    teacher_dir = teacher_dir or str(Path(bundle_dir).parent / "teacher")
-    model, spec, tokenizer = teacher_lib.load_teacher(teacher_dir)
+    bundle, task = teacher_vs_student.load_bundle_and_task(
+        bundle_dir, task_dir, False, "length buckets are for classification bundles (tagging F1 is per entity)")
     test, labels = task.splits["test"], task.labels
+    teacher, student = teacher_vs_student.predictions(bundle, bundle_dir, teacher_dir, test, labels)
     gold = np.array([labels.index(ex.label) for ex in test])
-    student = np.array([labels.index(p) for p in bundle.predict([ex.text for ex in test])])
-    encoded = encode_examples(tokenizer, test, labels, spec.seq_len, False, "test")
-    teacher = np.argmax(teacher_lib.predict_logits(model, encoded), -1)
+    teacher = np.array([labels.index(p) for p in teacher])
+    student = np.array([labels.index(p) for p in student])
     words = np.array([len(ex.text.split()) for ex in test])
     bounds = [0, *edges, int(words.max()) + 1]
     rows = []
@@ -50,10 +40,7 @@ def length_buckets(bundle_dir: str, teacher_dir: str | None = None, task_dir: st
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xtremedistil.bench.length_buckets", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", required=True, help="a classification student bundle")
-    parser.add_argument("--teacher", help="fine-tuned teacher folder (default: beside the bundle)")
-    parser.add_argument("--task", help="task folder (default: the one the bundle was distilled on)")
+    parser = teacher_vs_student.parser("length_buckets", __doc__, "classification")
     parser.add_argument("--edges", default="10,20,30", help="bucket edges in words (default: 10,20,30)")
     args = parser.parse_args(argv)
     try:
