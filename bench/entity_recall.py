@@ -1,7 +1,7 @@
 """Where a tagging student loses its teacher: entity recall by kind, teacher vs student, per language.
 
     python -m xtremedistil.bench.entity_recall --bundle runs/wikiann-e5/bundle-300-600 \
-        [--teacher runs/wikiann-e5/teacher] [--task DIR] [--languages en,de]
+        [--teacher runs/wikiann-e5/teacher] [--task DIR] [--languages en,de] [--decoding bio]
 
 Tagging tasks only. The teacher defaults to MODEL_DIR/teacher beside the bundle and the task to the one the
 bundle was distilled on. Each gold entity of the test split (exact span and type, as seqeval counts them) is
@@ -57,7 +57,7 @@ def recall_by_kind(gold: list[list[str]], predicted: dict[str, list[list[str]]],
 
 
 def entity_recall(bundle_dir: str, teacher_dir: str | None = None, task_dir: str | None = None,
-                  languages: list[str] | None = None) -> list[dict]:
+                  languages: list[str] | None = None, decoding: str = "argmax") -> list[dict]:
     bundle, task = teacher_vs_student.load_bundle_and_task(
         bundle_dir, task_dir, True, f"{bundle_dir}: entity recall is for tagging bundles (for classification use "
         "python -m xtremedistil.bench.length_buckets)")
@@ -69,7 +69,8 @@ def entity_recall(bundle_dir: str, teacher_dir: str | None = None, task_dir: str
             raise XtremeDistilError(f"--languages: {', '.join(missing)} not in the test split (it has "
                                     f"{', '.join(sorted(str(p) for p in present)) or 'no languages'})")
         test = [ex for ex in test if ex.language in languages]
-    teacher, student = teacher_vs_student.predictions(bundle, bundle_dir, teacher_dir, test, task.labels)
+    teacher, student = teacher_vs_student.predictions(bundle, bundle_dir, teacher_dir, test, task.labels,
+                                                       decoding)
     return recall_by_kind([list(ex.label) for ex in test], {"teacher": teacher, "student": student},
                           [ex.words for ex in test], [ex.language for ex in test])
 
@@ -77,10 +78,12 @@ def entity_recall(bundle_dir: str, teacher_dir: str | None = None, task_dir: str
 def main(argv=None) -> int:
     parser = teacher_vs_student.parser("entity_recall", __doc__, "tagging")
     parser.add_argument("--languages", default="", help="comma-separated languages to keep (default: all)")
+    parser.add_argument("--decoding", choices=("argmax", "bio"), default="argmax",
+                        help="word tags: each word's argmax (default) or the best IOB2-valid sequence (both models)")
     args = parser.parse_args(argv)
     try:
         rows = entity_recall(args.bundle, args.teacher, args.task,
-                             [lang for lang in args.languages.split(",") if lang] or None)
+                             [lang for lang in args.languages.split(",") if lang] or None, args.decoding)
     except XtremeDistilError as err:
         print(f"entity_recall: error: {err}", file=sys.stderr)
         return 2

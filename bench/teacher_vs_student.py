@@ -22,26 +22,42 @@ def load_bundle_and_task(bundle_dir: str, task_dir: str | None, tagging: bool, w
     return bundle, load_task(task_dir or bundle.config["options"]["task"], tagging)
 
 
-def predictions(bundle, bundle_dir: str, teacher_dir: str | None, examples, labels: list[str]) -> tuple[list, list]:
-    """(teacher, student) predictions of `examples`: a label per sentence, or word-level tags for tagging.
-    The teacher defaults to MODEL_DIR/teacher beside the bundle."""
+def teacher_logits(teacher_dir: str, examples, labels: list[str], tagging: bool):
+    """(logits, encoded) of the fine-tuned teacher in `teacher_dir` on `examples`."""
     from xtremedistil.distill import teacher as teacher_lib
-    from xtremedistil.distill.tokenization import encode_examples, tags_from_piece_predictions
+    from xtremedistil.distill.tokenization import encode_examples
+
+    model, spec, tokenizer = teacher_lib.load_teacher(teacher_dir)
+    encoded = encode_examples(tokenizer, examples, labels, spec.seq_len, tagging, "test")
+    return teacher_lib.predict_logits(model, encoded), encoded
+
+
+def predictions(bundle, bundle_dir: str, teacher_dir: str | None, examples, labels: list[str],
+                decoding: str = "argmax") -> tuple[list, list]:
+    """(teacher, student) predictions of `examples`: a label per sentence, or word-level tags for tagging
+    (`decoding`: see `xtremedistil.distill.decoding`). The teacher defaults to MODEL_DIR/teacher beside the
+    bundle."""
+    from xtremedistil.distill.decoding import tags_from_piece_logits
 
     tagging = bundle.student_config.tagging
-    model, spec, tokenizer = teacher_lib.load_teacher(teacher_dir or str(Path(bundle_dir).parent / "teacher"))
-    encoded = encode_examples(tokenizer, examples, labels, spec.seq_len, tagging, "test")
-    ids = np.argmax(teacher_lib.predict_logits(model, encoded), -1)
+    logits, encoded = teacher_logits(teacher_dir or default_teacher(bundle_dir), examples, labels, tagging)
     if tagging:
-        teacher = tags_from_piece_predictions(ids, encoded.word_index, encoded.n_words, labels)
-        return teacher, bundle.predict([" ".join(ex.words) for ex in examples])
-    return [labels[int(i)] for i in ids], bundle.predict([ex.text for ex in examples])
+        teacher = tags_from_piece_logits(logits, encoded.word_index, encoded.n_words, labels, decoding)
+        return teacher, bundle.predict([" ".join(ex.words) for ex in examples], decoding)
+    return [labels[int(i)] for i in np.argmax(logits, -1)], bundle.predict([ex.text for ex in examples])
 
 
-def parser(module: str, doc: str, bundle_kind: str) -> argparse.ArgumentParser:
+def default_teacher(bundle_dir: str) -> str:
+    """MODEL_DIR/teacher beside a bundle."""
+    return str(Path(bundle_dir).parent / "teacher")
+
+
+def parser(module: str, doc: str, bundle_kind: str, bundle_required: bool = True) -> argparse.ArgumentParser:
     """The diagnostics' command line: --bundle, --teacher, --task."""
     parser = argparse.ArgumentParser(prog=f"python -m xtremedistil.bench.{module}", description=doc.split("\n\n")[0])
-    parser.add_argument("--bundle", required=True, help=f"a {bundle_kind} student bundle")
+    parser.add_argument("--bundle", required=bundle_required,
+                        help=f"a {bundle_kind} student bundle" + ("" if bundle_required else
+                                                                  " (without one: the teacher alone)"))
     parser.add_argument("--teacher", help="fine-tuned teacher folder (default: beside the bundle)")
     parser.add_argument("--task", help="task folder (default: the one the bundle was distilled on)")
     return parser

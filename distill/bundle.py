@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from xtremedistil.distill.decoding import tags_from_piece_logits
 from xtremedistil.distill.files import atomic_directory, read_json, save_keras_weights, write_json_atomic
 from xtremedistil.distill.students import StudentConfig, build_student
-from xtremedistil.distill.tokenization import encode_sentences, load_tokenizer, save_tokenizer, tags_from_piece_predictions
+from xtremedistil.distill.tokenization import encode_sentences, load_tokenizer, save_tokenizer
 from xtremedistil.errors import XtremeDistilError
 from xtremedistil.layout import BundleLayout
 
@@ -123,17 +124,18 @@ class Bundle:
         return np.concatenate([self._forward(input_ids[i:i + batch_size]).numpy()
                                for i in range(0, len(input_ids), batch_size)])
 
-    def predict(self, texts: list[str]) -> list:
-        """Labels for classification; lists of word-level tags for tagging."""
+    def predict(self, texts: list[str], decoding: str = "argmax") -> list:
+        """Labels for classification; lists of word-level tags for tagging, each word's argmax or, with
+        `decoding="bio"`, the best IOB2-valid sequence (`xtremedistil.distill.decoding`)."""
         if isinstance(texts, str):
             raise XtremeDistilError("predict takes a list of texts, not one string")
         if not texts:
             return []
         encoded = self.encode(list(texts))
-        predicted = np.argmax(self.predict_logits(encoded.input_ids), axis=-1)
+        logits = self.predict_logits(encoded.input_ids)
         if self.tagging:
-            return tags_from_piece_predictions(predicted, encoded.word_index, encoded.n_words, self.labels)
-        return [self.labels[int(i)] for i in predicted]
+            return tags_from_piece_logits(logits, encoded.word_index, encoded.n_words, self.labels, decoding)
+        return [self.labels[int(i)] for i in np.argmax(logits, axis=-1)]
 
 
 def _check_config(config, path: Path, fix: str):

@@ -63,6 +63,10 @@ def test_the_command_matches_the_bundle_and_rejects_what_it_cannot_measure(tiny_
 
     assert main(["--bundle", str(bundle), "--languages", "en"]) == 0
     assert "| en | type | PER |" in capsys.readouterr().out
+    bio = load_bundle(bundle).predict([" ".join(ex.words) for ex in test], "bio")
+    expected = sum(len(g & set(get_entities(p))) for g, p in zip(gold, bio)) / sum(len(g) for g in gold)
+    pooled = [r for r in entity_recall(str(bundle), decoding="bio") if r["language"] == "all" and r["group"] == "type"]
+    assert sum(r["student"] * r["entities"] for r in pooled) / sum(len(g) for g in gold) == pytest.approx(expected)
     assert main(["--bundle", str(bundle), "--languages", "xx"]) == 2
     assert "--languages: xx not in the test split" in capsys.readouterr().err
     classification = tiny_bundle(tmp_path / "cls", tiny_models("bert"), tagging=False)
