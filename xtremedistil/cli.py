@@ -298,6 +298,17 @@ def _cmd_pick(args) -> int:
     return 0 if result["pick"] else 1
 
 
+def _cmd_status(args) -> int:
+    from xtremedistil.recipe import recipe_model_dir
+    from xtremedistil.status import status
+
+    run = args.run
+    if run.endswith((".yaml", ".yml")):
+        run = args.model_dir or recipe_model_dir(run)
+    print("\n".join(status(run)))
+    return 0
+
+
 def _cmd_recipe(args) -> int:
     from xtremedistil.recipe import run_recipe, summary
 
@@ -538,6 +549,20 @@ def build_parser(distill_flags: bool = False) -> argparse.ArgumentParser:
     _recipe_arguments(sweep, "a recipe with a 'students:' list, e.g. bench/recipes/sst2-sweep.yaml")
     _budget_arguments(sweep)
     sweep.set_defaults(handler=_cmd_recipe)
+
+    state = commands.add_parser(
+        "status", help="where a run folder stands: teacher epochs, scored sets, each student's sub-stages, bundles",
+        description="Print what every phase of a run folder has recorded, without loading a model (under a second; "
+                    "safe beside a running job): the teacher's fine-tuning epochs and dev figures, the augmented and "
+                    "scored transfer sets, each student's finished sub-stages (dev metric, validation loss, epochs, "
+                    "time) and the one in progress (epochs saved, last saved when), each bundle's test figure and "
+                    "retention and whether it is exported, and the bench reports. Nothing is written.",
+        epilog="example: xtremedistil status bench/recipes/wikiann-e5.yaml --model_dir /work/runs/wikiann-e5",
+    )
+    state.add_argument("run", metavar="RUN", help="a run folder (--model_dir of distill), or a recipe YAML (its "
+                                                   "model_dir)")
+    state.add_argument("--model_dir", help="with a recipe: the run folder it was run with, if overridden")
+    state.set_defaults(handler=_cmd_status)
     return parser
 
 

@@ -102,13 +102,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
     from xtremedistil.export.pipeline import ExportOptions
 
     path = Path(path)
-    os.environ.setdefault("XD_DATA", "../shared/data")
-    recipe = _read_yaml(path)
-    if isinstance(recipe, dict) and "extends" in recipe:
-        recipe = _extend(recipe, path)
-        extended = recipe.pop(EXTENDED)
-    else:
-        extended = False
+    recipe, extended = _read_recipe(path)
     for override in overrides or ():
         _apply_override(recipe, override, path)
     if not isinstance(recipe, dict) or not isinstance(recipe.get("name"), str) or "model_dir" not in recipe:
@@ -141,6 +135,24 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
     # A recipe extending another shares its model_dir (teacher, cache, students) but benches in its own folder.
     recipe["bench_dir"] = f"bench-{recipe['name']}" if extended else "bench"
     return recipe
+
+
+def _read_recipe(path: Path) -> tuple[dict, bool]:
+    """The recipe's YAML with its `extends:` chain merged, unchecked; and whether it extends another."""
+    os.environ.setdefault("XD_DATA", "../shared/data")
+    recipe = _read_yaml(path)
+    if isinstance(recipe, dict) and "extends" in recipe:
+        recipe = _extend(recipe, path)
+        return recipe, recipe.pop(EXTENDED)
+    return recipe, False
+
+
+def recipe_model_dir(path: str | Path) -> str:
+    """A recipe's model_dir, read without loading any step's options (so without TensorFlow)."""
+    recipe, _ = _read_recipe(Path(path))
+    if not isinstance(recipe, dict) or "model_dir" not in recipe:
+        raise XtremeDistilError(f"{path}: a recipe needs 'name', 'model_dir' and the sections {', '.join(STEPS)}")
+    return str(_expand(recipe["model_dir"], Path(path)))
 
 
 def _read_yaml(path: Path):

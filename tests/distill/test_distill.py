@@ -372,3 +372,55 @@ def test_bad_settings_fail_before_the_teacher_is_fine_tuned(tiny_models, tmp_pat
     task = tagging_task(tmp_path / "task")
     with pytest.raises(XtremeDistilError, match=message):
         run_distill(options(task, tmp_path / "out", tiny_models("bert"), True, **override))
+
+
+def test_status_reads_what_each_phase_recorded(tagging_run, tmp_path, capsys):
+    from xtremedistil.status import status
+
+    opts, metrics = tagging_run
+    root = Path(opts.run.model_dir)
+    lines = status(root)
+    teacher = json.loads((root / "teacher" / "teacher.json").read_text())
+    dev = 100 * teacher["history"][0]["dev"]
+    test = 100 * headline(json.loads((root / "teacher" / "metrics.json").read_text())["test"])
+    assert lines[1].startswith(f"teacher: fine-tuned, 1 epoch(s), dev {dev:.2f} (") and lines[1].endswith(f"test {test:.2f}")
+    scored = [line for line in lines if line.startswith("teacher outputs: ")]
+    assert scored and all("sentences scored" in line for line in scored)
+    state = json.loads((root / "student" / "state.json").read_text())["completed"]
+    at = lines.index(next(line for line in lines if line.startswith("student: ")))
+    assert lines[at].startswith(f"student: {len(state)} sub-stage(s) done")
+    for offset, (name, record) in enumerate(sorted(state.items(), key=lambda kv: kv[1]["index"]), start=1):
+        assert lines[at + offset].startswith(f"  {name}: dev f1 {100 * record['dev_metric']:.2f}, "
+                                             f"validation loss {record['val_loss']:.4g}, {len(record['history'])} epoch(s)")
+    best = metrics["student"]["best_substage"]
+    assert f"  best on dev so far: {best} ({100 * state[best]['dev_metric']:.2f})" in lines
+    assert (f"bundle: test {100 * headline(metrics['student']['test']):.2f} "
+            f"({100 * metrics['retention']['test']:.1f}% of the teacher's {test:.2f}), best sub-stage {best}; "
+            "not exported") in lines
+
+    # A run in progress: a teacher half fine-tuned, a student inside a sub-stage.
+    run = tmp_path / "run"
+    (run / "teacher-training").mkdir(parents=True)
+    (run / "teacher-training" / "state.json").write_text(json.dumps(
+        {"config": {"epochs": 4}, "history": [{"dev": 0.8148}, {"dev": 0.8394}]}))
+    (run / "student-x").mkdir()
+    (run / "student-x" / "state.json").write_text(json.dumps(
+        {"completed": {}, "partial": {"name": "stage1", "epochs": 16, "waited": 1,
+                                      "history": [{"val_loss": 0.5}, {"val_loss": 0.45}, {"val_loss": 0.46}]}}))
+    lines = status(run)
+    assert lines[1].startswith("teacher: fine-tuning, 2 of 4 epoch(s) finished, dev 81.48 / 83.94; last saved ")
+    assert lines[2] == "student-x: 0 sub-stage(s) done (0 min)"
+    assert lines[3].startswith("  stage1: in progress, 3 of 16 epoch(s) saved (validation loss 0.5, 0.45, 0.46; "
+                               "1 without gain); last saved ")
+    assert main(["status", str(run)]) == 0 and "student-x" in capsys.readouterr().out
+    (tmp_path / "base.yaml").write_text(f"name: base\nmodel_dir: {tmp_path / 'elsewhere'}\n")
+    (tmp_path / "r.yaml").write_text("extends: base.yaml\nname: r\n")      # model_dir from the recipe it extends
+    assert main(["status", str(tmp_path / "r.yaml"), "--model_dir", str(run)]) == 0
+    assert f"run folder {run}" in capsys.readouterr().out
+    assert main(["status", str(tmp_path / "r.yaml")]) == 2
+    assert f"{tmp_path / 'elsewhere'}: no such run folder" in capsys.readouterr().err
+    assert main(["status", str(tmp_path / "none")]) == 2
+    assert "no such run folder" in capsys.readouterr().err
+    (run / "student-x" / "state.json").write_text("{")
+    assert main(["status", str(run)]) == 2
+    assert "state.json: damaged" in capsys.readouterr().err

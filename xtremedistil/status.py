@@ -1,0 +1,131 @@
+"""Where a run folder stands: `xtremedistil status MODEL_DIR`.
+
+A recipe's run spans sittings (WikiANN's 300/600 student: hours of stages), and every phase resumes where it
+stopped; this reads what each phase recorded — the teacher's epochs, the scored transfer sets, each student's
+finished sub-stages and the one in progress, the bundles and their exports — without loading a model or
+TensorFlow (well under a second), so it can run beside a job. Nothing is written.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from xtremedistil.distill.files import read_json
+from xtremedistil.errors import XtremeDistilError
+from xtremedistil.layout import TEACHER_METRICS_FILE, TEACHER_SPEC_FILE, BundleLayout, RunLayout
+
+STATE_FILE = "state.json"     # the teacher's fine-tuning progress and a student's stages: both call it so
+
+
+def _headline(metrics: dict | None) -> float | None:
+    if not isinstance(metrics, dict) or "metric" not in metrics:
+        return None
+    block = metrics.get("macro") or metrics.get("overall") or {}
+    return block.get(metrics["metric"])
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def _points(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}"
+
+
+def _ago(path: Path) -> str:
+    return f"{_minutes(max(0.0, time.time() - path.stat().st_mtime))} ago"
+
+
+def teacher_lines(layout: RunLayout) -> list[str]:
+    spec_path, progress = layout.teacher / TEACHER_SPEC_FILE, layout.teacher_training / STATE_FILE
+    if spec_path.exists():
+        saved = read_json(spec_path)
+        history = saved.get("history") or []
+        line = (f"teacher: fine-tuned, {len(history)} epoch(s), dev " +
+                " / ".join(_points(h.get("dev")) for h in history) +
+                f" ({_minutes(sum(h.get('seconds', 0) for h in history))})")
+        if (layout.teacher / TEACHER_METRICS_FILE).exists():
+            metrics = read_json(layout.teacher / TEACHER_METRICS_FILE)
+            line += f"; test {_points(_headline(metrics.get('test')))}"
+        return [line]
+    if progress.exists():
+        state = read_json(progress)
+        history, planned = state.get("history") or [], (state.get("config") or {}).get("epochs", "?")
+        return [f"teacher: fine-tuning, {len(history)} of {planned} epoch(s) finished, dev " +
+                (" / ".join(_points(h.get("dev")) for h in history) or "none yet") +
+                f"; last saved {_ago(progress)}"]
+    return ["teacher: not fine-tuned yet"]
+
+
+def cache_lines(layout: RunLayout) -> list[str]:
+    lines = []
+    for index_path in sorted(layout.cache.glob("*/index.json")):
+        index = read_json(index_path)
+        lines.append(f"teacher outputs: {index_path.parent.name}: {index.get('rows', 0):,} sentences scored "
+                     f"({_minutes(index.get('seconds', 0))})")
+    for folder in sorted(p for p in layout.cache.glob("*") if p.is_dir() and not (p / "index.json").exists()):
+        chunks = [read_json(m) for m in folder.glob("chunk-*/meta.json")]
+        lines.append(f"teacher outputs: {folder.name}: scoring, {sum(c.get('rows', 0) for c in chunks):,} "
+                     f"sentences so far")
+    for path in sorted(layout.augmented.glob("*.txt")) if layout.augmented.is_dir() else []:
+        with open(path, "rb") as handle:
+            lines.append(f"augmented transfer set: {path.name}: {sum(1 for _ in handle):,} lines")
+    return lines
+
+
+def student_lines(folder: Path) -> list[str]:
+    state = read_json(folder / STATE_FILE)
+    completed = sorted((state.get("completed") or {}).items(), key=lambda kv: kv[1].get("index", 0))
+    seconds = sum(record.get("seconds", 0) for _, record in completed)
+    lines = [f"{folder.name}: {len(completed)} sub-stage(s) done ({_minutes(seconds)})"]
+    for name, record in completed:
+        epochs = len(record.get("history") or [])
+        lines.append(f"  {name}: dev {record.get('dev_metric_name', '')} {_points(record.get('dev_metric'))}, "
+                     f"validation loss {record.get('val_loss', float('nan')):.4g}, {epochs} epoch(s), "
+                     f"{_minutes(record.get('seconds', 0))}")
+    partial = state.get("partial")
+    if partial:
+        history = partial.get("history") or []
+        losses = ", ".join(f"{h.get('val_loss', float('nan')):.4g}" for h in history[-4:])
+        lines.append(f"  {partial.get('name')}: in progress, {len(history)} of {partial.get('epochs', '?')} "
+                     f"epoch(s) saved (validation loss {losses or 'none yet'}; "
+                     f"{partial.get('waited', 0)} without gain); last saved {_ago(folder / STATE_FILE)}")
+    if completed:
+        best = max(completed, key=lambda kv: (kv[1].get("dev_metric", float("-inf")), -kv[1].get("index", 0)))
+        lines.append(f"  best on dev so far: {best[0]} ({_points(best[1].get('dev_metric'))})")
+    return lines
+
+
+def bundle_lines(folder: Path) -> list[str]:
+    layout = BundleLayout(folder)
+    metrics = read_json(layout.metrics) if layout.metrics.exists() else {}
+    student, teacher = metrics.get("student") or {}, metrics.get("teacher") or {}
+    line = f"{folder.name}: test {_points(_headline(student.get('test')))}"
+    retention = (metrics.get("retention") or {}).get("test")
+    if retention is not None:
+        line += f" ({100 * retention:.1f}% of the teacher's {_points(_headline(teacher.get('test')))})"
+    if student.get("best_substage"):
+        line += f", best sub-stage {student['best_substage']}"
+    if layout.manifest.exists():
+        manifest = read_json(layout.manifest)
+        artifacts = manifest.get("artifacts") if isinstance(manifest, dict) else None
+        line += f"; exported: {len(artifacts) if isinstance(artifacts, (list, dict)) else '?'} artifact(s)"
+    else:
+        line += "; not exported"
+    return [line]
+
+
+def status(model_dir: str | Path) -> list[str]:
+    layout = RunLayout(Path(model_dir))
+    if not layout.model_dir.is_dir():
+        raise XtremeDistilError(f"{layout.model_dir}: no such run folder (the --model_dir, or a recipe's model_dir)")
+    lines = [f"run folder {layout.model_dir}", *teacher_lines(layout), *cache_lines(layout)]
+    for folder in sorted(layout.model_dir.glob("student*")):
+        if (folder / STATE_FILE).exists():
+            lines += student_lines(folder)
+    for folder in sorted(layout.model_dir.glob("bundle*")):
+        if BundleLayout(folder).is_bundle():
+            lines += bundle_lines(folder)
+    reports = sorted(layout.model_dir.glob("bench*/report.json"))
+    lines += [f"bench report: {p.relative_to(layout.model_dir)} (written {_ago(p)})" for p in reports]
+    return lines
