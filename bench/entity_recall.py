@@ -57,7 +57,7 @@ def recall_by_kind(gold: list[list[str]], predicted: dict[str, list[list[str]]],
 
 
 def entity_recall(bundle_dir: str, teacher_dir: str | None = None, task_dir: str | None = None,
-                  languages: list[str] | None = None, decoding: str = "argmax") -> list[dict]:
+                  languages: list[str] | None = None, decoding: str | None = None) -> list[dict]:
     bundle, task = teacher_vs_student.load_bundle_and_task(
         bundle_dir, task_dir, True, f"{bundle_dir}: entity recall is for tagging bundles (for classification use "
         "python -m xtremedistil.bench.length_buckets)")
@@ -78,8 +78,9 @@ def entity_recall(bundle_dir: str, teacher_dir: str | None = None, task_dir: str
 def main(argv=None) -> int:
     parser = teacher_vs_student.parser("entity_recall", __doc__, "tagging")
     parser.add_argument("--languages", default="", help="comma-separated languages to keep (default: all)")
-    parser.add_argument("--decoding", choices=("argmax", "bio"), default="argmax",
-                        help="word tags: each word's argmax (default) or the best IOB2-valid sequence (both models)")
+    parser.add_argument("--decoding", choices=("argmax", "bio"),
+                        help="word tags of both models: each word's argmax or the best IOB2-valid sequence "
+                             "(default: the bundle's --tag_decoding)")
     args = parser.parse_args(argv)
     try:
         rows = entity_recall(args.bundle, args.teacher, args.task,

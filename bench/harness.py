@@ -66,6 +66,7 @@ class Model:
     tokenizer: str | None           # tokenizer folder (None: a preset, no text)
     description: str = ""
     bundle: str | None = None
+    decoding: str = "argmax"        # tagging: how word tags are read from the logits (the bundle's --tag_decoding)
 
 
 @dataclasses.dataclass
@@ -141,7 +142,8 @@ def _read_students(options: BenchOptions, seq_len: int, runtimes: list[str]):
         taken.add(name)
         parameters = metrics.get("student", {}).get("parameters") or 0
         model = Model(name, "student", int(parameters), config["task"]["labels"], config["task"]["kind"] == "tagging",
-                      str(folder / TOKENIZER_DIR), _describe_student(config), str(folder.resolve()))
+                      str(folder / TOKENIZER_DIR), _describe_student(config), str(folder.resolve()),
+                      config["task"].get("decoding", "argmax"))
         students.append(model)
         if "keras" in runtimes:
             targets.append(Target(name, "student", "keras", "fp32", "keras", str(folder),
@@ -395,6 +397,11 @@ def run_bench(options: BenchOptions, progress: bool = True) -> dict:
     if mixed:
         raise XtremeDistilError(f"bundles {', '.join(mixed)} solve another task than {first.name}; "
                                 "bench students of one task together")
+    decoded = [s.name for s in students if s.decoding != first.decoding]
+    if decoded:
+        raise XtremeDistilError(f"bundles {', '.join(decoded)} read tags with another --tag_decoding than "
+                                f"{first.name} ({first.decoding}); one report scores every model one way: distil "
+                                "them with the same --tag_decoding")
     source = resolve_teacher(options.teacher, [Path(b) for b in options.bundles])
     task_folder = options.task or read_json(BundleLayout(options.bundles[0]).config).get("options", {}).get("task")
     task = None
@@ -430,7 +437,7 @@ def run_bench(options: BenchOptions, progress: bool = True) -> dict:
 
         teacher_tokenizer = str(Path(source.folder) / ENCODER_DIR)
     teacher = Model(source.name, "teacher", int(teacher_manifest["parameters"]), first.labels, first.tagging,
-                    teacher_tokenizer, source.preset or "fine-tuned")
+                    teacher_tokenizer, source.preset or "fine-tuned", decoding=first.decoding)
     if "keras" in runtimes:
         targets.insert(0, Target(teacher.name, "teacher", "keras", "fp32", "teacher-keras",
                                  source.folder or source.preset, 4 * teacher.parameters, None))
@@ -459,6 +466,8 @@ def run_bench(options: BenchOptions, progress: bool = True) -> dict:
                 "labels": model.labels, "tagging": model.tagging, "seq_len": options.seq_len,
                 "teacher": dataclasses.asdict(source), "task": task_folder, "tokenizer": model.tokenizer,
                 "eval_limit": options.eval_limit, "stamp": _stamp(target.path),
+                # only when not argmax: the keys of measurements made before decodings existed stay the same
+                **({"decoding": model.decoding} if model.decoding != "argmax" else {}),
                 # accuracy depends neither on threads nor on the round: measured once per artifact
                 "evaluate": bool(task is not None and model.tokenizer and threads == threads_list[0]
                                  and round_ == 0)}

@@ -33,13 +33,13 @@ def teacher_logits(teacher_dir: str, examples, labels: list[str], tagging: bool)
 
 
 def predictions(bundle, bundle_dir: str, teacher_dir: str | None, examples, labels: list[str],
-                decoding: str = "argmax") -> tuple[list, list]:
+                decoding: str | None = None) -> tuple[list, list]:
     """(teacher, student) predictions of `examples`: a label per sentence, or word-level tags for tagging
-    (`decoding`: see `xtremedistil.distill.decoding`). The teacher defaults to MODEL_DIR/teacher beside the
-    bundle."""
+    (`decoding`: see `xtremedistil.distill.decoding`; default: the bundle's). The teacher defaults to
+    MODEL_DIR/teacher beside the bundle."""
     from xtremedistil.distill.decoding import tags_from_piece_logits
 
-    tagging = bundle.student_config.tagging
+    tagging, decoding = bundle.student_config.tagging, decoding or bundle.decoding
     logits, encoded = teacher_logits(teacher_dir or default_teacher(bundle_dir), examples, labels, tagging)
     if tagging:
         teacher = tags_from_piece_logits(logits, encoded.word_index, encoded.n_words, labels, decoding)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xtremedistil.distill.decoding import tags_from_piece_logits
+from xtremedistil.distill.decoding import DECODINGS, tags_from_piece_logits
 from xtremedistil.distill.files import atomic_directory, read_json, save_keras_weights, write_json_atomic
 from xtremedistil.distill.students import StudentConfig, build_student
 from xtremedistil.distill.tokenization import encode_sentences, load_tokenizer, save_tokenizer
@@ -31,8 +31,9 @@ FORMAT_VERSION = 1
 
 
 def write_bundle(folder: str | Path, model, student_config: StudentConfig, tokenizer, labels: list[str],
-                 metrics: dict, teacher: dict, extra: dict | None = None) -> Path:
-    """Writes the bundle folder atomically (a crash leaves any previous bundle intact).
+                 metrics: dict, teacher: dict, extra: dict | None = None, decoding: str = "argmax") -> Path:
+    """Writes the bundle folder atomically (a crash leaves any previous bundle intact). `decoding`: how its
+    tagging predictions read word tags (config.json `task.decoding`; export, bench and serving follow it).
 
     When the folder already holds this very student (byte-identical weights: a resumed `distill` rerun),
     the exported `artifacts/` and `manifest.json` are carried over; for a different student they would be
@@ -46,7 +47,7 @@ def write_bundle(folder: str | Path, model, student_config: StudentConfig, token
         write_json_atomic(temp / CONFIG_FILE, {
             "format_version": FORMAT_VERSION,
             "task": {"kind": "tagging" if student_config.tagging else "classification",
-                     "labels": labels, "seq_len": student_config.seq_len},
+                     "labels": labels, "seq_len": student_config.seq_len, "decoding": decoding},
             "student": student_config.to_dict(),
             "teacher": teacher,
             **(extra or {}),
@@ -89,6 +90,7 @@ class Bundle:
         self.config = read_json(self.folder / CONFIG_FILE, fix)
         self.student_config, self.labels, self.seq_len = _check_config(self.config, self.folder / CONFIG_FILE, fix)
         self.tagging: bool = self.student_config.tagging
+        self.decoding: str = self.config["task"].get("decoding", "argmax")    # bundles written before: argmax
         self.model = build_student(self.student_config)
         try:
             self.model.load_weights(str(self.folder / WEIGHTS_FILE))
@@ -124,9 +126,9 @@ class Bundle:
         return np.concatenate([self._forward(input_ids[i:i + batch_size]).numpy()
                                for i in range(0, len(input_ids), batch_size)])
 
-    def predict(self, texts: list[str], decoding: str = "argmax") -> list:
+    def predict(self, texts: list[str], decoding: str | None = None) -> list:
         """Labels for classification; lists of word-level tags for tagging, each word's argmax or, with
-        `decoding="bio"`, the best IOB2-valid sequence (`xtremedistil.distill.decoding`)."""
+        `decoding="bio"`, the best IOB2-valid sequence (`xtremedistil.distill.decoding`; default: the bundle's)."""
         if isinstance(texts, str):
             raise XtremeDistilError("predict takes a list of texts, not one string")
         if not texts:
@@ -134,7 +136,8 @@ class Bundle:
         encoded = self.encode(list(texts))
         logits = self.predict_logits(encoded.input_ids)
         if self.tagging:
-            return tags_from_piece_logits(logits, encoded.word_index, encoded.n_words, self.labels, decoding)
+            return tags_from_piece_logits(logits, encoded.word_index, encoded.n_words, self.labels,
+                                          decoding or self.decoding)
         return [self.labels[int(i)] for i in np.argmax(logits, axis=-1)]
 
 
@@ -157,6 +160,8 @@ def _check_config(config, path: Path, fix: str):
         raise bad(f"task.labels has {len(labels)} labels, the student predicts {student.num_labels}")
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
         raise bad(f"task.seq_len must be a whole number >= 2, not {seq_len!r}")
+    if config["task"].get("decoding", "argmax") not in DECODINGS:
+        raise bad(f"task.decoding must be one of {', '.join(DECODINGS)}, not {config['task']['decoding']!r}")
     return student, labels, seq_len
 
 

@@ -11,6 +11,8 @@ import warnings
 from collections import defaultdict
 from typing import Sequence
 
+import numpy as np
+
 from xtremedistil.distill.tokenization import tags_from_piece_predictions
 
 ACCURACY = "accuracy"
@@ -81,6 +83,17 @@ def metrics_from_predictions(predicted_ids, encoded, examples, labels, tagging) 
         predicted = tags_from_piece_predictions(predicted_ids, encoded.word_index, encoded.n_words, labels)
         return tagging_metrics([list(ex.label) for ex in examples], predicted, languages)
     return classification_metrics([ex.label for ex in examples], [labels[int(i)] for i in predicted_ids], languages)
+
+
+def metrics_from_logits(logits, encoded, examples, labels, tagging, decoding: str = "argmax") -> dict:
+    """Metrics of an encoded split from its logits: each sentence's argmax label, or for tagging word-level tags
+    by `decoding` (each word's argmax, or "bio": the best IOB2-valid sequence; `xtremedistil.distill.decoding`)."""
+    if tagging:
+        from xtremedistil.distill.decoding import tags_from_piece_logits
+
+        predicted = tags_from_piece_logits(logits, encoded.word_index, encoded.n_words, labels, decoding)
+        return tagging_metrics([list(ex.label) for ex in examples], predicted, [ex.language for ex in examples])
+    return metrics_from_predictions(np.argmax(logits, -1), encoded, examples, labels, tagging)
 
 
 def headline(metrics: dict) -> float:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
+from xtremedistil.distill.decoding import DECODINGS
 from xtremedistil.errors import XtremeDistilError
 from xtremedistil.settings import Settings, check_required, flag_fields, setting
 
@@ -73,6 +74,12 @@ class RunSettings(Settings):
                                     "checkpoints go to MODEL_DIR/student-NAME and its bundle to MODEL_DIR/bundle-NAME")
     stages: str = setting("1,2,3", "stages to run: 1,2,3 (XtremeDistil), a subset such as 2,3, or 'labels' (the "
                                    "ablation without a teacher: one sub-stage training every layer on labeled data)")
+    tag_decoding: str = setting("argmax", "tagging: each word's tag is its argmax (the paper's), or with 'bio' the "
+                                          "sentence's most probable IOB2-valid tag sequence (Viterbi over the same "
+                                          "logits, nothing retrained: every I-X follows B-X or I-X). Used for the "
+                                          "teacher's and student's dev/test figures, the choice of sub-stage, the "
+                                          "bundle's predictions, export parity, bench and serving; the teacher's "
+                                          "fine-tuning epochs are chosen by argmax", choices=DECODINGS)
 
     def check(self) -> None:
         from xtremedistil.distill.seeding import resolve_seed

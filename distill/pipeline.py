@@ -13,7 +13,6 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import tensorflow as tf
 
 from xtremedistil.distill import data as data_lib
@@ -30,7 +29,7 @@ from xtremedistil.distill.options import DistilOptions
 from xtremedistil.distill.stages import StageData, StageRunner, plan_substages, predict_student_logits
 from xtremedistil.distill.students import StudentConfig, build_student, layer_groups
 from xtremedistil.distill.memory import PhasePeaks
-from xtremedistil.distill.metrics import metrics_from_predictions
+from xtremedistil.distill.metrics import metrics_from_logits
 from xtremedistil.distill.teacher import SPEC_FILE, teacher_stamp as saved_teacher_stamp
 from xtremedistil.errors import XtremeDistilError
 from xtremedistil.layout import BundleLayout, RunLayout
@@ -61,7 +60,7 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
         return run_teacher(
             run.task, run.model_dir, options.teacher.pt_teacher_checkpoint, run.do_NER, run.seq_len,
             options.fine_tune, run.seed, options.teacher.pt_teacher, run.transfer_file, require_transfer=True,
-            evaluate=chief, reuse_only=not chief,
+            evaluate=chief, reuse_only=not chief, decoding=run.tag_decoding,
         )
 
     # The chief fine-tunes (or reloads) the teacher; the other workers then load what it saved.
@@ -151,7 +150,7 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
                 "plan": [sub.name for sub in plan], "transfer": caches["transfer"].index["signature"],
                 "dev": caches["dev"].index["signature"]}
     runner = StageRunner(student, groups, data, stage_config, layout.student, on_batch=on_batch,
-                         cluster=cluster, settings=settings)
+                         cluster=cluster, settings=settings, decoding=run.tag_decoding)
     state = runner.run(plan)
     if not cluster.is_chief:
         logger.info("worker %d: all sub-stages done; the chief writes the bundle", cluster.worker)
@@ -170,7 +169,8 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     student_params = int(student.count_params())
     teacher_params = int(model.count_params())
     metrics = {
-        "task": {"kind": task.kind, "languages": task.languages, "metric": student_test["metric"]},
+        "task": {"kind": task.kind, "languages": task.languages, "metric": student_test["metric"],
+                 "decoding": runner.decoding},
         "teacher": {"dev": teacher.metrics["dev"], "test": teacher.metrics["test"], "parameters": teacher_params},
         "student": {"dev": state["completed"][best.name]["dev"], "test": student_test, "parameters": student_params,
                     "best_substage": best.name},
@@ -194,7 +194,7 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
                     "layer": layer,
                     "parameters": teacher_params, "folder": str(layout.teacher.resolve())}
     write_bundle(layout.bundle, student, student_config, tokenizer, task.labels, metrics, teacher_info,
-                 {"options": options.to_flags()})
+                 {"options": options.to_flags()}, decoding=runner.decoding)
     write_json_atomic(layout.student / BundleLayout.METRICS, metrics)
     cluster.barrier("the chief's bundle")
     return metrics
@@ -265,7 +265,7 @@ def _ratio(student: float, teacher: float) -> float | None:
 
 def _student_metrics(runner: StageRunner, student, encoded, task) -> dict:
     logits = predict_student_logits(student, encoded.input_ids, runner.config.batch_size)
-    return metrics_from_predictions(np.argmax(logits, -1), encoded, task.splits["test"], task.labels, task.is_tagging)
+    return metrics_from_logits(logits, encoded, task.splits["test"], task.labels, task.is_tagging, runner.decoding)
 
 
 def format_report(metrics: dict) -> str:

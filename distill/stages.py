@@ -34,7 +34,7 @@ from xtremedistil.distill import losses as losses_lib
 from xtremedistil.distill import metrics as metrics_lib
 from xtremedistil.distill.batching import bucketed_batches, width
 from xtremedistil.distill.files import file_crc32, read_json, save_keras_weights, write_json_atomic, written_in_place
-from xtremedistil.distill.metrics import metrics_from_predictions
+from xtremedistil.distill.metrics import metrics_from_logits
 from xtremedistil.distill.cluster import Cluster, lost_worker
 from xtremedistil.distill.tokenization import IGNORE_INDEX, Encoded
 from xtremedistil.distill.options import parse_stages
@@ -257,8 +257,9 @@ class StageRunner:
 
     def __init__(self, model, groups, data: StageData, config: StageConfig, folder: str | Path,
                  on_batch: Callable[[SubStage, int], None] | None = None, cluster: Cluster | None = None,
-                 settings: dict | None = None, evaluate: Callable[[], dict] | None = None):
+                 settings: dict | None = None, evaluate: Callable[[], dict] | None = None, decoding: str = "argmax"):
         self.model, self.groups, self.data, self.config = model, groups, data, config
+        self.decoding = decoding if data.tagging else "argmax"     # how tagging dev metrics read word tags
         self.evaluate = evaluate or self.dev_metrics   # a run without dev labels passes its own
         self.settings = settings
         self.folder = Path(folder)
@@ -348,8 +349,8 @@ class StageRunner:
 
     def dev_metrics(self) -> dict:
         logits = predict_student_logits(self.model, self.data.dev.input_ids, self.config.batch_size)
-        return metrics_from_predictions(np.argmax(logits, -1), self.data.dev, self.data.dev_examples,
-                                        self.data.labels, self.data.tagging)
+        return metrics_from_logits(logits, self.data.dev, self.data.dev_examples, self.data.labels, self.data.tagging,
+                                   self.decoding)
 
     def _dataset(self, sub: SubStage, rng: np.random.Generator):
         """This worker's replicas' batches of one epoch, through `tf.data`, distributed by the strategy."""
@@ -528,6 +529,7 @@ class StageRunner:
                 "index": sub.index, "stage": sub.stage, "trainable_groups": sub.trainable_groups,
                 "val_loss": result["val_loss"], "history": result["history"],
                 "dev_metric": metrics_lib.headline(dev), "dev_metric_name": dev["metric"], "dev": dev,
+                "decoding": self.decoding,
                 "seconds": round(time.time() - started + result["earlier_seconds"], 1),
                 "seconds_earlier_runs": round(result["earlier_seconds"], 1), "checkpoint": sub.checkpoint,
             }
@@ -541,10 +543,23 @@ class StageRunner:
         return self.state
 
     def best(self, plan: list[SubStage]) -> SubStage:
-        """The sub-stage of stages 2-3 with the best dev metric (ties: the earlier one)."""
+        """The sub-stage of stages 2-3 with the best dev metric (ties: the earlier one). Sub-stages whose dev
+        metric was computed with another `--tag_decoding` are evaluated again from their checkpoints first (the
+        model is left with the last one loaded), so a finished run can switch decodings without training."""
         candidates = [sub for sub in plan if sub.stage > 1 and sub.name in self.state["completed"]]
         if not candidates:
             raise XtremeDistilError("no completed stage-2/3 sub-stage to choose from")
+        stale = [sub for sub in plan if sub.name in self.state["completed"]
+                 and self.state["completed"][sub.name].get("decoding", "argmax") != self.decoding]
+        for sub in stale:
+            record = self.state["completed"][sub.name]
+            self.model.load_weights(str(self.folder / sub.checkpoint))
+            dev = self.evaluate()
+            logger.info("%s: dev %s %.4f with %s decoding (%.4f with %s)", sub.name, dev["metric"],
+                        metrics_lib.headline(dev), self.decoding, record["dev_metric"], record.get("decoding", "argmax"))
+            record.update(dev=dev, dev_metric=metrics_lib.headline(dev), decoding=self.decoding)
+        if stale and self.cluster.is_chief:
+            write_json_atomic(self.state_path, self.state)
         return max(candidates, key=lambda sub: (self.state["completed"][sub.name]["dev_metric"], -sub.index))
 
 

@@ -177,10 +177,11 @@ def _inference_function(model):
     return model._inference_fn
 
 
-def evaluate(model, encoded: Encoded, examples, labels: list[str], tagging: bool, batch_size: int = 64) -> dict:
-    """Metrics dict (see `metrics`) of `model` on an encoded split; word-level for tagging."""
-    predicted = np.argmax(predict_logits(model, encoded, batch_size), axis=-1)
-    return metrics_lib.metrics_from_predictions(predicted, encoded, examples, labels, tagging)
+def evaluate(model, encoded: Encoded, examples, labels: list[str], tagging: bool, batch_size: int = 64,
+             decoding: str = "argmax") -> dict:
+    """Metrics dict (see `metrics`) of `model` on an encoded split; word-level for tagging, by `decoding`."""
+    return metrics_lib.metrics_from_logits(predict_logits(model, encoded, batch_size), encoded, examples, labels,
+                                           tagging, decoding)
 
 
 def build_teacher(spec: TeacherSpec) -> TeacherModel:

@@ -37,12 +37,12 @@ def encode_split(tokenizer, task: data_lib.Task, split: str, seq_len: int):
 
 def run_teacher(task_dir, model_dir, checkpoint, tagging, seq_len, fine_tune: teacher_lib.FineTuneConfig,
                 seed: int, model_class=None, transfer_file=None, require_transfer=False,
-                evaluate: bool = True, reuse_only: bool = False) -> TeacherResult:
+                evaluate: bool = True, reuse_only: bool = False, decoding: str = "argmax") -> TeacherResult:
     """Fine-tunes the teacher into MODEL_DIR/teacher (or reloads it) and evaluates dev and test.
 
     The task folder is validated before anything is loaded or written. `reuse_only` (a non-chief
     worker) fails instead of fine-tuning when no matching teacher is saved; without `evaluate` the
-    metrics stay empty.
+    metrics stay empty. `decoding`: how tagging metrics read word tags (`--tag_decoding`).
     """
     started = time.time()
     task = data_lib.load_task(task_dir, tagging, transfer_file, require_transfer)
@@ -72,11 +72,14 @@ def run_teacher(task_dir, model_dir, checkpoint, tagging, seq_len, fine_tune: te
         model, spec, tokenizer = teacher_lib.load_teacher(folder)
     results = {}
     if evaluate:
-        results = _saved_metrics(folder, task) if not trained else None
+        decoding = decoding if tagging else "argmax"
+        results = _saved_metrics(folder, task, decoding) if not trained else None
         if results is None:
             results = {split: teacher_lib.evaluate(model, encode_split(tokenizer, task, split, seq_len),
-                                                   task.splits[split], task.labels, tagging) for split in ("dev", "test")}
-            write_json_atomic(folder / teacher_lib.METRICS_FILE, {**results, "sources": _split_stamps(task)})
+                                                   task.splits[split], task.labels, tagging, decoding=decoding)
+                       for split in ("dev", "test")}
+            write_json_atomic(folder / teacher_lib.METRICS_FILE,
+                              {**results, "sources": _split_stamps(task), "decoding": decoding})
         else:
             logger.info("teacher dev/test metrics reused from %s (same teacher, same dev/test files)",
                         folder / teacher_lib.METRICS_FILE)
@@ -90,8 +93,9 @@ def _split_stamps(task: data_lib.Task) -> dict:
     return stamps
 
 
-def _saved_metrics(folder: Path, task: data_lib.Task) -> dict | None:
-    """The teacher's saved dev/test metrics when they were computed for this teacher on these very files."""
+def _saved_metrics(folder: Path, task: data_lib.Task, decoding: str) -> dict | None:
+    """The teacher's saved dev/test metrics when they were computed for this teacher on these very files, with
+    this decoding of tags (files written before decodings existed used argmax)."""
     path = folder / teacher_lib.METRICS_FILE
     if not path.exists() or path.stat().st_mtime_ns < (folder / teacher_lib.SPEC_FILE).stat().st_mtime_ns:
         return None
@@ -99,7 +103,8 @@ def _saved_metrics(folder: Path, task: data_lib.Task) -> dict | None:
         saved = read_json(path)
     except XtremeDistilError:    # damaged: evaluated again
         return None
-    if saved.get("sources") != _split_stamps(task) or not {"dev", "test"} <= set(saved):
+    if saved.get("sources") != _split_stamps(task) or not {"dev", "test"} <= set(saved) \
+            or saved.get("decoding", "argmax") != decoding:
         return None
     return {split: saved[split] for split in ("dev", "test")}
 

@@ -15,7 +15,7 @@ import numpy as np
 from xtremedistil.distill import data as data_lib
 from xtremedistil.distill.bundle import load_bundle
 from xtremedistil.distill.files import file_crc32, path_size, read_json, write_json_atomic
-from xtremedistil.distill.metrics import headline, metrics_from_predictions
+from xtremedistil.distill.metrics import headline, metrics_from_logits
 from xtremedistil.distill.teacher_phase import encode_split
 from xtremedistil.distill.tokenization import encode_sentences
 from xtremedistil.errors import XtremeDistilError
@@ -156,8 +156,8 @@ def run_export(options: ExportOptions) -> dict:
     positions = dev.labels != -100 if bundle.tagging else None
 
     def dev_metric(logits):
-        return headline(metrics_from_predictions(np.argmax(logits, -1), dev, task.splits["dev"], bundle.labels,
-                                                 bundle.tagging))
+        return headline(metrics_from_logits(logits, dev, task.splits["dev"], bundle.labels, bundle.tagging,
+                                            bundle.decoding))
 
     unoptimized_metric = None
     if optimized:

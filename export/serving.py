@@ -8,10 +8,11 @@ the SavedModel). `predict(texts)` validates the request and returns, per text:
 - tagging: `{"tags": ["B-PER", "O", ...], "entities": [{"type": "PER", "text": "John Smith",
   "start": 0, "end": 10, "score": 0.88}]}` — words are split on whitespace, as in training;
   `start`/`end` are character offsets into the text (Python string indices), `score` the mean
-  probability of the predicted tags over the entity's words.
+  probability of the predicted tags over the entity's words. Word tags are read as the bundle's
+  `--tag_decoding` says: each word's argmax, or the most probable IOB2-valid sequence.
 
 Labels equal `load_bundle(bundle).predict(texts)` for an fp32 artifact: same tokenizer, same
-encoding, same argmax.
+encoding, same decoding.
 """
 from __future__ import annotations
 
@@ -131,6 +132,7 @@ class TextPipeline:
         self.labels: list[str] = self.config["task"]["labels"]
         self.seq_len: int = self.config["task"]["seq_len"]
         self.tagging: bool = self.config["task"]["kind"] == "tagging"
+        self.decoding: str = self.config["task"].get("decoding", "argmax")    # word tags: see --tag_decoding
         self.row = find_artifact(self.bundle, artifact, tuple(formats))
         path = self.bundle / self.row["path"]
         if predictor is None and path.is_file():
@@ -147,7 +149,8 @@ class TextPipeline:
 
     def metadata(self) -> dict:
         return {"task": "tagging" if self.tagging else "classification", "labels": self.labels,
-                "seq_len": self.seq_len, "artifact": self.row["name"], "format": self.row["format"],
+                "seq_len": self.seq_len, "decoding": self.decoding, "artifact": self.row["name"],
+                "format": self.row["format"],
                 "quantization": self.row["quantization"], "size_bytes": self.row["size_bytes"],
                 "parity": self.row.get("parity"), "limits": dataclasses.asdict(self.limits)}
 
@@ -161,19 +164,22 @@ class TextPipeline:
         if validate:
             texts = validate_texts(texts, self.limits)
         encoded = self.encode(texts)
-        probabilities = softmax(self.predictor.predict(encoded.input_ids, batch_size=batch_size))
-        predicted = probabilities.argmax(-1)
+        logits = self.predictor.predict(encoded.input_ids, batch_size=batch_size)
+        probabilities = softmax(logits)
         if not self.tagging:
+            predicted = probabilities.argmax(-1)
             return [{"label": self.labels[int(i)], "score": float(p[i]),
                      "scores": {label: float(v) for label, v in zip(self.labels, p)}}
                     for i, p in zip(predicted, probabilities)]
-        from xtremedistil.distill.tokenization import tags_from_piece_predictions
+        from xtremedistil.distill.decoding import tags_from_piece_logits
 
-        tags = tags_from_piece_predictions(predicted, encoded.word_index, encoded.n_words, self.labels)
+        tags = tags_from_piece_logits(logits, encoded.word_index, encoded.n_words, self.labels, self.decoding)
+        label_id = {label: i for i, label in enumerate(self.labels)}
         results = []
         for row, text, words in zip(range(len(texts)), texts, tags):
             scores = [0.0] * len(words)
             for position in np.nonzero(encoded.word_index[row] >= 0)[0]:
-                scores[encoded.word_index[row][position]] = float(probabilities[row, position].max())
+                word = encoded.word_index[row][position]
+                scores[word] = float(probabilities[row, position, label_id[words[word]]])   # the chosen tag's
             results.append({"tags": words, "entities": entities_from_tags(text, words, scores)})
         return results

@@ -58,7 +58,7 @@ def add_settings_flags(parser, cls, names=None, *, given_only: bool = False, req
                             help=text, **extra)
 
 
-TEACHER_RUN_FLAGS = ("task", "do_NER", "transfer_file", "seq_len", "model_dir", "seed")
+TEACHER_RUN_FLAGS = ("task", "do_NER", "transfer_file", "seq_len", "model_dir", "seed", "tag_decoding")
 
 
 def _cmd_teacher(args) -> int:
@@ -70,7 +70,7 @@ def _cmd_teacher(args) -> int:
         task_dir=args.task, model_dir=args.model_dir, checkpoint=args.pt_teacher_checkpoint,
         tagging=args.do_NER, seq_len=args.seq_len, seed=resolve_seed(args.seed),
         model_class=args.pt_teacher, transfer_file=args.transfer_file,
-        fine_tune=FineTuneConfig.from_flags(vars(args)),
+        fine_tune=FineTuneConfig.from_flags(vars(args)), decoding=args.tag_decoding,
     )
     print(report(result))
     return 0

@@ -237,11 +237,15 @@ def _select_students(students: list[dict], only: list[str], path) -> list[dict]:
 
 
 def _export_stamp(bundle: Path, export: dict) -> dict:
-    """What a bundle's artifacts depend on: its weights and the export settings that shape an artifact."""
+    """What a bundle's artifacts and their parity figures depend on: its weights, the export settings that shape an
+    artifact, and how its tags are decoded."""
     from xtremedistil.export.pipeline import NOT_IN_ARTIFACTS
 
     digest = hashlib.sha256(BundleLayout(bundle).weights.read_bytes()).hexdigest()
-    return {"weights_sha256": digest, "export": {k: v for k, v in export.items() if k not in NOT_IN_ARTIFACTS}}
+    decoding = read_json(BundleLayout(bundle).config).get("task", {}).get("decoding", "argmax")
+    return {"weights_sha256": digest, "export": {k: v for k, v in export.items() if k not in NOT_IN_ARTIFACTS},
+            # parity's dev figures read tags this way; only when not argmax, so earlier stamps stay valid
+            **({"decoding": decoding} if decoding != "argmax" else {})}
 
 
 def run_recipe(path: str | Path, steps=STEPS, model_dir: str | None = None, results: str | None = None,

@@ -424,3 +424,36 @@ def test_status_reads_what_each_phase_recorded(tagging_run, tmp_path, capsys):
     (run / "student-x" / "state.json").write_text("{")
     assert main(["status", str(run)]) == 2
     assert "state.json: damaged" in capsys.readouterr().err
+
+
+def test_switching_a_finished_run_to_bio_decoding_trains_nothing_and_rescores(tagging_run, tmp_path):
+    import shutil
+
+    from xtremedistil.distill.decoding import tags_from_piece_logits
+    from xtremedistil.distill.metrics import metrics_from_logits
+
+    opts, reference = tagging_run
+    shutil.copytree(opts.run.model_dir, tmp_path / "out", ignore=shutil.ignore_patterns("*-labels-only", "*-augmented"))
+    bio = opts.replace(model_dir=str(tmp_path / "out"), tag_decoding="bio")
+    trained = []
+    metrics = run_distill(bio, on_batch=lambda sub, batches: trained.append(sub.name))
+    assert trained == []                                                  # no sub-stage trained again
+    state = json.loads((tmp_path / "out" / "student" / "state.json").read_text())["completed"]
+    assert {record["decoding"] for record in state.values()} == {"bio"}
+    teacher_saved = json.loads((tmp_path / "out" / "teacher" / "metrics.json").read_text())
+    assert teacher_saved["decoding"] == "bio" and metrics["task"]["decoding"] == "bio"
+    bundle = load_bundle(tmp_path / "out" / "bundle")
+    assert bundle.decoding == "bio"
+    task = load_task(opts.run.task, True)
+    test = encode_split(bundle.tokenizer, task, "test", opts.run.seq_len)
+    logits = bundle.predict_logits(test.input_ids)
+    assert metrics["student"]["test"] == metrics_from_logits(logits, test, task.splits["test"], task.labels, True, "bio")
+    assert metrics["student"]["best_substage"] == max(
+        (name for name in state if state[name]["stage"] > 1),
+        key=lambda name: (state[name]["dev_metric"], -state[name]["index"]))
+    texts = [" ".join(ex.words) for ex in task.splits["test"]]
+    assert bundle.predict(texts) == tags_from_piece_logits(logits, test.word_index, test.n_words, task.labels, "bio")
+    # and back: argmax figures as the original run had them
+    back = run_distill(bio.replace(tag_decoding="argmax"), on_batch=lambda sub, batches: trained.append(sub.name))
+    assert trained == [] and back["student"]["test"] == reference["student"]["test"]
+    assert back["teacher"]["test"] == reference["teacher"]["test"]

@@ -318,3 +318,30 @@ def test_server_refuses_a_bundle_without_onnx(tiny_models, tmp_path):
                          text=True, timeout=120, env={**os.environ})
     assert out.returncode == 2 and "run `xtremedistil export" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_bundle_decoding_bio_serves_the_tags_its_predict_gives(exported, tmp_path):
+    import shutil
+
+    from xtremedistil.distill.decoding import invalid_share
+    from xtremedistil.export.serving import TextPipeline
+
+    bundle, tagging, _ = exported
+    if not tagging:
+        pytest.skip("tag decoding is for tagging bundles")
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["task"]["decoding"] = "bio"
+    (copy / "config.json").write_text(json.dumps(config))
+    pipeline = TextPipeline(copy, "onnx-fp32")
+    served = pipeline.predict(UNICODE)
+    expected = load_bundle(copy).predict(UNICODE)            # the bundle's own decoding: bio
+    assert [r["tags"] for r in served] == expected and invalid_share(expected) == 0.0
+    assert expected != load_bundle(copy).predict(UNICODE, "argmax")   # random weights: argmax breaks IOB2
+    assert pipeline.metadata()["decoding"] == "bio"
+    config["task"]["decoding"] = "crf"
+    (copy / "config.json").write_text(json.dumps(config))
+    from xtremedistil.errors import XtremeDistilError
+    with pytest.raises(XtremeDistilError, match="task.decoding must be one of argmax, bio, not 'crf'"):
+        load_bundle(copy)
