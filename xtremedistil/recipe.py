@@ -242,7 +242,8 @@ def _export_stamp(bundle: Path, export: dict) -> dict:
     from xtremedistil.export.pipeline import NOT_IN_ARTIFACTS
 
     digest = hashlib.sha256(BundleLayout(bundle).weights.read_bytes()).hexdigest()
-    decoding = read_json(BundleLayout(bundle).config).get("task", {}).get("decoding", "argmax")
+    config = BundleLayout(bundle).config
+    decoding = (read_json(config).get("task", {}).get("decoding", "argmax") if config.exists() else "argmax")
     return {"weights_sha256": digest, "export": {k: v for k, v in export.items() if k not in NOT_IN_ARTIFACTS},
             # parity's dev figures read tags this way; only when not argmax, so earlier stamps stay valid
             **({"decoding": decoding} if decoding != "argmax" else {})}

@@ -167,6 +167,12 @@ def test_export_stamp_ignores_settings_that_cannot_change_an_artifact(tmp_path):
     base = _export_stamp(bundle, {"tflite_batch_sizes": "32"})
     assert _export_stamp(bundle, {"tflite_batch_sizes": "32", "on_parity_failure": "drop", "threads": 2}) == base
     assert _export_stamp(bundle, {"tflite_batch_sizes": "1,32"}) != base
+    # how tags are decoded changes the artifacts' parity figures: a bundle switched to bio is exported again,
+    # one that states argmax (every bundle written since decodings exist) keeps the stamp it had before
+    BundleLayout(bundle).config.write_text('{"task": {"decoding": "argmax"}}')
+    assert _export_stamp(bundle, {"tflite_batch_sizes": "32"}) == base
+    BundleLayout(bundle).config.write_text('{"task": {"decoding": "bio"}}')
+    assert _export_stamp(bundle, {"tflite_batch_sizes": "32"}) != base
 
 
 def test_students_table_shows_the_stages_time_of_every_sitting():
