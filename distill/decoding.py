@@ -9,6 +9,8 @@ nor `B-`/`I-` prefixed) are decoded by argmax whatever is asked.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from xtremedistil.distill.tokenization import OUTSIDE_TAG, tags_from_piece_predictions
@@ -17,8 +19,13 @@ from xtremedistil.errors import XtremeDistilError
 DECODINGS = ("argmax", "bio")
 
 
-def bio_constraints(labels: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+def bio_constraints(labels) -> tuple[np.ndarray, np.ndarray] | None:
     """(may_start[L], may_follow[L_prev, L]) of an IOB2 label set, or None when the labels are not IOB2."""
+    return _constraints(tuple(labels))
+
+
+@functools.lru_cache(maxsize=16)
+def _constraints(labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray] | None:
     parts = []
     for label in labels:
         if label == OUTSIDE_TAG:
@@ -40,14 +47,20 @@ def viterbi(emissions: np.ndarray, lengths: np.ndarray, may_start: np.ndarray, m
     if steps == 0:
         return np.zeros((n, 0), dtype=np.int64)
     forbidden = -1e9    # finite: a sentence whose every path is forbidden still decodes (never, for IOB2)
-    transition = np.where(may_follow, 0.0, forbidden)
+    transition = np.where(may_follow, 0.0, forbidden)[None]          # [1, prev, next]
     score = emissions[:, 0] + np.where(may_start, 0.0, forbidden)
-    back = np.broadcast_to(np.arange(size), (n, steps, size)).copy()
+    back = np.empty((n, steps, size), dtype=np.int64)
+    back[:, 0] = np.arange(size)
+    ragged = bool((np.asarray(lengths) < steps).any())
     for t in range(1, steps):
-        candidates = score[:, :, None] + transition[None]              # [N, prev, next]
-        active = (t < lengths)[:, None]
-        back[:, t] = np.where(active, candidates.argmax(1), back[:, t])  # identity where the sentence ended
-        score = np.where(active, candidates.max(1) + emissions[:, t], score)
+        candidates = score[:, :, None] + transition                   # [N, prev, next]
+        chosen = candidates.argmax(1)
+        best = candidates.max(1) + emissions[:, t]
+        if ragged:                      # a sentence that ended keeps its score; its pointer is the identity
+            active = (t < lengths)[:, None]
+            chosen = np.where(active, chosen, back[:, 0])
+            best = np.where(active, best, score)
+        back[:, t], score = chosen, best
     path = np.empty((n, steps), dtype=np.int64)
     path[:, -1] = score.argmax(-1)
     rows = np.arange(n)
