@@ -65,8 +65,8 @@ def cache_lines(layout: RunLayout) -> list[str]:
                      f"({_minutes(index.get('seconds', 0))})")
     for folder in sorted(p for p in layout.cache.glob("*") if p.is_dir() and not (p / "index.json").exists()):
         chunks = [read_json(m) for m in folder.glob("chunk-*/meta.json")]
-        lines.append(f"teacher outputs: {folder.name}: scoring, {sum(c.get('rows', 0) for c in chunks):,} "
-                     f"sentences so far")
+        lines.append(f"teacher outputs: {folder.name}: scoring; {len(chunks)} chunk(s) finished "
+                     f"({sum(c.get('rows', 0) for c in chunks):,} sentences; a chunk counts once written whole)")
     for path in sorted(layout.augmented.glob("*.txt")) if layout.augmented.is_dir() else []:
         with open(path, "rb") as handle:
             lines.append(f"augmented transfer set: {path.name}: {sum(1 for _ in handle):,} lines")

@@ -407,8 +407,14 @@ def test_status_reads_what_each_phase_recorded(tagging_run, tmp_path, capsys):
     (run / "student-x" / "state.json").write_text(json.dumps(
         {"completed": {}, "partial": {"name": "stage1", "epochs": 16, "waited": 1,
                                       "history": [{"val_loss": 0.5}, {"val_loss": 0.45}, {"val_loss": 0.46}]}}))
+    (run / "cache" / "transfer-1" / "chunk-00000").mkdir(parents=True)
+    (run / "cache" / "transfer-1" / "chunk-00000" / "meta.json").write_text(json.dumps({"rows": 100000}))
+    (run / "cache" / "transfer-1" / ".chunk-00001.tmp").mkdir()                     # being written
     lines = status(run)
     assert lines[1].startswith("teacher: fine-tuning, 2 of 4 epoch(s) finished, dev 81.48 / 83.94; last saved ")
+    assert lines[2] == ("teacher outputs: transfer-1: scoring; 1 chunk(s) finished (100,000 sentences; a chunk "
+                        "counts once written whole)")
+    del lines[2]
     assert lines[2] == "student-x: 0 sub-stage(s) done (0 min)"
     assert lines[3].startswith("  stage1: in progress, 3 of 16 epoch(s) saved (validation loss 0.5, 0.45, 0.46; "
                                "1 without gain); last saved ")
