@@ -36,26 +36,21 @@ def compare(bundle_dir: str | None, teacher_dir: str | None = None, task_dir: st
         bundle, task = None, load_task(task_dir, True)
     test = task.splits["test"]
     gold, languages = [list(ex.label) for ex in test], [ex.language for ex in test]
-    logits, encoded = teacher_vs_student.teacher_logits(teacher_dir, test, task.labels, True)
+    outputs = {"teacher": teacher_vs_student.teacher_logits(teacher_dir, test, task.labels, True)}
+    if bundle is not None:       # each model runs once; both decodings read its logits
+        encoded = bundle.encode([" ".join(ex.words) for ex in test])
+        outputs["student"] = bundle.predict_logits(encoded.input_ids), encoded
     rows = []
-    for decoding in DECODINGS:
-        tags = tags_from_piece_logits(logits, encoded.word_index, encoded.n_words, task.labels, decoding)
-        rows.append({"model": "teacher", "decoding": decoding, "invalid": invalid_share(tags),
-                     "metrics": tagging_metrics(gold, tags, languages)})
-    if bundle is not None:
+    for model, (logits, encoded) in outputs.items():
         for decoding in DECODINGS:
-            tags = bundle.predict([" ".join(ex.words) for ex in test], decoding)
-            rows.append({"model": "student", "decoding": decoding, "invalid": invalid_share(tags),
+            tags = tags_from_piece_logits(logits, encoded.word_index, encoded.n_words, task.labels, decoding)
+            rows.append({"model": model, "decoding": decoding, "invalid": invalid_share(tags),
                          "metrics": tagging_metrics(gold, tags, languages)})
     return rows
 
 
-def _headline(metrics: dict) -> float:
-    return (metrics.get("macro") or metrics["overall"])["f1"]
-
-
 def table(rows: list[dict]) -> list[str]:
-    from xtremedistil.distill.metrics import retention_percent
+    from xtremedistil.distill.metrics import headline, retention_percent
 
     languages = sorted(rows[0]["metrics"].get("per_language", {}))
     macro = "macro" if languages else "overall"
@@ -63,15 +58,15 @@ def table(rows: list[dict]) -> list[str]:
              "| --- | --- | ---: | " + " | ".join(["---:"] * (len(languages) + 1)) + " |"]
     for r in rows:
         per = r["metrics"].get("per_language", {})
-        cells = [f"{100 * per[lang]['f1']:.2f}" for lang in languages] + [f"{100 * _headline(r['metrics']):.2f}"]
+        cells = [f"{100 * per[lang]['f1']:.2f}" for lang in languages] + [f"{100 * headline(r['metrics']):.2f}"]
         lines.append(f"| {r['model']} | {r['decoding']} | {100 * r['invalid']:.1f}% | " + " | ".join(cells) + " |")
     teacher = {r["decoding"]: r["metrics"] for r in rows if r["model"] == "teacher"}
     for r in rows:
-        if r["model"] == "student" and _headline(teacher[r["decoding"]]):
+        if r["model"] == "student" and headline(teacher[r["decoding"]]):
             per, base = r["metrics"].get("per_language", {}), teacher[r["decoding"]].get("per_language", {})
             cells = [retention_percent(per[lang]["f1"] / base[lang]["f1"] if base[lang]["f1"] else None)
                      for lang in languages]
-            cells.append(retention_percent(_headline(r["metrics"]) / _headline(teacher[r["decoding"]])))
+            cells.append(retention_percent(headline(r["metrics"]) / headline(teacher[r["decoding"]])))
             lines.append(f"| retention | {r['decoding']} | | " + " | ".join(cells) + " |")
     return lines
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xtremedistil.distill.decoding import recorded_decoding
 from xtremedistil.distill.files import append_line, read_json, write_json_atomic
 from xtremedistil.errors import XtremeDistilError, is_disk_full
 from xtremedistil.export import base as export_formats
@@ -143,7 +144,7 @@ def _read_students(options: BenchOptions, seq_len: int, runtimes: list[str]):
         parameters = metrics.get("student", {}).get("parameters") or 0
         model = Model(name, "student", int(parameters), config["task"]["labels"], config["task"]["kind"] == "tagging",
                       str(folder / TOKENIZER_DIR), _describe_student(config), str(folder.resolve()),
-                      config["task"].get("decoding", "argmax"))
+                      recorded_decoding(config["task"]))
         students.append(model)
         if "keras" in runtimes:
             targets.append(Target(name, "student", "keras", "fp32", "keras", str(folder),

@@ -33,6 +33,7 @@ def _predictor(spec: dict):
 def evaluate(predictor, spec: dict) -> dict:
     """Metrics of `predictor` on the task's test split (per language where the data has languages)."""
     from xtremedistil.distill import data as data_lib
+    from xtremedistil.distill.decoding import recorded_decoding
     from xtremedistil.distill.metrics import metrics_from_logits
     from xtremedistil.distill.tokenization import encode_examples, load_tokenizer
 
@@ -41,8 +42,7 @@ def evaluate(predictor, spec: dict) -> dict:
     encoded = encode_examples(load_tokenizer(spec["tokenizer"]), examples, spec["labels"], spec["seq_len"],
                               spec["tagging"], "test")
     logits = predictor.predict(encoded.input_ids, batch_size=64)
-    return metrics_from_logits(logits, encoded, examples, spec["labels"], spec["tagging"],
-                               spec.get("decoding", "argmax"))
+    return metrics_from_logits(logits, encoded, examples, spec["labels"], spec["tagging"], recorded_decoding(spec))
 
 
 def measure(spec: dict) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xtremedistil.distill.decoding import DECODINGS, tags_from_piece_logits
+from xtremedistil.distill.decoding import DECODINGS, recorded_decoding, tags_from_piece_logits
 from xtremedistil.distill.files import atomic_directory, read_json, save_keras_weights, write_json_atomic
 from xtremedistil.distill.students import StudentConfig, build_student
 from xtremedistil.distill.tokenization import encode_sentences, load_tokenizer, save_tokenizer
@@ -90,7 +90,7 @@ class Bundle:
         self.config = read_json(self.folder / CONFIG_FILE, fix)
         self.student_config, self.labels, self.seq_len = _check_config(self.config, self.folder / CONFIG_FILE, fix)
         self.tagging: bool = self.student_config.tagging
-        self.decoding: str = self.config["task"].get("decoding", "argmax")    # bundles written before: argmax
+        self.decoding: str = recorded_decoding(self.config["task"])
         self.model = build_student(self.student_config)
         try:
             self.model.load_weights(str(self.folder / WEIGHTS_FILE))
@@ -160,7 +160,7 @@ def _check_config(config, path: Path, fix: str):
         raise bad(f"task.labels has {len(labels)} labels, the student predicts {student.num_labels}")
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
         raise bad(f"task.seq_len must be a whole number >= 2, not {seq_len!r}")
-    if config["task"].get("decoding", "argmax") not in DECODINGS:
+    if recorded_decoding(config["task"]) not in DECODINGS:
         raise bad(f"task.decoding must be one of {', '.join(DECODINGS)}, not {config['task']['decoding']!r}")
     return student, labels, seq_len
 

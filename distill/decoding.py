@@ -19,6 +19,12 @@ from xtremedistil.errors import XtremeDistilError
 DECODINGS = ("argmax", "bio")
 
 
+def recorded_decoding(record: dict) -> str:
+    """The decoding a record states (a bundle config's `task`, the teacher's metrics.json, a sub-stage of
+    state.json, a bench spec); records written before decodings existed used argmax."""
+    return record.get("decoding", "argmax")
+
+
 def bio_constraints(labels) -> tuple[np.ndarray, np.ndarray] | None:
     """(may_start[L], may_follow[L_prev, L]) of an IOB2 label set, or None when the labels are not IOB2."""
     return _constraints(tuple(labels))

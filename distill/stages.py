@@ -34,18 +34,19 @@ from xtremedistil.distill import losses as losses_lib
 from xtremedistil.distill import metrics as metrics_lib
 from xtremedistil.distill.batching import bucketed_batches, width
 from xtremedistil.distill.files import file_crc32, read_json, save_keras_weights, write_json_atomic, written_in_place
+from xtremedistil.distill.decoding import recorded_decoding
 from xtremedistil.distill.metrics import metrics_from_logits
 from xtremedistil.distill.cluster import Cluster, lost_worker
 from xtremedistil.distill.tokenization import IGNORE_INDEX, Encoded
 from xtremedistil.distill.options import parse_stages
 from xtremedistil.errors import XtremeDistilError
+from xtremedistil.layout import STATE_FILE
 from xtremedistil.faults import kill_point
 from xtremedistil.settings import Settings, setting
 
 logger = logging.getLogger(__name__)
 
 HIDDEN, LOGITS, LABELS = "hidden", "logits", "labels"
-STATE_FILE = "state.json"
 INIT_CHECKPOINT = "00-init.weights.h5"
 SUPERSEDED = "superseded"   # sub-stages a changed setting made stale, kept one generation
 IDS_SPEC = tf.TensorSpec([None, None], tf.int32)
@@ -550,13 +551,13 @@ class StageRunner:
         if not candidates:
             raise XtremeDistilError("no completed stage-2/3 sub-stage to choose from")
         stale = [sub for sub in plan if sub.name in self.state["completed"]
-                 and self.state["completed"][sub.name].get("decoding", "argmax") != self.decoding]
+                 and recorded_decoding(self.state["completed"][sub.name]) != self.decoding]
         for sub in stale:
             record = self.state["completed"][sub.name]
             self.model.load_weights(str(self.folder / sub.checkpoint))
             dev = self.evaluate()
             logger.info("%s: dev %s %.4f with %s decoding (%.4f with %s)", sub.name, dev["metric"],
-                        metrics_lib.headline(dev), self.decoding, record["dev_metric"], record.get("decoding", "argmax"))
+                        metrics_lib.headline(dev), self.decoding, record["dev_metric"], recorded_decoding(record))
             record.update(dev=dev, dev_metric=metrics_lib.headline(dev), decoding=self.decoding)
         if stale and self.cluster.is_chief:
             write_json_atomic(self.state_path, self.state)

@@ -38,7 +38,8 @@ from xtremedistil.distill.tokenization import (
 )
 from xtremedistil.errors import XtremeDistilError
 from xtremedistil.faults import kill_point
-from xtremedistil.layout import TEACHER_ENCODER_DIR, TEACHER_HEAD_FILE, TEACHER_METRICS_FILE, TEACHER_SPEC_FILE
+from xtremedistil.layout import (STATE_FILE, TEACHER_ENCODER_DIR, TEACHER_HEAD_FILE, TEACHER_METRICS_FILE,
+                                 TEACHER_SPEC_FILE)
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ def _build(model: TeacherModel, seq_len: int) -> None:
     model({"input_ids": dummy, "attention_mask": np.ones_like(dummy)})
 
 
-PROGRESS_STATE = "state.json"
+PROGRESS_STATE = STATE_FILE
 
 
 def fine_tune(model: TeacherModel, train: Encoded, dev: Encoded, dev_examples, labels,

@@ -10,6 +10,7 @@ from pathlib import Path
 from xtremedistil.distill import data as data_lib
 from xtremedistil.distill import metrics as metrics_lib
 from xtremedistil.distill import teacher as teacher_lib
+from xtremedistil.distill.decoding import recorded_decoding
 from xtremedistil.distill.files import file_digest, read_json, write_json_atomic
 from xtremedistil.distill.memory import peak_rss_mb, reset_peak_rss
 from xtremedistil.distill.seeding import seed_everything
@@ -104,7 +105,7 @@ def _saved_metrics(folder: Path, task: data_lib.Task, decoding: str) -> dict | N
     except XtremeDistilError:    # damaged: evaluated again
         return None
     if saved.get("sources") != _split_stamps(task) or not {"dev", "test"} <= set(saved) \
-            or saved.get("decoding", "argmax") != decoding:
+            or recorded_decoding(saved) != decoding:
         return None
     return {split: saved[split] for split in ("dev", "test")}
 

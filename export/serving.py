@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xtremedistil.distill.decoding import recorded_decoding
 from xtremedistil.distill.files import file_crc32, read_json
 from xtremedistil.errors import XtremeDistilError
 from xtremedistil.layout import BundleLayout
@@ -132,7 +133,7 @@ class TextPipeline:
         self.labels: list[str] = self.config["task"]["labels"]
         self.seq_len: int = self.config["task"]["seq_len"]
         self.tagging: bool = self.config["task"]["kind"] == "tagging"
-        self.decoding: str = self.config["task"].get("decoding", "argmax")    # word tags: see --tag_decoding
+        self.decoding: str = recorded_decoding(self.config["task"])    # word tags: see --tag_decoding
         self.row = find_artifact(self.bundle, artifact, tuple(formats))
         path = self.bundle / self.row["path"]
         if predictor is None and path.is_file():

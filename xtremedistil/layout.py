@@ -98,6 +98,10 @@ class BundleLayout:
         return self.folder.is_dir() and self.config.exists() and self.weights.exists()
 
 
+# The progress record of a phase that resumes: the teacher's fine-tuning (`teacher-training/`) and a student's
+# stages (`student[-NAME]/`).
+STATE_FILE = "state.json"
+
 # The fine-tuned teacher folder (`teacher/`): an HF encoder folder, the head's weights, its spec and metrics.
 TEACHER_ENCODER_DIR = "encoder"
 TEACHER_HEAD_FILE = "head.npz"

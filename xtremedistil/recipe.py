@@ -239,11 +239,12 @@ def _select_students(students: list[dict], only: list[str], path) -> list[dict]:
 def _export_stamp(bundle: Path, export: dict) -> dict:
     """What a bundle's artifacts and their parity figures depend on: its weights, the export settings that shape an
     artifact, and how its tags are decoded."""
+    from xtremedistil.distill.decoding import recorded_decoding
     from xtremedistil.export.pipeline import NOT_IN_ARTIFACTS
 
     digest = hashlib.sha256(BundleLayout(bundle).weights.read_bytes()).hexdigest()
     config = BundleLayout(bundle).config
-    decoding = (read_json(config).get("task", {}).get("decoding", "argmax") if config.exists() else "argmax")
+    decoding = recorded_decoding(read_json(config).get("task", {}) if config.exists() else {})
     return {"weights_sha256": digest, "export": {k: v for k, v in export.items() if k not in NOT_IN_ARTIFACTS},
             # parity's dev figures read tags this way; only when not argmax, so earlier stamps stay valid
             **({"decoding": decoding} if decoding != "argmax" else {})}

@@ -12,16 +12,13 @@ from pathlib import Path
 
 from xtremedistil.distill.files import read_json
 from xtremedistil.errors import XtremeDistilError
-from xtremedistil.layout import TEACHER_METRICS_FILE, TEACHER_SPEC_FILE, BundleLayout, RunLayout
-
-STATE_FILE = "state.json"     # the teacher's fine-tuning progress and a student's stages: both call it so
+from xtremedistil.distill.metrics import headline
+from xtremedistil.layout import STATE_FILE, TEACHER_METRICS_FILE, TEACHER_SPEC_FILE, BundleLayout, RunLayout
 
 
 def _headline(metrics: dict | None) -> float | None:
-    if not isinstance(metrics, dict) or "metric" not in metrics:
-        return None
-    block = metrics.get("macro") or metrics.get("overall") or {}
-    return block.get(metrics["metric"])
+    """The metrics' headline figure; None where a record has none (a student without a test figure)."""
+    return headline(metrics) if metrics else None
 
 
 def _minutes(seconds: float) -> str:

@@ -120,7 +120,7 @@ def test_the_table_gives_f1_per_language_and_the_retention_under_each_decoding()
     from xtremedistil.bench.bio_decoding import table
 
     def metrics(en, ru):
-        return {"per_language": {"en": {"f1": en}, "ru": {"f1": ru}}, "macro": {"f1": (en + ru) / 2}}
+        return {"metric": "f1", "per_language": {"en": {"f1": en}, "ru": {"f1": ru}}, "macro": {"f1": (en + ru) / 2}}
 
     rows = [{"model": "teacher", "decoding": "argmax", "invalid": 0.05, "metrics": metrics(0.8, 0.6)},
             {"model": "teacher", "decoding": "bio", "invalid": 0.0, "metrics": metrics(0.82, 0.6)},
