@@ -20,6 +20,15 @@ How many variants a sentence gets (`allocation`):
   10 words, 91.5% at 20-29). `word` keeps the same number of lines but puts 29% of them at 20+ words; a
   one-word phrase, which has almost no distinct variants anyway, mostly gets none.
 
+Mention replacement (tagging tasks; Dai & Adel 2020, "An Analysis of Simple Data Augmentation for Named
+Entity Recognition"): `mentions` more sentences per train sentence that has entities, each entity swapped
+with probability `p_mention` (at least one per sentence) for another entity of the same type and language
+from the train set. Rule variants mostly put known entities in altered contexts; these put other entities,
+often long and irregular ones (titles, places with commas), in real contexts, which is where students lose
+most against their teacher. The train tags only choose what to swap: the teacher labels the new sentences
+like any other transfer line. The variants of train sentence i follow transfer line i in the file, so they
+are spread over the cache's chunks.
+
 Words are whitespace tokens, so tagging keeps word boundaries (the teacher labels the new
 sentences when it scores them). Output is streamed to the file (a temp name renamed when
 complete), deduplicated with 8-byte hashes (bounded memory: about 80 bytes a line), and screened:
@@ -32,11 +41,12 @@ import collections
 import dataclasses
 import errno
 import hashlib
+import itertools
 import logging
 import os
 import random
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -44,6 +54,9 @@ from tqdm.auto import tqdm
 from xtremedistil.errors import XtremeDistilError
 from xtremedistil.distill.files import put_in_place
 from xtremedistil.settings import Settings, setting
+
+if TYPE_CHECKING:
+    from xtremedistil.distill.data import Example
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +86,29 @@ class AugmentConfig(Settings):
                                           "'word' = variants in proportion to a sentence's words (more sentence-length "
                                           "text when the transfer text is short phrases, as SST-2's is)",
                               flag="augment_allocation", choices=ALLOCATIONS)
+    mentions: int = setting(0, "augmentation, tagging tasks: N more sentences per train sentence with entities, "
+                               "its entities swapped for other train entities of the same type and language "
+                               "(mention replacement, Dai & Adel 2020); the teacher labels them; 0 = off",
+                            flag="augment_mentions", minimum=0)
+    p_mention: float = setting(0.5, "augmentation: probability of swapping each entity of a sentence (at least one "
+                                    "is swapped)", flag="augment_p_mention", minimum=0, maximum=1)
 
     def check(self) -> None:
         if self.p_mask + self.p_replace > 1.0:
             raise XtremeDistilError("--augment_p_mask + --augment_p_replace must not exceed 1")
+
+    @property
+    def active(self) -> bool:
+        """Whether there is anything to write beyond the transfer file itself."""
+        return self.multiplier > 0 or self.mentions > 0
+
+    def signature(self) -> dict:
+        """The settings that decide the file. Mention settings only when used, so files written before they
+        existed keep their names (and their scored caches)."""
+        values = dataclasses.asdict(self)
+        if not self.mentions:
+            values.pop("mentions"), values.pop("p_mention")
+        return values
 
 
 def _key(sentence: str) -> bytes:
@@ -141,17 +173,82 @@ def variant_count(n_words: int, config: AugmentConfig, mean_words: float, rng: r
     return whole + (rng.random() < share - whole)
 
 
+def entity_spans(tags: Sequence[str]) -> list[tuple[int, int, str]]:
+    """(start, end, type) of each IOB2 entity; an I-X that does not continue an X entity starts one."""
+    spans: list[list] = []
+    for i, tag in enumerate(tags):
+        prefix, _, kind = tag.partition("-")
+        if prefix == "I" and spans and spans[-1][1] == i and spans[-1][2] == kind:
+            spans[-1][1] = i + 1
+        elif prefix in ("B", "I") and kind:
+            spans.append([i, i + 1, kind])
+    return [tuple(span) for span in spans]
+
+
+Inventory = dict[tuple, list[tuple[str, ...]]]
+
+
+def mention_inventory(labeled: Iterable[Example]) -> Inventory:
+    """The distinct entities of the labeled sentences by (language, type), in order of first appearance."""
+    found: dict[tuple, dict[tuple[str, ...], None]] = collections.defaultdict(dict)
+    for ex in labeled:
+        for start, end, kind in entity_spans(ex.label):
+            found[(ex.language, kind)][tuple(ex.words[start:end])] = None
+    return {key: list(mentions) for key, mentions in found.items()}
+
+
+def mention_variant(ex: Example, spans: list[tuple[int, int, str]], rng: random.Random, config: AugmentConfig,
+                    inventory: Inventory) -> list[str]:
+    """`ex`'s words with some entities (each with `p_mention`, at least one) swapped for other entities of the
+    same type and language; unchanged when no entity has another of its kind."""
+    chosen = [rng.random() < config.p_mention for _ in spans]
+    if not any(chosen):
+        chosen[rng.randrange(len(spans))] = True
+    out, position = [], 0
+    for (start, end, kind), swap in zip(spans, chosen):
+        out.extend(ex.words[position:start])
+        mentions = inventory.get((ex.language, kind), [])
+        original = tuple(ex.words[start:end])
+        replacement = original
+        if swap and len(mentions) > 1:
+            while replacement == original:
+                replacement = mentions[rng.randrange(len(mentions))]
+        out.extend(replacement)
+        position = end
+    out.extend(ex.words[position:])
+    return out
+
+
+def _mention_candidates(ex: Example, index: int, config: AugmentConfig, inventory: Inventory) -> list[list[str]]:
+    spans = entity_spans(ex.label)
+    if not spans:
+        return []
+    rng = random.Random((config.seed * 1_000_003 + index) * 7 + 3)      # apart from the rule variants' streams
+    return [mention_variant(ex, spans, rng, config, inventory) for _ in range(config.mentions)]
+
+
 def augment_stream(sources: Iterable[str], config: AugmentConfig, mask_token: str,
-                   neighbours: dict[str, list[str]], screened: set[bytes], mean_words: float = 1.0) -> Iterator[str]:
+                   neighbours: dict[str, list[str]], screened: set[bytes], mean_words: float = 1.0,
+                   labeled: Sequence[Example] = ()) -> Iterator[str]:
     """Source sentences and their variants, deduplicated, none in `screened` (hashes of dev/test).
 
-    `mean_words`: the sources' mean sentence length in words (used by `allocation="word"`)."""
+    `mean_words`: the sources' mean sentence length in words (used by `allocation="word"`).
+    `labeled`: tagged train sentences for mention replacement (`config.mentions`); the variants of the i-th
+    follow the i-th source's, the rest come last."""
+    inventory = mention_inventory(labeled) if config.mentions else {}
+    labeled = labeled if config.mentions else ()
     seen: set[bytes] = set()
-    for line_number, sentence in enumerate(sources):
-        words = sentence.split()
-        rng = random.Random(config.seed * 1_000_003 + line_number)
-        count = variant_count(len(words), config, mean_words, rng)
-        candidates = [words] + [variant(words, rng, config, mask_token, neighbours) for _ in range(count)]
+    for line_number, sentence in itertools.zip_longest(itertools.count(), sources):
+        if sentence is None and line_number >= len(labeled):
+            break
+        candidates = []
+        if sentence is not None:
+            words = sentence.split()
+            rng = random.Random(config.seed * 1_000_003 + line_number)
+            count = variant_count(len(words), config, mean_words, rng)
+            candidates = [words] + [variant(words, rng, config, mask_token, neighbours) for _ in range(count)]
+        if line_number < len(labeled):
+            candidates += _mention_candidates(labeled[line_number], line_number, config, inventory)
         for candidate in candidates:
             text = " ".join(candidate)
             key = _key(text)
@@ -162,15 +259,21 @@ def augment_stream(sources: Iterable[str], config: AugmentConfig, mask_token: st
 
 
 def augment_file(sources_path: str | Path, out_path: str | Path, config: AugmentConfig, *, mask_token: str,
-                 embedding: np.ndarray, tokenizer, screen: Iterable[str], total: int | None = None) -> dict:
-    """Writes the augmented transfer file atomically; returns counts for the log and report."""
+                 embedding: np.ndarray, tokenizer, screen: Iterable[str], total: int | None = None,
+                 labeled: Sequence[Example] = ()) -> dict:
+    """Writes the augmented transfer file atomically; returns counts for the log and report.
+
+    `labeled`: the task's train examples; mention replacement (`config.mentions`) needs tagged ones."""
     from xtremedistil.distill.data import iter_transfer
 
     out_path = Path(out_path)
+    if config.mentions and not any(ex.words for ex in labeled):
+        raise XtremeDistilError("--augment_mentions swaps the entities of a tagging task's train sentences; this "
+                                "task has none (it needs --do_NER and tagged train.tsv lines)")
     counts, lines = word_counts(iter_transfer(sources_path))
     mean_words = sum(counts.values()) / max(lines, 1)
     vocab = [w for w, c in counts.most_common(config.max_vocab) if c >= 2 or len(counts) < config.max_vocab]
-    table = dict(zip(vocab, nearest_words(vocab, embedding, tokenizer, config.neighbours))) if config.p_replace and len(vocab) > 1 else {}
+    table = dict(zip(vocab, nearest_words(vocab, embedding, tokenizer, config.neighbours))) if config.multiplier and config.p_replace and len(vocab) > 1 else {}
     screened = {_key(s) for s in screen}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     temp = out_path.with_name(f".{out_path.name}.tmp")
@@ -186,7 +289,7 @@ def augment_file(sources_path: str | Path, out_path: str | Path, config: Augment
 
     try:
         with open(temp, "w", encoding="utf-8") as handle:
-            for text in augment_stream(counted(), config, mask_token, table, screened, mean_words):
+            for text in augment_stream(counted(), config, mask_token, table, screened, mean_words, labeled):
                 handle.write(text + "\n")
                 written += 1
             handle.flush()
@@ -205,6 +308,8 @@ def augment_file(sources_path: str | Path, out_path: str | Path, config: Augment
     stats = {"sources": sources, "written": written, "vocabulary": len(vocab), "multiplier": config.multiplier,
              "allocation": config.allocation, "mean_source_words": round(mean_words, 2),
              "ratio": round(written / max(sources, 1), 2)}
+    if config.mentions:
+        stats["mentions"] = config.mentions
     logger.info("augment: %d source sentences -> %d lines in %s (%.1fx; %d words with neighbours)",
                 sources, written, out_path, stats["ratio"], len(table))
     return stats

@@ -81,7 +81,7 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     # Optional augmentation of the transfer set (chief writes it; the others read the same file).
     transfer_path, transfer_lines = task.transfer_path, task.transfer_lines
     transfer_info = {"file": str(transfer_path), "sentences": transfer_lines}
-    if options.augment.multiplier > 0:
+    if options.augment.active:
         t0 = time.time()
         peaks.start()
         transfer_path, transfer_lines, transfer_info["augment"] = _augmented_transfer(
@@ -186,7 +186,8 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
                         **peaks.mb, "per_phase": peaks.per_phase},
         "transfer": transfer_info,
         "distillation": {"stages": run.stages, "distil_loss": stage_config.distil_loss,
-                         "augment_multiplier": options.augment.multiplier, "student_name": run.student_name},
+                         "augment_multiplier": options.augment.multiplier, "student_name": run.student_name,
+                         **({"augment_mentions": options.augment.mentions} if options.augment.mentions else {})},
         "sentences_per_second": _throughput(layout, caches, state),
         "seed": run.seed,
     }
@@ -237,13 +238,16 @@ def _augmented_transfer(options, task, tokenizer, teacher_emb, teacher_stamp, la
     config = options.augment
     signature = {"source_sha1": file_digest(task.transfer_path), "teacher": teacher_stamp,
                  "screened_sha1": [file_digest(task.path / f"{split}.tsv") for split in ("dev", "test")],
-                 "config": dataclasses.asdict(config)}
+                 "config": config.signature()}
+    if config.mentions:
+        signature["train_sha1"] = file_digest(task.path / "train.tsv")
     path = layout.augmented / f"transfer-{signature_hash(signature)}.txt"
     stats_path = path.with_suffix(".json")
     if cluster.is_chief and not (path.exists() and stats_path.exists()):
         screen = [ex.text for split in ("dev", "test") for ex in task.splits[split]]
         stats = augment_file(task.transfer_path, path, config, mask_token=tokenizer.mask_token or tokenizer.unk_token,
-                             embedding=teacher_emb, tokenizer=tokenizer, screen=screen, total=task.transfer_lines)
+                             embedding=teacher_emb, tokenizer=tokenizer, screen=screen, total=task.transfer_lines,
+                             labeled=task.splits["train"])
         write_json_atomic(stats_path, {**stats, "signature": signature})
     cluster.barrier("the chief's augmented transfer set")
     stats = read_json(stats_path)

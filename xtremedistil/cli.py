@@ -133,12 +133,16 @@ def _cmd_augment(args) -> int:
     from xtremedistil.distill.tokenization import load_tokenizer
 
     config = AugmentConfig.from_flags(vars(args), seed=resolve_seed(args.seed))
+    if config.mentions and not args.do_NER:
+        from xtremedistil.distill.options import MENTIONS_NEED_TAGS
+        raise XtremeDistilError(MENTIONS_NEED_TAGS)
     task = load_task(args.task, args.do_NER, args.transfer_file, require_transfer=True)
     tokenizer = load_tokenizer(args.pt_teacher_checkpoint)
     embedding = teacher_word_embeddings(load_encoder(args.pt_teacher_checkpoint))
     screen = [ex.text for split in ("dev", "test") for ex in task.splits[split]]
     stats = augment_file(task.transfer_path, args.out, config, mask_token=tokenizer.mask_token or tokenizer.unk_token,
-                         embedding=embedding, tokenizer=tokenizer, screen=screen, total=task.transfer_lines)
+                         embedding=embedding, tokenizer=tokenizer, screen=screen, total=task.transfer_lines,
+                         labeled=task.splits["train"])
     print(f"{args.out}: {stats['written']:,} sentences from {stats['sources']:,} ({stats['ratio']}x)")
     return 0
 
@@ -422,8 +426,9 @@ def build_parser(distill_flags: bool = False) -> argparse.ArgumentParser:
         "augment", help="expand a task's transfer sentences N-fold (Tang et al. 2019 rules) into a new transfer file",
         description="Write OUT: every transfer sentence of the task, then --augment_multiplier variants of each "
                     "(a word masked with p_mask, replaced by one of its nearest words in the teacher's embedding "
-                    "space with p_replace; then only an n-gram kept with p_ngram), deduplicated, never a dev or test "
-                    "sentence. Seeded: the same flags give the same file. Use it with distill --transfer_file OUT, "
+                    "space with p_replace; then only an n-gram kept with p_ngram) and, for a tagging task with "
+                    "--augment_mentions N, N copies of each train sentence with its entities swapped for other train "
+                    "entities of the same type and language; deduplicated, never a dev or test sentence. Seeded: the same flags give the same file. Use it with distill --transfer_file OUT, "
                     "or let distill do it with --augment_multiplier N.",
     )
     augment.add_argument("--task", required=True, metavar="DIR", help="task folder (dev/test are screened out)")

@@ -4,12 +4,13 @@ import random
 import numpy as np
 import pytest
 
-from helpers import SOURCES, bert_tokenizer, write_task
+from helpers import SOURCES, TAGGING_ROWS, bert_tokenizer, write_task
 from xtremedistil.cli import main
 from xtremedistil.distill.augment import AugmentConfig, augment_file, augment_stream, nearest_words, variant
 from xtremedistil.errors import XtremeDistilError
 
 SCREEN = ["a great film .", "very bad movie . ."]
+LABELS = ["B-LOC", "B-ORG", "B-PER", "I-LOC", "I-ORG", "I-PER", "O"]
 
 
 @pytest.fixture()
@@ -107,3 +108,71 @@ def test_cli_writes_the_file_and_reports_bad_input(tiny_models, tmp_path, capsys
     err = capsys.readouterr().err
     assert code == 2 and "--augment_p_ngram must be in [0, 1]" in err and "Traceback" not in err
     assert out.read_text(encoding="utf-8").splitlines() == lines      # the earlier file is intact
+
+
+def _tagged(text, tags, language="en", line=1):
+    from xtremedistil.distill.data import Example
+    words = tuple(text.split())
+    return Example(text=text, label=tuple(tags.split()), language=language, line=line, words=words)
+
+
+def test_entity_spans_follow_iob2():
+    from xtremedistil.distill.augment import entity_spans
+    assert entity_spans("B-PER I-PER O B-LOC B-LOC I-LOC O".split()) == [(0, 2, "PER"), (3, 4, "LOC"), (4, 6, "LOC")]
+    assert entity_spans("O I-ORG I-ORG I-PER".split()) == [(1, 3, "ORG"), (3, 4, "PER")]    # stray I- starts one
+    assert entity_spans(["O", "O"]) == []
+
+
+def test_mention_replacement_swaps_entities_of_the_same_type_and_language():
+    """Each variant keeps the sentence's other words, swaps at least one entity, and only for an entity of the
+    same type and language from the train set; variants of train sentence i follow source line i."""
+    labeled = [_tagged("John Smith lives in Paris .", "B-PER I-PER O O B-LOC O", line=1),
+               _tagged("Mary visited New York City .", "B-PER O B-LOC I-LOC I-LOC O", line=2),
+               _tagged("Ana vive en Lima", "B-PER O O B-LOC", language="es", line=3),
+               _tagged("nothing here", "O O", line=4)]
+    sources = [ex.text for ex in labeled]
+    config = AugmentConfig(multiplier=0, mentions=6, p_mention=0.5)
+    lines = list(augment_stream(iter(sources), config, "[MASK]", {}, set(), labeled=labeled))
+    assert lines == list(augment_stream(iter(sources), config, "[MASK]", {}, set(), labeled=labeled))   # seeded
+    english = {"John Smith lives in Paris .", "John Smith lives in New York City .", "Mary lives in Paris .",
+               "Mary lives in New York City .", "Mary visited Paris .", "John Smith visited Paris .",
+               "John Smith visited New York City .", "Mary visited New York City ."}
+    first = lines.index(sources[0])
+    second = lines.index(sources[1])
+    third = lines.index(sources[2])
+    assert set(lines[first:second]) <= english and len(lines[first:second]) == 4       # all 3 other mixes
+    assert set(lines[second:third]) <= english and sources[0] not in lines[second + 1:third]
+    assert lines[third:] == ["Ana vive en Lima", "nothing here"]    # the only es entities: nothing to swap for
+    assert not set(lines) & {"John Smith vive en Lima", "Ana lives in Paris ."}      # never across languages
+
+
+def test_mention_settings_leave_earlier_file_names_alone_and_need_tags(tmp_path, tokenizer):
+    assert "mentions" not in AugmentConfig(multiplier=2).signature()        # a 2x file keeps its name and cache
+    assert AugmentConfig(multiplier=2, mentions=1).signature()["mentions"] == 1
+    assert AugmentConfig(mentions=1).active and not AugmentConfig().active
+    from xtremedistil.distill.data import Example
+    rows = [Example(text=s, label="1", language=None, line=i) for i, s in enumerate(SOURCES)]
+    with pytest.raises(XtremeDistilError, match="--augment_mentions swaps the entities of a tagging task"):
+        augment_file(tmp_path / "none.txt", tmp_path / "out.txt", AugmentConfig(mentions=2), mask_token="[MASK]",
+            embedding=_embedding(tokenizer), tokenizer=tokenizer, screen=[], labeled=rows)
+
+
+def test_cli_mention_replacement_on_a_tagging_task(tiny_models, tmp_path, capsys):
+    rows = TAGGING_ROWS + ["mary smith lives in london .\ten:B-PER en:I-PER en:O en:O en:B-LOC en:O"]
+    task = write_task(tmp_path / "task", rows, dev=rows[1:2], test=rows[2:3], labels=LABELS,
+                      transfer=[r.split("\t")[0] for r in rows])
+    out = tmp_path / "aug.txt"
+    argv = ["augment", "--task", str(task), "--pt_teacher_checkpoint", str(tiny_models("bert")), "--out", str(out),
+            "--augment_multiplier", "0", "--augment_mentions", "3", "--quiet"]
+    assert main(argv + ["--do_NER"]) == 0
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert {"mary smith lives in paris .", "john smith lives in london .", "john works in google ."} <= set(lines)
+    assert {"john lives in paris .", "mary smith works in google ."} & set(lines)      # PER swapped in a 2nd sentence
+    assert not {rows[1].split("\t")[0], rows[2].split("\t")[0]} & set(lines)          # dev/test screened
+    code = main(argv)                                                                  # without --do_NER
+    err = capsys.readouterr().err
+    assert code != 0 and "--augment_mentions swaps the entities of a tagging task" in err and "Traceback" not in err
+    code = main(["distill", "--task", str(task), "--pt_teacher_checkpoint", str(tiny_models("bert")),
+                 "--model_dir", str(tmp_path / "run"), "--augment_mentions", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--augment_mentions swaps the entities" in err and not (tmp_path / "run").exists()

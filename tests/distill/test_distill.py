@@ -322,6 +322,21 @@ def test_augmented_transfer_set_is_made_once_screened_and_scored(tagging_run):
     assert state.read_bytes() == before
 
 
+def test_mention_replacement_alone_makes_an_augmented_transfer_set(tagging_run):
+    """--augment_mentions without rule variants: the transfer set is the sources plus train sentences with
+    swapped entities (recorded with the train file's digest), scored and distilled like any other."""
+    opts, _ = tagging_run
+    metrics = run_distill(opts.replace(student_name="mentions", augment_mentions=2, distil_epochs=1))
+    info = metrics["transfer"]
+    assert info["augment"]["mentions"] == 2 and info["augment"]["multiplier"] == 0
+    assert metrics["distillation"]["augment_mentions"] == 2
+    stats = json.loads(Path(info["file"]).with_suffix(".json").read_text())
+    assert stats["signature"]["config"]["mentions"] == 2 and "train_sha1" in stats["signature"]
+    lines = Path(info["file"]).read_text(encoding="utf-8").splitlines()
+    # dev = test = train here, so the sources are screened out; the two English PER entities trade places
+    assert lines == ["john lives in paris .", "john smith works in google ."] and info["sentences"] == 2
+
+
 def test_a_changed_late_setting_retrains_only_the_sub_stages_it_affects(tagging_run):
     """Editing `distil_final_epochs` keeps stage 1 and the partly frozen stage-2 sub-stages (their weights
     would come out the same), trains the last stage-2 sub-stage and stage 3 again, moves what they replace
