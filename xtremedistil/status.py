@@ -66,8 +66,21 @@ def cache_lines(layout: RunLayout) -> list[str]:
                      f"({sum(c.get('rows', 0) for c in chunks):,} sentences; a chunk counts once written whole)")
     for path in sorted(layout.augmented.glob("*.txt")) if layout.augmented.is_dir() else []:
         with open(path, "rb") as handle:
-            lines.append(f"augmented transfer set: {path.name}: {sum(1 for _ in handle):,} lines")
+            lines.append(f"augmented transfer set: {path.name}: {sum(1 for _ in handle):,} lines"
+                         + _augment_settings(path.with_suffix(".json")))
     return lines
+
+
+def _augment_settings(stats_path: Path) -> str:
+    """' (from 66,000 sentences: 2x per sentence, 2 mention copies)' from the set's recorded statistics; '' without them."""
+    try:
+        stats = read_json(stats_path)
+    except (OSError, XtremeDistilError):
+        return ""
+    parts = [f"{stats['multiplier']}x per {stats.get('allocation', 'sentence')}"] if stats.get("multiplier") else []
+    if stats.get("mentions"):
+        parts.append(f"{stats['mentions']} mention cop{'y' if stats['mentions'] == 1 else 'ies'}")
+    return f" (from {stats.get('sources', 0):,} sentences: {', '.join(parts)})" if parts else ""
 
 
 def student_lines(folder: Path) -> list[str]:
