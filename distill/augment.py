@@ -41,7 +41,6 @@ import collections
 import dataclasses
 import errno
 import hashlib
-import itertools
 import logging
 import os
 import random
@@ -62,6 +61,8 @@ logger = logging.getLogger(__name__)
 
 
 ALLOCATIONS = ("sentence", "word")
+MENTIONS_NEED_TAGS = ("--augment_mentions swaps the entities of a tagging task's train sentences; "
+                      "use it with --do_NER")
 
 
 @dataclasses.dataclass
@@ -235,27 +236,32 @@ def augment_stream(sources: Iterable[str], config: AugmentConfig, mask_token: st
     `mean_words`: the sources' mean sentence length in words (used by `allocation="word"`).
     `labeled`: tagged train sentences for mention replacement (`config.mentions`); the variants of the i-th
     follow the i-th source's, the rest come last."""
-    inventory = mention_inventory(labeled) if config.mentions else {}
     labeled = labeled if config.mentions else ()
-    seen: set[bytes] = set()
-    for line_number, sentence in itertools.zip_longest(itertools.count(), sources):
-        if sentence is None and line_number >= len(labeled):
-            break
-        candidates = []
-        if sentence is not None:
+    inventory = mention_inventory(labeled)
+
+    def mention_candidates(index: int) -> list[list[str]]:
+        return _mention_candidates(labeled[index], index, config, inventory) if index < len(labeled) else []
+
+    def candidates() -> Iterator[list[str]]:
+        line_number = -1
+        for line_number, sentence in enumerate(sources):
             words = sentence.split()
             rng = random.Random(config.seed * 1_000_003 + line_number)
-            count = variant_count(len(words), config, mean_words, rng)
-            candidates = [words] + [variant(words, rng, config, mask_token, neighbours) for _ in range(count)]
-        if line_number < len(labeled):
-            candidates += _mention_candidates(labeled[line_number], line_number, config, inventory)
-        for candidate in candidates:
-            text = " ".join(candidate)
-            key = _key(text)
-            if not text or key in seen or key in screened:
-                continue
-            seen.add(key)
-            yield text
+            yield words
+            for _ in range(variant_count(len(words), config, mean_words, rng)):
+                yield variant(words, rng, config, mask_token, neighbours)
+            yield from mention_candidates(line_number)
+        for index in range(line_number + 1, len(labeled)):      # train sentences beyond the transfer file
+            yield from mention_candidates(index)
+
+    seen: set[bytes] = set()
+    for candidate in candidates():
+        text = " ".join(candidate)
+        key = _key(text)
+        if not text or key in seen or key in screened:
+            continue
+        seen.add(key)
+        yield text
 
 
 def augment_file(sources_path: str | Path, out_path: str | Path, config: AugmentConfig, *, mask_token: str,
@@ -268,8 +274,7 @@ def augment_file(sources_path: str | Path, out_path: str | Path, config: Augment
 
     out_path = Path(out_path)
     if config.mentions and not any(ex.words for ex in labeled):
-        raise XtremeDistilError("--augment_mentions swaps the entities of a tagging task's train sentences; this "
-                                "task has none (it needs --do_NER and tagged train.tsv lines)")
+        raise XtremeDistilError(MENTIONS_NEED_TAGS)
     counts, lines = word_counts(iter_transfer(sources_path))
     mean_words = sum(counts.values()) / max(lines, 1)
     vocab = [w for w, c in counts.most_common(config.max_vocab) if c >= 2 or len(counts) < config.max_vocab]

@@ -202,10 +202,6 @@ TITLES = {"run": "run", "teacher": "teacher", "fine_tune": "teacher fine-tuning"
           "distil": "stages", "cache": "teacher-output cache", "augment": "transfer-set augmentation"}      # sections whose `seed` is the run's
 
 
-MENTIONS_NEED_TAGS = ("--augment_mentions swaps the entities of a tagging task's train sentences; "
-                      "use it with --do_NER")
-
-
 @dataclasses.dataclass
 class DistilOptions:
     """Every `distill` setting, by section (see the module docstring); build with `from_flags`."""
@@ -225,6 +221,7 @@ class DistilOptions:
 
         plan_substages(self.run.stages, 4, self.distil.distil_loss)
         if self.augment.mentions and not self.run.do_NER:
+            from xtremedistil.distill.augment import MENTIONS_NEED_TAGS
             raise XtremeDistilError(MENTIONS_NEED_TAGS)
         StudentConfig(tagging=self.run.do_NER, num_labels=2, seq_len=self.run.seq_len, teacher_vocab_size=2,
                       vocab_size=2, teacher_hidden_size=2, **self.student.architecture())

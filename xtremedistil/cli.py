@@ -125,7 +125,7 @@ def _cmd_distill(args) -> int:
 
 
 def _cmd_augment(args) -> int:
-    from xtremedistil.distill.augment import AugmentConfig, augment_file
+    from xtremedistil.distill.augment import MENTIONS_NEED_TAGS, AugmentConfig, augment_file
     from xtremedistil.distill.data import load_task
     from xtremedistil.distill.embeddings import teacher_word_embeddings
     from xtremedistil.distill.seeding import resolve_seed
@@ -134,7 +134,6 @@ def _cmd_augment(args) -> int:
 
     config = AugmentConfig.from_flags(vars(args), seed=resolve_seed(args.seed))
     if config.mentions and not args.do_NER:
-        from xtremedistil.distill.options import MENTIONS_NEED_TAGS
         raise XtremeDistilError(MENTIONS_NEED_TAGS)
     task = load_task(args.task, args.do_NER, args.transfer_file, require_transfer=True)
     tokenizer = load_tokenizer(args.pt_teacher_checkpoint)
@@ -428,7 +427,8 @@ def build_parser(distill_flags: bool = False) -> argparse.ArgumentParser:
                     "(a word masked with p_mask, replaced by one of its nearest words in the teacher's embedding "
                     "space with p_replace; then only an n-gram kept with p_ngram) and, for a tagging task with "
                     "--augment_mentions N, N copies of each train sentence with its entities swapped for other train "
-                    "entities of the same type and language; deduplicated, never a dev or test sentence. Seeded: the same flags give the same file. Use it with distill --transfer_file OUT, "
+                    "entities of the same type and language; deduplicated, never a dev or test sentence. Seeded: "
+                    "the same flags give the same file. Use it with distill --transfer_file OUT, "
                     "or let distill do it with --augment_multiplier N.",
     )
     augment.add_argument("--task", required=True, metavar="DIR", help="task folder (dev/test are screened out)")
