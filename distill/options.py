@@ -7,7 +7,7 @@
       student    StudentSettings  student, word_emb_dim, word_emb_file, dropout_rate, dense_act_func
                                   + the chosen student's own options (bilstm_hidden_size, cnn_filters, ...)
       distil     StageConfig      distil_epochs, distil_label_epochs, distil_final_epochs, distil_batch_size,
-                                  distil_patience, distil_loss, temperature
+                                  distil_patience, distil_loss, temperature, distil_precision
       cache      CacheSettings    distil_chunk_size, score_batch_size
       augment    AugmentConfig    augment_multiplier, augment_p_mask, augment_p_replace, augment_p_ngram, ...
 

@@ -26,7 +26,7 @@ from xtremedistil.distill.files import file_digest, read_json, write_json_atomic
 from xtremedistil.distill.teacher_phase import encode_split, run_teacher
 from xtremedistil.distill.seeding import seed_everything
 from xtremedistil.distill.options import DistilOptions
-from xtremedistil.distill.stages import StageData, StageRunner, plan_substages, predict_student_logits
+from xtremedistil.distill.stages import StageData, StageRunner, plan_substages, predict_student_logits, training_model
 from xtremedistil.distill.students import StudentConfig, build_student, layer_groups
 from xtremedistil.distill.memory import PhasePeaks
 from xtremedistil.distill.metrics import metrics_from_logits
@@ -142,15 +142,18 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     t0 = time.time()
     peaks.start()
     stage_config = options.distil
-    groups = layer_groups(student, student_config)
+    with cluster.scope():   # in bf16 a mixed-precision twin trains; `student` stays float32 (dev metrics, bundle)
+        trainee = training_model(student, lambda: build_student(student_config), stage_config.precision)
+    groups = layer_groups(trainee, student_config)
     plan = plan_substages(run.stages, len(groups), stage_config.distil_loss)
     data = StageData(caches["transfer"], caches["dev"], train, dev, task.splits["dev"], task.labels, task.is_tagging,
                      pad_id=tokenizer.pad_token_id)
     settings = {"student": student_config.to_dict(), "stages": dataclasses.asdict(stage_config),
                 "plan": [sub.name for sub in plan], "transfer": caches["transfer"].index["signature"],
                 "dev": caches["dev"].index["signature"]}
-    runner = StageRunner(student, groups, data, stage_config, layout.student, on_batch=on_batch,
-                         cluster=cluster, settings=settings, decoding=run.tag_decoding)
+    runner = StageRunner(trainee, groups, data, stage_config, layout.student, on_batch=on_batch,
+                         cluster=cluster, settings=settings, decoding=run.tag_decoding,
+                         inference=student if trainee is not student else None)
     state = runner.run(plan)
     if not cluster.is_chief:
         logger.info("worker %d: all sub-stages done; the chief writes the bundle", cluster.worker)
@@ -187,7 +190,8 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
         "transfer": transfer_info,
         "distillation": {"stages": run.stages, "distil_loss": stage_config.distil_loss,
                          "augment_multiplier": options.augment.multiplier, "student_name": run.student_name,
-                         **({"augment_mentions": options.augment.mentions} if options.augment.mentions else {})},
+                         **({"augment_mentions": options.augment.mentions} if options.augment.mentions else {}),
+                         **({"precision": stage_config.precision} if stage_config.precision != "float32" else {})},
         "sentences_per_second": _throughput(layout, caches, state),
         "seed": run.seed,
     }

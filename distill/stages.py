@@ -17,6 +17,7 @@ metric, never on test.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -51,6 +52,9 @@ INIT_CHECKPOINT = "00-init.weights.h5"
 SUPERSEDED = "superseded"   # sub-stages a changed setting made stale, kept one generation
 IDS_SPEC = tf.TensorSpec([None, None], tf.int32)
 WEIGHT = "weight"    # per item: 1 where the loss counts (tagging: first piece of each word)
+PRECISIONS = ("float32", "bf16")
+KERAS_POLICIES = {"float32": "float32", "bf16": "mixed_bfloat16"}
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +108,11 @@ class StageConfig(Settings):
                                       "cross-entropy on labels)", choices=losses_lib.distil_losses)
     temperature: float = setting(1.0, "softmax temperature of the kl loss", positive=True)
     seed: int = setting(42, flag=None)
+    precision: str = setting(
+        "float32", "arithmetic of the stages' training steps: float32, or bf16 (Keras mixed_bfloat16: weights and "
+                   "optimizer state stay float32, matmuls run in bfloat16; about 1.5x faster BiLSTM training on a "
+                   "CPU with AMX or AVX512 bf16 instructions, slower on one without). Dev and test metrics, "
+                   "checkpoints and the bundle are float32 either way", flag="distil_precision", choices=PRECISIONS)
     label_epochs: int | None = setting(
         None, "maximum epochs of the sub-stages on labeled data (stage 3, or the labels-only ablation) when they "
               "should differ from a large transfer set's; 0 or unset = --distil_epochs",
@@ -134,6 +143,45 @@ def plan_substages(stages: str, n_groups: int, distil_loss: str) -> list[SubStag
     if stages == "labels":
         return [SubStage(1, 3, "labels-only", LABELS, n_groups, "cross_entropy")]
     return schedule(n_groups, parse_stages(stages), distil_loss)
+
+
+@contextlib.contextmanager
+def keras_policy(precision: str):
+    """Keras layers built inside compute in `precision` ("float32" or "bf16"); their weights are float32."""
+    previous = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy(KERAS_POLICIES[precision])
+    try:
+        yield
+    finally:
+        tf.keras.mixed_precision.set_global_policy(previous)
+
+
+def training_model(model: tf.keras.Model, build: Callable[[], tf.keras.Model], precision: str) -> tf.keras.Model:
+    """The model the stages train: `model` itself in float32; for bf16, a twin made by `build()` under the mixed
+    policy, starting from `model`'s weights. The twin's variables are float32 too, so its checkpoints load into
+    `model` (which computes the dev metrics and becomes the bundle) and into every exporter unchanged."""
+    if precision == "float32":
+        return model
+    flags = _cpu_flags()
+    if flags is not None and not flags & set(BF16_CPU_FLAGS):
+        logger.warning("--distil_precision %s: this CPU has neither %s; bfloat16 matmuls are emulated and "
+                       "training will likely be slower than float32", precision, " nor ".join(BF16_CPU_FLAGS))
+    with keras_policy(precision):
+        twin = build()
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def _cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (None where there is none to read)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        return None
+    return None
 
 
 @dataclasses.dataclass
@@ -258,8 +306,11 @@ class StageRunner:
 
     def __init__(self, model, groups, data: StageData, config: StageConfig, folder: str | Path,
                  on_batch: Callable[[SubStage, int], None] | None = None, cluster: Cluster | None = None,
-                 settings: dict | None = None, evaluate: Callable[[], dict] | None = None, decoding: str = "argmax"):
+                 settings: dict | None = None, evaluate: Callable[[], dict] | None = None, decoding: str = "argmax",
+                 inference: tf.keras.Model | None = None):
         self.model, self.groups, self.data, self.config = model, groups, data, config
+        # The float32 model dev metrics are computed with when `model` trains in another precision (same weights).
+        self.inference = inference
         self.decoding = decoding if data.tagging else "argmax"     # how tagging dev metrics read word tags
         self.evaluate = evaluate or self.dev_metrics   # a run without dev labels passes its own
         self.settings = settings
@@ -338,6 +389,7 @@ class StageRunner:
         return "projection" if target == HIDDEN else "logits"
 
     def _loss_sum(self, sub: SubStage, batch, output):
+        output = tf.cast(output, tf.float32)     # bf16 outputs of a mixed-precision student: the loss is float32
         return losses_lib.weighted_sum(sub.loss, batch[sub.target], output, batch[WEIGHT], self.config.temperature)
 
     def _validation_loss(self, sub: SubStage, forward) -> float:
@@ -349,7 +401,11 @@ class StageRunner:
         return self.cluster.agree(total / max(count, 1.0))
 
     def dev_metrics(self) -> dict:
-        logits = predict_student_logits(self.model, self.data.dev.input_ids, self.config.batch_size)
+        model = self.model
+        if self.inference is not None:
+            self.inference.set_weights(self.model.get_weights())
+            model = self.inference
+        logits = predict_student_logits(model, self.data.dev.input_ids, self.config.batch_size)
         return metrics_from_logits(logits, self.data.dev, self.data.dev_examples, self.data.labels, self.data.tagging,
                                    self.decoding)
 

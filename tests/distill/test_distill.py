@@ -14,6 +14,7 @@ from xtremedistil.distill.options import DistilOptions
 from xtremedistil.distill.pipeline import run_distill
 from xtremedistil.distill.teacher_phase import encode_split
 from xtremedistil.distill.teacher import load_teacher
+from xtremedistil.distill import stages as stages_lib
 from xtremedistil.distill.stages import SubStage, StageRunner, schedule
 from xtremedistil.distill.students import StudentConfig, build_student, layer_groups
 from xtremedistil.errors import XtremeDistilError
@@ -484,3 +485,43 @@ def test_switching_a_finished_run_to_bio_decoding_trains_nothing_and_rescores(ta
     back = run_distill(bio.replace(tag_decoding="argmax"), on_batch=lambda sub, batches: trained.append(sub.name))
     assert trained == [] and back["student"]["test"] == reference["student"]["test"]
     assert back["teacher"]["test"] == reference["teacher"]["test"]
+
+
+def test_bf16_stages_train_a_mixed_precision_twin_and_everything_written_is_float32(tagging_run, monkeypatch):
+    """--distil_precision bf16: every sub-stage trains in bfloat16; dev metrics, the chosen checkpoint, test and the
+    bundle come from the float32 student with the same weights; the run records its precision."""
+    import tensorflow as tf
+
+    opts, _ = tagging_run
+    root = Path(opts.run.model_dir)
+    trained_in = []
+    real_train, real_predict = StageRunner._train, stages_lib.predict_student_logits
+    predicted_by = []
+
+    def train(self, sub):
+        trained_in.append((sub.name, self.model.get_layer("logits").compute_dtype))
+        return real_train(self, sub)
+
+    def predict(model, ids, batch_size):
+        predicted_by.append(model.get_layer("logits").compute_dtype)
+        return real_predict(model, ids, batch_size)
+    monkeypatch.setattr(StageRunner, "_train", train)
+    monkeypatch.setattr(stages_lib, "predict_student_logits", predict)
+    metrics = run_distill(opts.replace(student_name="bf16", distil_precision="bf16", distil_epochs=1))
+    assert [name for name, _ in trained_in] == [sub.name for sub in schedule(4)]
+    assert {dtype for _, dtype in trained_in} == {"bfloat16"}
+    assert set(predicted_by) == {"float32"} and len(predicted_by) == len(trained_in)   # dev of each sub-stage
+    assert tf.keras.mixed_precision.global_policy().name == "float32"
+    assert metrics["distillation"]["precision"] == "bf16"
+    state = json.loads((root / "student-bf16" / "state.json").read_text())
+    assert state["settings"]["stages"]["precision"] == "bf16"
+    bundle = load_bundle(root / "bundle-bf16")
+    assert bundle.model.get_layer("logits").compute_dtype == "float32"
+    task = load_task(opts.run.task, True)
+    test = encode_split(bundle.tokenizer, task, "test", opts.run.seq_len)
+    logits = bundle.predict_logits(test.input_ids)
+    assert logits.dtype == np.float32
+    from xtremedistil.distill.metrics import metrics_from_logits
+    assert metrics["student"]["test"] == metrics_from_logits(logits, test, task.splits["test"], task.labels, True)
+    # the default leaves no trace in the metrics: earlier runs' records compare equal
+    assert "precision" not in json.loads((root / "bundle" / "metrics.json").read_text())["distillation"]

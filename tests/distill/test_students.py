@@ -215,3 +215,43 @@ def test_pca_keeps_geometry_of_teacher_rows():
     np.testing.assert_allclose(kept, original, rtol=1e-4, atol=1e-4)
     assert np.all(reduced[0] == 0)  # padding row
     assert pca_embeddings(teacher, vocab, dim=40).shape == (vocab.size, 40)
+
+
+@pytest.mark.parametrize("kind", sorted(STUDENTS))
+@pytest.mark.parametrize("tagging", [True, False])
+def test_a_bf16_twin_computes_in_bfloat16_from_the_same_float32_weights_and_trains(kind, tagging):
+    """--distil_precision bf16: the stages train a mixed-precision twin of the float32 student. Its variables are
+    float32 and start as the student's, so its checkpoints load into the student; its layers compute in bfloat16
+    (what makes it faster); one step of every loss is finite; building it leaves the global policy float32."""
+    import tensorflow as tf
+
+    from xtremedistil.distill.losses import weighted_sum
+    from xtremedistil.distill.stages import training_model
+
+    cfg = config(kind, tagging)
+    student = build_student(cfg)
+    student.get_layer("id_remap").set_weights([np.arange(50, dtype=np.int32) % 10])    # ids 1-9: real rows
+    assert training_model(student, lambda: build_student(cfg), "float32") is student
+    twin = training_model(student, lambda: build_student(cfg), "bf16")
+    assert tf.keras.mixed_precision.global_policy().name == "float32"
+    assert twin.get_layer("logits").compute_dtype == "bfloat16" and student.get_layer("logits").compute_dtype == "float32"
+    assert {w.dtype for w in twin.get_weights()} <= {np.dtype("float32"), np.dtype("int32")}
+    for a, b in zip(twin.get_weights(), student.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    ids = np.array([[3, 4, 5, 0, 0, 0], [6, 7, 8, 9, 1, 2]], np.int32)
+    shape = (2, 6) if tagging else (2,)
+    weight = np.ones(shape, np.float32)
+    targets = {"mse": np.ones(shape + (5,), np.float32), "cross_entropy": np.array(np.ones(shape), np.int64)}
+    optimizer = tf.keras.optimizers.Adam(1e-2)
+    for loss, target in targets.items():
+        with tf.GradientTape() as tape:
+            logits = twin(ids, training=True)["logits"]
+            assert logits.dtype == tf.bfloat16
+            value = weighted_sum(loss, target, tf.cast(logits, tf.float32), weight)
+        grads = tape.gradient(value, twin.trainable_variables)
+        assert np.isfinite(float(value)) and all(g is None or g.dtype == tf.float32 for g in grads)
+        optimizer.apply_gradients((g, v) for g, v in zip(grads, twin.trainable_variables) if g is not None)
+    student.set_weights(twin.get_weights())          # what loading a twin's checkpoint amounts to
+    full = student(ids)["logits"].numpy()
+    assert full.dtype == np.float32
+    np.testing.assert_allclose(twin(ids)["logits"].numpy().astype(np.float32), full, rtol=0.05, atol=0.05)
