@@ -87,7 +87,9 @@ def student_lines(folder: Path) -> list[str]:
     state = read_json(folder / STATE_FILE)
     completed = sorted((state.get("completed") or {}).items(), key=lambda kv: kv[1].get("index", 0))
     seconds = sum(record.get("seconds", 0) for _, record in completed)
-    lines = [f"{folder.name}: {len(completed)} sub-stage(s) done ({_minutes(seconds)})"]
+    precision = ((state.get("settings") or {}).get("stages") or {}).get("precision", "float32")
+    trained_in = f", {precision}" if precision != "float32" else ""
+    lines = [f"{folder.name}: {len(completed)} sub-stage(s) done ({_minutes(seconds)}{trained_in})"]
     for name, record in completed:
         epochs = len(record.get("history") or [])
         lines.append(f"  {name}: dev {record.get('dev_metric_name', '')} {_points(record.get('dev_metric'))}, "
