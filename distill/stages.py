@@ -111,8 +111,9 @@ class StageConfig(Settings):
     precision: str = setting(
         "float32", "arithmetic of the stages' training steps: float32, or bf16 (Keras mixed_bfloat16: weights and "
                    "optimizer state stay float32, matmuls run in bfloat16; BiLSTM training measured 1.4x (300/600) "
-                   "and 1.2x (50/200) faster on a CPU with AMX bf16 instructions, slower on one without them). Dev and test metrics, "
-                   "checkpoints and the bundle are float32 either way", flag="distil_precision", choices=PRECISIONS)
+                   "and 1.2x (50/200) faster on a CPU with AMX bf16 instructions, slower on one without them). "
+                   "Dev and test metrics, checkpoints and the bundle are float32 either way",
+        flag="distil_precision", choices=PRECISIONS)
     label_epochs: int | None = setting(
         None, "maximum epochs of the sub-stages on labeled data (stage 3, or the labels-only ablation) when they "
               "should differ from a large transfer set's; 0 or unset = --distil_epochs",

@@ -234,7 +234,8 @@ def test_a_bf16_twin_computes_in_bfloat16_from_the_same_float32_weights_and_trai
     assert training_model(student, lambda: build_student(cfg), "float32") is student
     twin = training_model(student, lambda: build_student(cfg), "bf16")
     assert tf.keras.mixed_precision.global_policy().name == "float32"
-    assert twin.get_layer("logits").compute_dtype == "bfloat16" and student.get_layer("logits").compute_dtype == "float32"
+    assert twin.get_layer("logits").compute_dtype == "bfloat16"
+    assert student.get_layer("logits").compute_dtype == "float32"
     assert {w.dtype for w in twin.get_weights()} <= {np.dtype("float32"), np.dtype("int32")}
     for a, b in zip(twin.get_weights(), student.get_weights()):
         np.testing.assert_array_equal(a, b)
