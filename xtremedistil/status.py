@@ -102,8 +102,9 @@ def student_lines(folder: Path) -> list[str]:
         lines.append(f"  {partial.get('name')}: in progress, {len(history)} of {partial.get('epochs', '?')} "
                      f"epoch(s) saved (validation loss {losses or 'none yet'}; "
                      f"{partial.get('waited', 0)} without gain); last saved {_ago(folder / STATE_FILE)}")
-    if completed:
-        best = max(completed, key=lambda kv: (kv[1].get("dev_metric", float("-inf")), -kv[1].get("index", 0)))
+    candidates = [kv for kv in completed if kv[1].get("stage", 2) > 1]    # as the bundle is chosen: stages 2-3
+    if candidates:
+        best = max(candidates, key=lambda kv: (kv[1].get("dev_metric", float("-inf")), -kv[1].get("index", 0)))
         lines.append(f"  best on dev so far: {best[0]} ({_points(best[1].get('dev_metric'))})")
     return lines
 

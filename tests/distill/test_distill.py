@@ -424,7 +424,9 @@ def test_status_reads_what_each_phase_recorded(tagging_run, tmp_path, capsys):
         {"completed": {}, "partial": {"name": "stage1", "epochs": 16, "waited": 1,
                                       "history": [{"val_loss": 0.5}, {"val_loss": 0.45}, {"val_loss": 0.46}]}}))
     (run / "student-y").mkdir()
-    (run / "student-y" / "state.json").write_text(json.dumps({"completed": {}, "settings": {"stages": {"precision": "bf16"}}}))
+    (run / "student-y" / "state.json").write_text(json.dumps(
+        {"completed": {"stage1": {"index": 1, "stage": 1, "dev_metric": 0.01, "val_loss": 0.1, "history": [{}]}},
+         "settings": {"stages": {"precision": "bf16"}}}))
     (run / "cache" / "transfer-1" / "chunk-00000").mkdir(parents=True)
     (run / "cache" / "transfer-1" / "chunk-00000" / "meta.json").write_text(json.dumps({"rows": 100000}))
     (run / "cache" / "transfer-1" / ".chunk-00001.tmp").mkdir()                     # being written
@@ -442,7 +444,9 @@ def test_status_reads_what_each_phase_recorded(tagging_run, tmp_path, capsys):
     assert lines[2] == "student-x: 0 sub-stage(s) done (0 min)"
     assert lines[3].startswith("  stage1: in progress, 3 of 16 epoch(s) saved (validation loss 0.5, 0.45, 0.46; "
                                "1 without gain); last saved ")
-    assert "student-y: 0 sub-stage(s) done (0 min, bf16)" in lines                     # trained in bf16
+    at = lines.index("student-y: 1 sub-stage(s) done (0 min, bf16)")                  # trained in bf16
+    assert lines[at + 1].startswith("  stage1: dev")
+    assert not any(line.startswith("  best on dev") for line in lines[at + 1:at + 3])   # stage 1 is never the pick
     assert main(["status", str(run)]) == 0 and "student-x" in capsys.readouterr().out
     (tmp_path / "base.yaml").write_text(f"name: base\nmodel_dir: {tmp_path / 'elsewhere'}\n")
     (tmp_path / "r.yaml").write_text("extends: base.yaml\nname: r\n")      # model_dir from the recipe it extends
