@@ -24,6 +24,7 @@ import numpy as np
 
 from xtremedistil.distill.decoding import recorded_decoding
 from xtremedistil.distill.files import append_line, read_json, write_json_atomic
+from xtremedistil.distill.machine import cpu_info
 from xtremedistil.errors import XtremeDistilError, is_disk_full
 from xtremedistil.export import base as export_formats
 from xtremedistil.layout import TEACHER_ENCODER_DIR, TEACHER_HEAD_FILE, BundleLayout
@@ -208,17 +209,10 @@ def environment(threads: list[int]) -> dict:
 
     from xtremedistil.export.pipeline import versions
 
-    cpu, flags = platform.processor() or "unknown", []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                # the instruction sets int8/fp16 kernels depend on (AMX and VNNI change int8 speed several-fold)
-                flags = sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx", "fma")))
-                break
-    except OSError:
-        pass
+    model, all_flags = cpu_info()
+    cpu = model or platform.processor() or "unknown"
+    # the instruction sets int8/fp16 kernels depend on (AMX and VNNI change int8 speed several-fold)
+    flags = sorted(f for f in all_flags or () if f.startswith(("avx", "amx", "fma")))
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"cpu": cpu, "cpu_flags": flags, "cores": affinity, "threads": threads, "platform": platform.platform(),
             "python": platform.python_version(), "versions": versions(), "git_commit": _git_commit()}

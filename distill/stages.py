@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from xtremedistil.distill import losses as losses_lib
 from xtremedistil.distill import metrics as metrics_lib
 from xtremedistil.distill.batching import bucketed_batches, width
+from xtremedistil.distill.machine import cpu_info
 from xtremedistil.distill.files import file_crc32, read_json, save_keras_weights, write_json_atomic, written_in_place
 from xtremedistil.distill.decoding import recorded_decoding
 from xtremedistil.distill.metrics import metrics_from_logits
@@ -163,7 +164,7 @@ def training_model(model: tf.keras.Model, build: Callable[[], tf.keras.Model], p
     `model` (which computes the dev metrics and becomes the bundle) and into every exporter unchanged."""
     if precision == "float32":
         return model
-    flags = _cpu_flags()
+    _, flags = cpu_info()
     if flags is not None and not flags & set(BF16_CPU_FLAGS):
         logger.warning("--distil_precision %s: this CPU has neither %s; bfloat16 matmuls are emulated and "
                        "training will likely be slower than float32", precision, " nor ".join(BF16_CPU_FLAGS))
@@ -171,18 +172,6 @@ def training_model(model: tf.keras.Model, build: Callable[[], tf.keras.Model], p
         twin = build()
     twin.set_weights(model.get_weights())
     return twin
-
-
-def _cpu_flags() -> set[str] | None:
-    """The CPU's feature flags from /proc/cpuinfo (None where there is none to read)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        return None
-    return None
 
 
 @dataclasses.dataclass
