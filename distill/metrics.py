@@ -102,6 +102,16 @@ def headline(metrics: dict) -> float:
     return block[metrics["metric"]]
 
 
+def best_on_dev(records: dict[str, dict]) -> str | None:
+    """The sub-stage a bundle is made from, by the records of finished sub-stages (state.json "completed"):
+    stages 2-3 only (stage 1 fits hidden states and has no comparable dev metric), the highest dev metric,
+    the earlier sub-stage on ties. None when no stage-2/3 sub-stage has finished."""
+    candidates = [(name, record) for name, record in records.items() if record.get("stage", 2) > 1]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda kv: (kv[1].get("dev_metric", float("-inf")), -kv[1].get("index", 0)))[0]
+
+
 def retention_percent(share: float | None) -> str:
     """A retention (0.97957) as a percentage with one decimal, rounded down ("97.9%"): a figure shown as 98.0%
     is at least 98%, so a goal or a pick's accuracy floor never reads as met when it is not."""

@@ -593,8 +593,8 @@ class StageRunner:
         """The sub-stage of stages 2-3 with the best dev metric (ties: the earlier one). Sub-stages whose dev
         metric was computed with another `--tag_decoding` are evaluated again from their checkpoints first (the
         model is left with the last one loaded), so a finished run can switch decodings without training."""
-        candidates = [sub for sub in plan if sub.stage > 1 and sub.name in self.state["completed"]]
-        if not candidates:
+        completed = self.state["completed"]
+        if not any(sub.stage > 1 and sub.name in completed for sub in plan):
             raise XtremeDistilError("no completed stage-2/3 sub-stage to choose from")
         stale = [sub for sub in plan if sub.name in self.state["completed"]
                  and recorded_decoding(self.state["completed"][sub.name]) != self.decoding]
@@ -607,7 +607,8 @@ class StageRunner:
             record.update(dev=dev, dev_metric=metrics_lib.headline(dev), decoding=self.decoding)
         if stale and self.cluster.is_chief:
             write_json_atomic(self.state_path, self.state)
-        return max(candidates, key=lambda sub: (self.state["completed"][sub.name]["dev_metric"], -sub.index))
+        best = metrics_lib.best_on_dev({sub.name: completed[sub.name] for sub in plan if sub.name in completed})
+        return next(sub for sub in plan if sub.name == best)
 
 
 def _same_setting(recorded, current) -> bool:

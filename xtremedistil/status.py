@@ -12,7 +12,7 @@ from pathlib import Path
 
 from xtremedistil.distill.files import read_json
 from xtremedistil.errors import XtremeDistilError
-from xtremedistil.distill.metrics import headline
+from xtremedistil.distill.metrics import best_on_dev, headline
 from xtremedistil.layout import STATE_FILE, TEACHER_METRICS_FILE, TEACHER_SPEC_FILE, BundleLayout, RunLayout
 
 
@@ -102,10 +102,9 @@ def student_lines(folder: Path) -> list[str]:
         lines.append(f"  {partial.get('name')}: in progress, {len(history)} of {partial.get('epochs', '?')} "
                      f"epoch(s) saved (validation loss {losses or 'none yet'}; "
                      f"{partial.get('waited', 0)} without gain); last saved {_ago(folder / STATE_FILE)}")
-    candidates = [kv for kv in completed if kv[1].get("stage", 2) > 1]    # as the bundle is chosen: stages 2-3
-    if candidates:
-        best = max(candidates, key=lambda kv: (kv[1].get("dev_metric", float("-inf")), -kv[1].get("index", 0)))
-        lines.append(f"  best on dev so far: {best[0]} ({_points(best[1].get('dev_metric'))})")
+    best = best_on_dev(dict(completed))    # the rule the bundle is chosen by
+    if best is not None:
+        lines.append(f"  best on dev so far: {best} ({_points(state['completed'][best].get('dev_metric'))})")
     return lines
 
 

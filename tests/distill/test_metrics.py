@@ -1,6 +1,6 @@
 import pytest
 
-from xtremedistil.distill.metrics import classification_metrics, headline, tagging_metrics, retention_percent
+from xtremedistil.distill.metrics import best_on_dev, classification_metrics, headline, tagging_metrics, retention_percent
 
 
 def test_tagging_metrics_per_language_hand_computed():
@@ -50,3 +50,15 @@ def test_no_languages_means_overall_only():
 ])
 def test_a_retention_is_shown_rounded_down_so_a_goal_never_reads_as_met_when_it_is_not(share, shown):
     assert retention_percent(share) == shown
+
+
+def test_best_on_dev_skips_stage_1_and_prefers_the_earlier_sub_stage_on_ties():
+    records = {"stage1": {"stage": 1, "index": 0, "dev_metric": 0.99},       # hidden-state fit: never chosen
+               "stage2-top1": {"stage": 2, "index": 1, "dev_metric": 0.60},
+               "stage3-top2": {"stage": 3, "index": 6, "dev_metric": 0.80},
+               "stage2-top3": {"stage": 2, "index": 3, "dev_metric": 0.80}}
+    assert best_on_dev(records) == "stage2-top3"
+    records["stage3-top2"]["dev_metric"] = 0.81
+    assert best_on_dev(records) == "stage3-top2"
+    assert best_on_dev({"stage1": records["stage1"]}) is None
+    assert best_on_dev({}) is None
