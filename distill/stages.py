@@ -438,7 +438,7 @@ class StageRunner:
         # a traced function, so with one trace per sub-stage epoch k's masks would depend on epochs 1..k-1 and a
         # run resumed at epoch k would differ from an uninterrupted one. One trace per epoch covers the whole
         # epoch (the dataset's element spec leaves batch and width unknown: no retracing inside it).
-        forward = tf.function(lambda ids: model(ids, training=False), input_signature=[IDS_SPEC])
+        forward = inference_function(model)
         best_loss, best_weights, waited, history, first = math.inf, None, 0, [], 0
         resumed = self._load_epochs(sub, epochs, optimizer)
         if resumed is not None:
@@ -667,7 +667,17 @@ def _seed(seed: int, index: int, epoch: int) -> int:
     return (seed * 1_000_003 + index * 1_009 + epoch) % (2 ** 31)
 
 
+def inference_function(model):
+    """`model(ids, training=False)` as one tf.function per model, traced once (batch and width are left
+    unknown) and reused by every sub-stage's validation loss and dev metrics: the trace reads the variables,
+    so weights set or loaded later are what it computes with, and which layers are trainable does not enter
+    an inference pass. Kept on the model, as the teacher keeps its own."""
+    if getattr(model, "_xd_inference_fn", None) is None:
+        model._xd_inference_fn = tf.function(lambda ids: model(ids, training=False), input_signature=[IDS_SPEC])
+    return model._xd_inference_fn
+
+
 def predict_student_logits(model, input_ids: np.ndarray, batch_size: int) -> np.ndarray:
-    forward = tf.function(lambda ids: model(ids, training=False)["logits"], input_signature=[IDS_SPEC])
-    chunks = [forward(input_ids[i:i + batch_size]).numpy() for i in range(0, len(input_ids), batch_size)]
+    forward = inference_function(model)
+    chunks = [forward(input_ids[i:i + batch_size])["logits"].numpy() for i in range(0, len(input_ids), batch_size)]
     return np.concatenate(chunks)
