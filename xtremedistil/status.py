@@ -83,6 +83,15 @@ def _augment_settings(stats_path: Path) -> str:
     return f" (from {stats.get('sources', 0):,} sentences: {', '.join(parts)})" if parts else ""
 
 
+def _pace(history: list[dict], epochs) -> str:
+    """"; 13 min an epoch, at most 2.7 h to go" from the saved epochs' times (early stopping may end it sooner)."""
+    seconds = [h["seconds"] for h in history if isinstance(h.get("seconds"), (int, float))]
+    if not seconds or not isinstance(epochs, int):
+        return ""
+    each = sum(seconds) / len(seconds)
+    return f"; {_minutes(each)} an epoch, at most {_minutes(each * max(0, epochs - len(history)))} to go"
+
+
 def student_lines(folder: Path) -> list[str]:
     state = read_json(folder / STATE_FILE)
     completed = sorted((state.get("completed") or {}).items(), key=lambda kv: kv[1].get("index", 0))
@@ -101,7 +110,8 @@ def student_lines(folder: Path) -> list[str]:
         losses = ", ".join(f"{h.get('val_loss', float('nan')):.4g}" for h in history[-4:])
         lines.append(f"  {partial.get('name')}: in progress, {len(history)} of {partial.get('epochs', '?')} "
                      f"epoch(s) saved (validation loss {losses or 'none yet'}; "
-                     f"{partial.get('waited', 0)} without gain); last saved {_ago(folder / STATE_FILE)}")
+                     f"{partial.get('waited', 0)} without gain){_pace(history, partial.get('epochs'))}; "
+                     f"last saved {_ago(folder / STATE_FILE)}")
     best = best_on_dev(dict(completed))    # the rule the bundle is chosen by
     if best is not None:
         lines.append(f"  best on dev so far: {best} ({_points(state['completed'][best].get('dev_metric'))})")

@@ -422,7 +422,8 @@ def test_status_reads_what_each_phase_recorded(tagging_run, tmp_path, capsys):
     (run / "student-x").mkdir()
     (run / "student-x" / "state.json").write_text(json.dumps(
         {"completed": {}, "partial": {"name": "stage1", "epochs": 16, "waited": 1,
-                                      "history": [{"val_loss": 0.5}, {"val_loss": 0.45}, {"val_loss": 0.46}]}}))
+                                      "history": [{"val_loss": 0.5, "seconds": 780}, {"val_loss": 0.45, "seconds": 840},
+                                                  {"val_loss": 0.46, "seconds": 810}]}}))
     (run / "student-y").mkdir()
     (run / "student-y" / "state.json").write_text(json.dumps(
         {"completed": {"stage1": {"index": 1, "stage": 1, "dev_metric": 0.01, "val_loss": 0.1, "history": [{}]}},
@@ -443,7 +444,7 @@ def test_status_reads_what_each_phase_recorded(tagging_run, tmp_path, capsys):
     del lines[2]
     assert lines[2] == "student-x: 0 sub-stage(s) done (0 min)"
     assert lines[3].startswith("  stage1: in progress, 3 of 16 epoch(s) saved (validation loss 0.5, 0.45, 0.46; "
-                               "1 without gain); last saved ")
+                               "1 without gain); 14 min an epoch, at most 2.9 h to go; last saved ")
     at = lines.index("student-y: 1 sub-stage(s) done (0 min, bf16)")                  # trained in bf16
     assert lines[at + 1].startswith("  stage1: dev")
     assert not any(line.startswith("  best on dev") for line in lines[at + 1:at + 3])   # stage 1 is never the pick
