@@ -593,13 +593,12 @@ class StageRunner:
         """The sub-stage of stages 2-3 with the best dev metric (ties: the earlier one). Sub-stages whose dev
         metric was computed with another `--tag_decoding` are evaluated again from their checkpoints first (the
         model is left with the last one loaded), so a finished run can switch decodings without training."""
-        completed = self.state["completed"]
-        if not any(sub.stage > 1 and sub.name in completed for sub in plan):
+        records = {sub.name: self.state["completed"][sub.name] for sub in plan if sub.name in self.state["completed"]}
+        if metrics_lib.best_on_dev(records) is None:
             raise XtremeDistilError("no completed stage-2/3 sub-stage to choose from")
-        stale = [sub for sub in plan if sub.name in self.state["completed"]
-                 and recorded_decoding(self.state["completed"][sub.name]) != self.decoding]
+        stale = [sub for sub in plan if sub.name in records and recorded_decoding(records[sub.name]) != self.decoding]
         for sub in stale:
-            record = self.state["completed"][sub.name]
+            record = records[sub.name]
             self.model.load_weights(str(self.folder / sub.checkpoint))
             dev = self.evaluate()
             logger.info("%s: dev %s %.4f with %s decoding (%.4f with %s)", sub.name, dev["metric"],
@@ -607,7 +606,7 @@ class StageRunner:
             record.update(dev=dev, dev_metric=metrics_lib.headline(dev), decoding=self.decoding)
         if stale and self.cluster.is_chief:
             write_json_atomic(self.state_path, self.state)
-        best = metrics_lib.best_on_dev({sub.name: completed[sub.name] for sub in plan if sub.name in completed})
+        best = metrics_lib.best_on_dev(records)    # the records re-evaluated above were updated in place
         return next(sub for sub in plan if sub.name == best)
 
 
