@@ -10,7 +10,7 @@ from pathlib import Path
 from xtremedistil.distill import data as data_lib
 from xtremedistil.distill import metrics as metrics_lib
 from xtremedistil.distill import teacher as teacher_lib
-from xtremedistil.distill.decoding import recorded_decoding
+from xtremedistil.distill.decoding import DECODINGS, recorded_decoding
 from xtremedistil.distill.files import file_digest, read_json, write_json_atomic
 from xtremedistil.distill.memory import peak_rss_mb, reset_peak_rss
 from xtremedistil.distill.seeding import seed_everything
@@ -76,14 +76,14 @@ def run_teacher(task_dir, model_dir, checkpoint, tagging, seq_len, fine_tune: te
         decoding = decoding if tagging else "argmax"
         results = _saved_metrics(folder, task, decoding) if not trained else None
         if results is None:
-            results = {split: teacher_lib.evaluate(model, encode_split(tokenizer, task, split, seq_len),
-                                                   task.splits[split], task.labels, tagging, decoding=decoding)
-                       for split in ("dev", "test")}
+            by_decoding = _evaluate(model, tokenizer, task, seq_len, tagging)
+            results = by_decoding[decoding]
             write_json_atomic(folder / teacher_lib.METRICS_FILE,
-                              {**results, "sources": _split_stamps(task), "decoding": decoding})
+                              {**results, "sources": _split_stamps(task), "decoding": decoding,
+                               "by_decoding": by_decoding})
         else:
-            logger.info("teacher dev/test metrics reused from %s (same teacher, same dev/test files)",
-                        folder / teacher_lib.METRICS_FILE)
+            logger.info("teacher dev/test metrics with %s decoding reused from %s (same teacher, same dev/test "
+                        "files)", decoding, folder / teacher_lib.METRICS_FILE)
     return TeacherResult(model, spec, tokenizer, task, results, trained, time.time() - started)
 
 
@@ -94,9 +94,26 @@ def _split_stamps(task: data_lib.Task) -> dict:
     return stamps
 
 
+def _evaluate(model, tokenizer, task: data_lib.Task, seq_len: int, tagging: bool) -> dict:
+    """{decoding: {"dev": metrics, "test": metrics}} for every decoding of tags (argmax only for
+    classification), from one pass of the teacher over each split: a run with another `--tag_decoding`
+    later reads its figures instead of evaluating the teacher again."""
+    decodings = DECODINGS if tagging else ("argmax",)
+    by_decoding = {decoding: {} for decoding in decodings}
+    for split in ("dev", "test"):
+        encoded = encode_split(tokenizer, task, split, seq_len)
+        logits = teacher_lib.predict_logits(model, encoded)
+        for decoding in decodings:
+            by_decoding[decoding][split] = metrics_lib.metrics_from_logits(
+                logits, encoded, task.splits[split], task.labels, tagging, decoding)
+    return by_decoding
+
+
 def _saved_metrics(folder: Path, task: data_lib.Task, decoding: str) -> dict | None:
     """The teacher's saved dev/test metrics when they were computed for this teacher on these very files, with
-    this decoding of tags (files written before decodings existed used argmax)."""
+    this decoding of tags (files written before decodings existed used argmax; files written since hold every
+    decoding under "by_decoding"). The file's top level is switched to `decoding` when it stated another (what
+    `status` shows is what the last run used)."""
     path = folder / teacher_lib.METRICS_FILE
     if not path.exists() or path.stat().st_mtime_ns < (folder / teacher_lib.SPEC_FILE).stat().st_mtime_ns:
         return None
@@ -104,10 +121,16 @@ def _saved_metrics(folder: Path, task: data_lib.Task, decoding: str) -> dict | N
         saved = read_json(path)
     except XtremeDistilError:    # damaged: evaluated again
         return None
-    if saved.get("sources") != _split_stamps(task) or not {"dev", "test"} <= set(saved) \
-            or recorded_decoding(saved) != decoding:
+    if saved.get("sources") != _split_stamps(task):
         return None
-    return {split: saved[split] for split in ("dev", "test")}
+    stored = saved.get("by_decoding") or {recorded_decoding(saved): saved}
+    results = stored.get(decoding)
+    if not isinstance(results, dict) or not {"dev", "test"} <= set(results):
+        return None
+    results = {split: results[split] for split in ("dev", "test")}
+    if recorded_decoding(saved) != decoding:
+        write_json_atomic(path, {**saved, **results, "decoding": decoding})
+    return results
 
 
 def report(result: TeacherResult) -> str:

@@ -462,25 +462,35 @@ def test_status_reads_what_each_phase_recorded(tagging_run, tmp_path, capsys):
     assert "state.json: damaged" in capsys.readouterr().err
 
 
-def test_switching_a_finished_run_to_bio_decoding_trains_nothing_and_rescores(tagging_run, tmp_path):
+def test_switching_a_finished_run_to_bio_decoding_trains_nothing_and_rescores(tagging_run, tmp_path, monkeypatch):
+    """Nothing is trained, the sub-stages are scored again and chosen anew, and the teacher is not run again:
+    its first evaluation saved its figures under every decoding."""
     import shutil
 
+    from xtremedistil.distill import teacher as teacher_lib
     from xtremedistil.distill.decoding import tags_from_piece_logits
     from xtremedistil.distill.metrics import metrics_from_logits
 
     opts, reference = tagging_run
     shutil.copytree(opts.run.model_dir, tmp_path / "out", ignore=shutil.ignore_patterns("*-labels-only", "*-augmented"))
     bio = opts.replace(model_dir=str(tmp_path / "out"), tag_decoding="bio")
-    trained = []
+    trained, teacher_passes = [], []
+    predict = teacher_lib.predict_logits
+    monkeypatch.setattr(teacher_lib, "predict_logits",
+                        lambda *args, **kwargs: teacher_passes.append(1) or predict(*args, **kwargs))
     metrics = run_distill(bio, on_batch=lambda sub, batches: trained.append(sub.name))
-    assert trained == []                                                  # no sub-stage trained again
+    assert trained == [] and teacher_passes == []                         # no sub-stage trained, no teacher run
     state = json.loads((tmp_path / "out" / "student" / "state.json").read_text())["completed"]
     assert {record["decoding"] for record in state.values()} == {"bio"}
     teacher_saved = json.loads((tmp_path / "out" / "teacher" / "metrics.json").read_text())
     assert teacher_saved["decoding"] == "bio" and metrics["task"]["decoding"] == "bio"
+    teacher, _, tokenizer = teacher_lib.load_teacher(tmp_path / "out" / "teacher")
+    task = load_task(opts.run.task, True)
+    teacher_test = encode_split(tokenizer, task, "test", opts.run.seq_len)
+    assert metrics["teacher"]["test"] == teacher_saved["test"] == metrics_from_logits(
+        predict(teacher, teacher_test), teacher_test, task.splits["test"], task.labels, True, "bio")
     bundle = load_bundle(tmp_path / "out" / "bundle")
     assert bundle.decoding == "bio"
-    task = load_task(opts.run.task, True)
     test = encode_split(bundle.tokenizer, task, "test", opts.run.seq_len)
     logits = bundle.predict_logits(test.input_ids)
     assert metrics["student"]["test"] == metrics_from_logits(logits, test, task.splits["test"], task.labels, True, "bio")
@@ -491,7 +501,7 @@ def test_switching_a_finished_run_to_bio_decoding_trains_nothing_and_rescores(ta
     assert bundle.predict(texts) == tags_from_piece_logits(logits, test.word_index, test.n_words, task.labels, "bio")
     # and back: argmax figures as the original run had them
     back = run_distill(bio.replace(tag_decoding="argmax"), on_batch=lambda sub, batches: trained.append(sub.name))
-    assert trained == [] and back["student"]["test"] == reference["student"]["test"]
+    assert trained == [] and back["student"]["test"] == reference["student"]["test"] and teacher_passes == []
     assert back["teacher"]["test"] == reference["teacher"]["test"]
 
 
