@@ -36,7 +36,7 @@ from xtremedistil.distill import metrics as metrics_lib
 from xtremedistil.distill.batching import bucketed_batches, width
 from xtremedistil.distill.machine import cpu_info
 from xtremedistil.distill.files import file_crc32, read_json, save_keras_weights, write_json_atomic, written_in_place
-from xtremedistil.distill.decoding import recorded_decoding
+from xtremedistil.distill.decoding import DECODINGS, recorded_decoding
 from xtremedistil.distill.metrics import metrics_from_logits
 from xtremedistil.distill.cluster import Cluster, lost_worker
 from xtremedistil.distill.tokenization import IGNORE_INDEX, Encoded
@@ -302,7 +302,7 @@ class StageRunner:
         # The float32 model dev metrics are computed with when `model` trains in another precision (same weights).
         self.inference = inference
         self.decoding = decoding if data.tagging else "argmax"     # how tagging dev metrics read word tags
-        self.evaluate = evaluate or self.dev_metrics   # a run without dev labels passes its own
+        self.evaluate = evaluate    # a run without dev labels passes its own (None: `dev_metrics_by_decoding`)
         self.settings = settings
         self.folder = Path(folder)
         self.cluster = cluster or Cluster(tf.distribute.get_strategy(), "default")
@@ -391,13 +391,28 @@ class StageRunner:
         return self.cluster.agree(total / max(count, 1.0))
 
     def dev_metrics(self) -> dict:
+        """The model's dev metrics with this run's decoding of tags."""
+        return self.dev_metrics_by_decoding()[self.decoding]
+
+    def dev_metrics_by_decoding(self) -> dict[str, dict]:
+        """{decoding: dev metrics} for every decoding of tags (argmax only for classification), from one pass of
+        the model over dev: a sub-stage's record keeps them all, so a run switched to another `--tag_decoding`
+        chooses its sub-stage without scoring any checkpoint again."""
         model = self.model
         if self.inference is not None:
             self.inference.set_weights(self.model.get_weights())
             model = self.inference
         logits = predict_student_logits(model, self.data.dev.input_ids, self.config.batch_size)
-        return metrics_from_logits(logits, self.data.dev, self.data.dev_examples, self.data.labels, self.data.tagging,
-                                   self.decoding)
+        return {decoding: metrics_from_logits(logits, self.data.dev, self.data.dev_examples, self.data.labels,
+                                              self.data.tagging, decoding)
+                for decoding in (DECODINGS if self.data.tagging else ("argmax",))}
+
+    def _evaluate(self) -> tuple[dict, dict | None]:
+        """(dev metrics with this run's decoding, {decoding: dev metrics} or None for a run's own `evaluate`)."""
+        if self.evaluate is not None:
+            return self.evaluate(), None
+        by_decoding = self.dev_metrics_by_decoding()
+        return by_decoding[self.decoding], by_decoding
 
     def _dataset(self, sub: SubStage, rng: np.random.Generator):
         """This worker's replicas' batches of one epoch, through `tf.data`, distributed by the strategy."""
@@ -569,14 +584,14 @@ class StageRunner:
             if not chief:
                 logger.info("%s done in %.0f s (worker %d)", sub.name, time.time() - started, self.cluster.worker)
                 continue
-            dev = self.evaluate()
+            dev, by_decoding = self._evaluate()
             crc = _save_weights(self.model, self.folder / sub.checkpoint)
             self.state["completed"][sub.name] = {
                 "crc32": crc,
                 "index": sub.index, "stage": sub.stage, "trainable_groups": sub.trainable_groups,
                 "val_loss": result["val_loss"], "history": result["history"],
                 "dev_metric": metrics_lib.headline(dev), "dev_metric_name": dev["metric"], "dev": dev,
-                "decoding": self.decoding,
+                "decoding": self.decoding, **({"dev_by_decoding": by_decoding} if by_decoding else {}),
                 "seconds": round(time.time() - started + result["earlier_seconds"], 1),
                 "seconds_earlier_runs": round(result["earlier_seconds"], 1), "checkpoint": sub.checkpoint,
             }
@@ -590,19 +605,27 @@ class StageRunner:
         return self.state
 
     def best(self, plan: list[SubStage]) -> SubStage:
-        """The sub-stage of stages 2-3 with the best dev metric (ties: the earlier one). Sub-stages whose dev
-        metric was computed with another `--tag_decoding` are evaluated again from their checkpoints first (the
-        model is left with the last one loaded), so a finished run can switch decodings without training."""
+        """The sub-stage of stages 2-3 with the best dev metric (ties: the earlier one). A sub-stage whose dev
+        metric was computed with another `--tag_decoding` takes this decoding's figures from its record (every
+        decoding is saved from one pass when it finishes) or, in records written before that, is evaluated again
+        from its checkpoint (the model is left with the last one loaded): a finished run can switch decodings
+        without training."""
         records = {sub.name: self.state["completed"][sub.name] for sub in plan if sub.name in self.state["completed"]}
         if metrics_lib.best_on_dev(records) is None:
             raise XtremeDistilError("no completed stage-2/3 sub-stage to choose from")
         stale = [sub for sub in plan if sub.name in records and recorded_decoding(records[sub.name]) != self.decoding]
         for sub in stale:
             record = records[sub.name]
-            self.model.load_weights(str(self.folder / sub.checkpoint))
-            dev = self.evaluate()
-            logger.info("%s: dev %s %.4f with %s decoding (%.4f with %s)", sub.name, dev["metric"],
-                        metrics_lib.headline(dev), self.decoding, record["dev_metric"], recorded_decoding(record))
+            dev, source = (record.get("dev_by_decoding") or {}).get(self.decoding), "saved"
+            if dev is None:
+                self.model.load_weights(str(self.folder / sub.checkpoint))
+                dev, by_decoding = self._evaluate()
+                if by_decoding:
+                    record["dev_by_decoding"] = by_decoding
+                source = "scored from its checkpoint"
+            logger.info("%s: dev %s %.4f with %s decoding, %s (%.4f with %s)", sub.name, dev["metric"],
+                        metrics_lib.headline(dev), self.decoding, source, record["dev_metric"],
+                        recorded_decoding(record))
             record.update(dev=dev, dev_metric=metrics_lib.headline(dev), decoding=self.decoding)
         if stale and self.cluster.is_chief:
             write_json_atomic(self.state_path, self.state)

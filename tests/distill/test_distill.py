@@ -97,9 +97,9 @@ def test_the_bundle_is_the_substage_best_on_dev_whatever_test_says(tiny_models, 
 
     def dev_metrics(self):
         value = scripted[self.current]
-        return {"metric": "accuracy", "overall": {"accuracy": value, "n": 8}}
+        return {"argmax": {"metric": "accuracy", "overall": {"accuracy": value, "n": 8}}}
     monkeypatch.setattr(StageRunner, "_train", remember)
-    monkeypatch.setattr(StageRunner, "dev_metrics", dev_metrics)
+    monkeypatch.setattr(StageRunner, "dev_metrics_by_decoding", dev_metrics)
     runs = []
     for flip in (False, True):
         rows = [r.rsplit("\t", 1) for r in CLASSIFICATION_ROWS]
@@ -463,8 +463,9 @@ def test_status_reads_what_each_phase_recorded(tagging_run, tmp_path, capsys):
 
 
 def test_switching_a_finished_run_to_bio_decoding_trains_nothing_and_rescores(tagging_run, tmp_path, monkeypatch):
-    """Nothing is trained, the sub-stages are scored again and chosen anew, and the teacher is not run again:
-    its first evaluation saved its figures under every decoding."""
+    """Nothing is trained, the sub-stages are chosen anew, and neither the teacher nor any sub-stage checkpoint is
+    run again: their first evaluation saved their dev figures under every decoding (records written before that
+    are scored again from their checkpoints)."""
     import shutil
 
     from xtremedistil.distill import teacher as teacher_lib
@@ -478,10 +479,23 @@ def test_switching_a_finished_run_to_bio_decoding_trains_nothing_and_rescores(ta
     predict = teacher_lib.predict_logits
     monkeypatch.setattr(teacher_lib, "predict_logits",
                         lambda *args, **kwargs: teacher_passes.append(1) or predict(*args, **kwargs))
+    dev_passes = []
+    by_decoding = StageRunner.dev_metrics_by_decoding
+    monkeypatch.setattr(StageRunner, "dev_metrics_by_decoding",
+                        lambda self: dev_passes.append(1) or by_decoding(self))
+    saved = json.loads((tmp_path / "out" / "student" / "state.json").read_text())["completed"]
     metrics = run_distill(bio, on_batch=lambda sub, batches: trained.append(sub.name))
-    assert trained == [] and teacher_passes == []                         # no sub-stage trained, no teacher run
+    assert trained == [] and teacher_passes == [] and dev_passes == []   # nothing trained, nothing scored again
     state = json.loads((tmp_path / "out" / "student" / "state.json").read_text())["completed"]
     assert {record["decoding"] for record in state.values()} == {"bio"}
+    assert all(state[name]["dev"] == saved[name]["dev_by_decoding"]["bio"] for name in state)
+    # the saved bio figures are the checkpoint's own: score the chosen one (the bundle's weights) directly
+    chosen = metrics["student"]["best_substage"]
+    chosen_bundle = load_bundle(tmp_path / "out" / "bundle")
+    task_dev = load_task(opts.run.task, True)
+    dev = encode_split(chosen_bundle.tokenizer, task_dev, "dev", opts.run.seq_len)
+    assert state[chosen]["dev"] == metrics_from_logits(chosen_bundle.predict_logits(dev.input_ids), dev,
+                                                       task_dev.splits["dev"], task_dev.labels, True, "bio")
     teacher_saved = json.loads((tmp_path / "out" / "teacher" / "metrics.json").read_text())
     assert teacher_saved["decoding"] == "bio" and metrics["task"]["decoding"] == "bio"
     teacher, _, tokenizer = teacher_lib.load_teacher(tmp_path / "out" / "teacher")
@@ -502,7 +516,18 @@ def test_switching_a_finished_run_to_bio_decoding_trains_nothing_and_rescores(ta
     # and back: argmax figures as the original run had them
     back = run_distill(bio.replace(tag_decoding="argmax"), on_batch=lambda sub, batches: trained.append(sub.name))
     assert trained == [] and back["student"]["test"] == reference["student"]["test"] and teacher_passes == []
-    assert back["teacher"]["test"] == reference["teacher"]["test"]
+    assert back["teacher"]["test"] == reference["teacher"]["test"] and dev_passes == []
+    # records from before every decoding was saved: each sub-stage is scored again from its checkpoint, once
+    state_path = tmp_path / "out" / "student" / "state.json"
+    old = json.loads(state_path.read_text())
+    for record in old["completed"].values():
+        del record["dev_by_decoding"]
+    state_path.write_text(json.dumps(old))
+    again = run_distill(bio, on_batch=lambda sub, batches: trained.append(sub.name))
+    assert trained == [] and len(dev_passes) == len(old["completed"])
+    assert again["student"]["test"] == metrics["student"]["test"]
+    assert all(record["dev_by_decoding"]["bio"] == record["dev"]
+               for record in json.loads(state_path.read_text())["completed"].values())
 
 
 def test_bf16_stages_train_a_mixed_precision_twin_and_everything_written_is_float32(tagging_run, monkeypatch):

@@ -222,7 +222,8 @@ def test_a_damaged_checkpoint_is_trained_again_to_the_same_weights(tmp_path, tag
     """A checkpoint garbled after its sub-stage finished (CRC-32 in state.json) is not trusted: that
     sub-stage runs again from the previous checkpoint and gives identical weights; intact later
     sub-stages are kept (a damaged initial checkpoint is rewritten from the fresh student)."""
-    monkeypatch.setattr(StageRunner, "dev_metrics", lambda self: {"metric": "f1", "overall": {"f1": 0.5}})
+    monkeypatch.setattr(StageRunner, "dev_metrics_by_decoding",
+                        lambda self: {d: {"metric": "f1", "overall": {"f1": 0.5}} for d in ("argmax", "bio")})
     plan = schedule(4)[:3]
     runner, model = _fresh_runner(tmp_path, tagging_data, "run")
     runner.run(plan)
