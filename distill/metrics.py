@@ -96,6 +96,15 @@ def metrics_from_logits(logits, encoded, examples, labels, tagging, decoding: st
     return metrics_from_predictions(np.argmax(logits, -1), encoded, examples, labels, tagging)
 
 
+def metrics_by_decoding(logits, encoded, examples, labels, tagging) -> dict[str, dict]:
+    """{decoding: metrics_from_logits(...)} for every decoding of tags (argmax only for classification), from
+    one set of logits: saved beside a run's own decoding so another `--tag_decoding` reads them later."""
+    from xtremedistil.distill.decoding import DECODINGS
+
+    return {decoding: metrics_from_logits(logits, encoded, examples, labels, tagging, decoding)
+            for decoding in (DECODINGS if tagging else ("argmax",))}
+
+
 def headline(metrics: dict) -> float:
     """The single figure used for model selection and reports: macro over languages if any."""
     block = metrics.get("macro") or metrics["overall"]

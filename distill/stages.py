@@ -36,8 +36,7 @@ from xtremedistil.distill import metrics as metrics_lib
 from xtremedistil.distill.batching import bucketed_batches, width
 from xtremedistil.distill.machine import cpu_info
 from xtremedistil.distill.files import file_crc32, read_json, save_keras_weights, write_json_atomic, written_in_place
-from xtremedistil.distill.decoding import DECODINGS, recorded_decoding
-from xtremedistil.distill.metrics import metrics_from_logits
+from xtremedistil.distill.decoding import recorded_decoding
 from xtremedistil.distill.cluster import Cluster, lost_worker
 from xtremedistil.distill.tokenization import IGNORE_INDEX, Encoded
 from xtremedistil.distill.options import parse_stages
@@ -390,10 +389,6 @@ class StageRunner:
             count += float(batch[WEIGHT].sum())
         return self.cluster.agree(total / max(count, 1.0))
 
-    def dev_metrics(self) -> dict:
-        """The model's dev metrics with this run's decoding of tags."""
-        return self.dev_metrics_by_decoding()[self.decoding]
-
     def dev_metrics_by_decoding(self) -> dict[str, dict]:
         """{decoding: dev metrics} for every decoding of tags (argmax only for classification), from one pass of
         the model over dev: a sub-stage's record keeps them all, so a run switched to another `--tag_decoding`
@@ -403,9 +398,8 @@ class StageRunner:
             self.inference.set_weights(self.model.get_weights())
             model = self.inference
         logits = predict_student_logits(model, self.data.dev.input_ids, self.config.batch_size)
-        return {decoding: metrics_from_logits(logits, self.data.dev, self.data.dev_examples, self.data.labels,
-                                              self.data.tagging, decoding)
-                for decoding in (DECODINGS if self.data.tagging else ("argmax",))}
+        return metrics_lib.metrics_by_decoding(logits, self.data.dev, self.data.dev_examples, self.data.labels,
+                                               self.data.tagging)
 
     def _evaluate(self) -> tuple[dict, dict | None]:
         """(dev metrics with this run's decoding, {decoding: dev metrics} or None for a run's own `evaluate`)."""

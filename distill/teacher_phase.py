@@ -10,7 +10,7 @@ from pathlib import Path
 from xtremedistil.distill import data as data_lib
 from xtremedistil.distill import metrics as metrics_lib
 from xtremedistil.distill import teacher as teacher_lib
-from xtremedistil.distill.decoding import DECODINGS, recorded_decoding
+from xtremedistil.distill.decoding import recorded_decoding
 from xtremedistil.distill.files import file_digest, read_json, write_json_atomic
 from xtremedistil.distill.memory import peak_rss_mb, reset_peak_rss
 from xtremedistil.distill.seeding import seed_everything
@@ -98,14 +98,13 @@ def _evaluate(model, tokenizer, task: data_lib.Task, seq_len: int, tagging: bool
     """{decoding: {"dev": metrics, "test": metrics}} for every decoding of tags (argmax only for
     classification), from one pass of the teacher over each split: a run with another `--tag_decoding`
     later reads its figures instead of evaluating the teacher again."""
-    decodings = DECODINGS if tagging else ("argmax",)
-    by_decoding = {decoding: {} for decoding in decodings}
+    by_decoding: dict[str, dict] = {}
     for split in ("dev", "test"):
         encoded = encode_split(tokenizer, task, split, seq_len)
         logits = teacher_lib.predict_logits(model, encoded)
-        for decoding in decodings:
-            by_decoding[decoding][split] = metrics_lib.metrics_from_logits(
-                logits, encoded, task.splits[split], task.labels, tagging, decoding)
+        for decoding, metrics in metrics_lib.metrics_by_decoding(logits, encoded, task.splits[split], task.labels,
+                                                                 tagging).items():
+            by_decoding.setdefault(decoding, {})[split] = metrics
     return by_decoding
 
 
