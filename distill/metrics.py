@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from xtremedistil.distill.decoding import DECODINGS, tags_from_piece_logits
 from xtremedistil.distill.tokenization import tags_from_piece_predictions
 
 ACCURACY = "accuracy"
@@ -89,8 +90,6 @@ def metrics_from_logits(logits, encoded, examples, labels, tagging, decoding: st
     """Metrics of an encoded split from its logits: each sentence's argmax label, or for tagging word-level tags
     by `decoding` (each word's argmax, or "bio": the best IOB2-valid sequence; `xtremedistil.distill.decoding`)."""
     if tagging:
-        from xtremedistil.distill.decoding import tags_from_piece_logits
-
         predicted = tags_from_piece_logits(logits, encoded.word_index, encoded.n_words, labels, decoding)
         return tagging_metrics([list(ex.label) for ex in examples], predicted, [ex.language for ex in examples])
     return metrics_from_predictions(np.argmax(logits, -1), encoded, examples, labels, tagging)
@@ -99,8 +98,6 @@ def metrics_from_logits(logits, encoded, examples, labels, tagging, decoding: st
 def metrics_by_decoding(logits, encoded, examples, labels, tagging) -> dict[str, dict]:
     """{decoding: metrics_from_logits(...)} for every decoding of tags (argmax only for classification), from
     one set of logits: saved beside a run's own decoding so another `--tag_decoding` reads them later."""
-    from xtremedistil.distill.decoding import DECODINGS
-
     return {decoding: metrics_from_logits(logits, encoded, examples, labels, tagging, decoding)
             for decoding in (DECODINGS if tagging else ("argmax",))}
 
