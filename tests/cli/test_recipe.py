@@ -40,6 +40,12 @@ def test_committed_recipes_are_valid(monkeypatch):
         shapes = {(s.get("word_emb_dim", 300), s.get("bilstm_hidden_size", base["distill"]["bilstm_hidden_size"]))
                   for s in sweep["students"] if s.get("student", "bilstm") == "bilstm"}
         assert {(300, 600), (50, 200)} <= shapes and len(shapes) >= 3 and len(sweep["students"]) >= 5, name
+    # Every committed recipe loads (keys, types, extends) and is named after its file
+    for path in sorted((REPO / "bench" / "recipes").glob("*.yaml")):
+        assert load_recipe(path)["name"] == path.stem, path.name
+    aug8 = load_recipe(REPO / "bench" / "recipes" / "wikiann-e5-aug8.yaml")
+    assert aug8["model_dir"] == load_recipe(REPO / "bench" / "recipes" / "wikiann-e5.yaml")["model_dir"]
+    assert [s["augment_multiplier"] for s in aug8["students"]] == [8]
 
 
 def test_extends_merges_sections_key_by_key_and_refuses_circles(tmp_path, capsys):
