@@ -112,7 +112,7 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
             seq_len=run.seq_len, tagging=task.is_tagging, chunk_size=options.cache.distil_chunk_size,
             batch_size=options.cache.score_batch_size, signature=signature, total=total,
             description=f"teacher scoring {name}", worker=cluster.worker, workers=cluster.workers,
-            barrier=cluster.barrier)
+            barrier=cluster.barrier, donor_root=layout.cache)
     phases["teacher_outputs"] = round(time.time() - t0, 1)
     peaks.stop("teacher_outputs")
 

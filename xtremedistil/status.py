@@ -58,8 +58,9 @@ def cache_lines(layout: RunLayout) -> list[str]:
     lines = []
     for index_path in sorted(layout.cache.glob("*/index.json")):
         index = read_json(index_path)
+        copied = f", {index['copied']:,} of them copied from donor caches" if index.get("copied") else ""
         lines.append(f"teacher outputs: {index_path.parent.name}: {index.get('rows', 0):,} sentences scored "
-                     f"({_minutes(index.get('seconds', 0))})")
+                     f"({_minutes(index.get('seconds', 0))}{copied})")
     for folder in sorted(p for p in layout.cache.glob("*") if p.is_dir() and not (p / "index.json").exists()):
         chunks = [read_json(m) for m in folder.glob("chunk-*/meta.json")]
         lines.append(f"teacher outputs: {folder.name}: scoring; {len(chunks)} chunk(s) finished "

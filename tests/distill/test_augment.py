@@ -43,6 +43,14 @@ def test_output_is_seeded_deduplicated_and_screened(tmp_path, tokenizer):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_a_larger_multiplier_keeps_every_line_of_a_smaller_one(tmp_path, tokenizer):
+    """Each sentence's variants come from its own seeded stream, so the 8x file holds the 4x file's lines:
+    scoring it copies their teacher outputs from the 4x cache (donor caches) and scores only the rest."""
+    eight, _ = _augment(tmp_path, tokenizer, "eight.txt")
+    four, _ = _augment(tmp_path, tokenizer, "four.txt", multiplier=4)
+    assert set(four) < set(eight) and len(four) < len(eight)
+
+
 def test_variants_keep_word_boundaries_and_follow_each_rule(tokenizer):
     words = "john smith lives in paris .".split()
     neighbours = {"paris": ["london"], "john": ["ivan"]}

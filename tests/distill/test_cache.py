@@ -110,3 +110,59 @@ def test_a_damaged_index_is_rebuilt_from_the_intact_chunks_without_the_teacher(t
     cache = build(tmp_path / "c", teacher, tokenizer)
     assert teacher.scored == 0 and len(cache) == 10
     assert json.loads(index.read_text()) == original
+
+
+def _distinct(n, offset=0):
+    """n different sentences of the test vocabulary (some longer than seq_len 8, so truncated)."""
+    words = ["good", "bad", "movie", "film", "great", "awful", "paris", "london"]
+    return [f"the {words[i % 8]} {words[(i // 8) % 8]} " + "very " * (i % 7) + "." for i in range(offset, offset + n)]
+
+
+def _donor_build(folder, sentences, teacher, tokenizer, source, chunk_size=4, root=None, settings=None):
+    signature = {"source_sha1": source, "v": 1, "chunk_size": chunk_size, **(settings or {})}
+    return build_cache(folder, iter(sentences), teacher, tokenizer, seq_len=8, tagging=True, chunk_size=chunk_size,
+                       batch_size=3, signature=signature, total=len(sentences),
+                       donor_root=root)
+
+
+def test_rows_another_cache_of_the_same_teacher_scored_are_copied_not_scored(tmp_path, tokenizer):
+    """An 8x set holding the 4x set's lines: only the new lines reach the teacher, and the cache is the one a
+    full scoring writes (same rows, same order, same truncation count)."""
+    root = tmp_path / "cache"
+    old = _distinct(14)                                   # the earlier transfer set
+    new = [s for pair in zip(old, _distinct(14, 30)) for s in pair] + _distinct(3, 50)  # interleaved + more
+    _donor_build(root / "old", old, CountingTeacher(), tokenizer, "a", chunk_size=5)
+    teacher = CountingTeacher()
+    cache = _donor_build(root / "new", new, teacher, tokenizer, "b", root=root)
+    assert teacher.scored == 17 and cache.index["copied"] == 14 and len(cache) == 31
+    reference = _donor_build(tmp_path / "ref", new, CountingTeacher(), tokenizer, "b")
+    assert cache.index["truncated"] == reference.index["truncated"] > 0
+    assert [c["rows"] for c in cache.chunks] == [c["rows"] for c in reference.chunks]
+    for k in range(len(cache.chunks)):
+        for name in ("input_ids", "logits", "hidden", "word_start"):
+            np.testing.assert_array_equal(cache.chunk(k)[name], reference.chunk(k)[name], err_msg=f"{k} {name}")
+    assert cache.sentences_per_second is None or cache.sentences_per_second > 0
+    # A chunk whose every sentence has a donor row is written without the teacher
+    teacher = CountingTeacher()
+    again = _donor_build(root / "subset", old[3:11], teacher, tokenizer, "c", root=root)
+    assert teacher.scored == 0 and again.index["copied"] == 8
+
+
+def test_donor_caches_need_the_same_teacher_and_settings_and_must_be_complete_and_intact(tmp_path, tokenizer):
+    root = tmp_path / "cache"
+    sentences = _distinct(8)
+    _donor_build(root / "other-teacher", sentences, CountingTeacher(), tokenizer, "a", settings={"v": 2})
+    with pytest.raises(RuntimeError, match="killed"):
+        _donor_build(root / "incomplete", sentences, CountingTeacher(fail_after=4), tokenizer, "a")
+    teacher = CountingTeacher()
+    _donor_build(root / "new", sentences, teacher, tokenizer, "b", root=root)
+    assert teacher.scored == 8                        # neither is a donor
+    # A damaged chunk of a donor is left out: its sentences are scored, the others copied
+    _donor_build(root / "good", _distinct(8, 20), CountingTeacher(), tokenizer, "g")
+    _garble(root / "good" / "chunk-00001" / "logits.npy")
+    teacher = CountingTeacher()
+    cache = _donor_build(root / "new2", _distinct(8, 20), teacher, tokenizer, "h", root=root)
+    assert teacher.scored == 4 and cache.index["copied"] == 4
+    reference = _donor_build(tmp_path / "ref", _distinct(8, 20), CountingTeacher(), tokenizer, "h")
+    for k in range(2):
+        np.testing.assert_array_equal(cache.chunk(k)["logits"], reference.chunk(k)["logits"])
