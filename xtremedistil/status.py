@@ -12,7 +12,7 @@ from pathlib import Path
 
 from xtremedistil.distill.files import read_json
 from xtremedistil.errors import XtremeDistilError
-from xtremedistil.distill.metrics import best_on_dev, headline
+from xtremedistil.distill.metrics import best_on_dev, headline, retention_percent
 from xtremedistil.layout import STATE_FILE, TEACHER_METRICS_FILE, TEACHER_SPEC_FILE, BundleLayout, RunLayout
 
 
@@ -126,7 +126,7 @@ def bundle_lines(folder: Path) -> list[str]:
     line = f"{folder.name}: test {_points(_headline(student.get('test')))}"
     retention = (metrics.get("retention") or {}).get("test")
     if retention is not None:
-        line += f" ({100 * retention:.1f}% of the teacher's {_points(_headline(teacher.get('test')))})"
+        line += f" ({retention_percent(retention)} of the teacher's {_points(_headline(teacher.get('test')))})"
     if student.get("best_substage"):
         line += f", best sub-stage {student['best_substage']}"
     if layout.manifest.exists():

@@ -9,7 +9,7 @@ from helpers import CLASSIFICATION_ROWS, classification_task, tagging_task, writ
 from xtremedistil.cli import main
 from xtremedistil.distill import load_bundle
 from xtremedistil.distill.data import load_task
-from xtremedistil.distill.metrics import headline, metrics_from_predictions
+from xtremedistil.distill.metrics import headline, metrics_from_predictions, retention_percent
 from xtremedistil.distill.options import DistilOptions
 from xtremedistil.distill.pipeline import run_distill
 from xtremedistil.distill.teacher_phase import encode_split
@@ -411,7 +411,7 @@ def test_status_reads_what_each_phase_recorded(tagging_run, tmp_path, capsys):
     best = metrics["student"]["best_substage"]
     assert f"  best on dev so far: {best} ({100 * state[best]['dev_metric']:.2f})" in lines
     assert (f"bundle: test {100 * headline(metrics['student']['test']):.2f} "
-            f"({100 * metrics['retention']['test']:.1f}% of the teacher's {test:.2f}), best sub-stage {best}; "
+            f"({retention_percent(metrics['retention']['test'])} of the teacher's {test:.2f}), best sub-stage {best}; "
             "not exported") in lines
 
     # A run in progress: a teacher half fine-tuned, a student inside a sub-stage.
