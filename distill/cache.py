@@ -49,14 +49,14 @@ TOKENIZE_BATCH = 1024
 DONOR_FREE_KEYS = ("source_sha1", "chunk_size")   # signature keys a donor cache may differ in
 
 
-def _read_or_none(path: Path) -> dict | None:
-    """A cache's JSON file, or None when it is missing or damaged (what it described is then recomputed)."""
+def _read_or_none(path: Path, then: str = "scoring what it described again") -> dict | None:
+    """A cache's JSON file, or None when it is missing or damaged (warned with `then`, what happens next)."""
     if not path.exists():
         return None
     try:
         return read_json(path)
     except XtremeDistilError as err:
-        logger.warning("%s; scoring what it described again", err)
+        logger.warning("%s; %s", err, then)
         return None
 
 
@@ -143,7 +143,7 @@ def donor_caches(root: Path, signature: dict, exclude: Path) -> list[TeacherCach
     for folder in sorted(p for p in Path(root).glob("*") if p.is_dir()):
         if folder.resolve() == Path(exclude).resolve():
             continue
-        index = _read_or_none(folder / INDEX_FILE)
+        index = _read_or_none(folder / INDEX_FILE, then="not copying rows from it")
         if (index is not None and index.get("complete") and isinstance(index.get("signature"), dict)
                 and {k: v for k, v in index["signature"].items() if k not in DONOR_FREE_KEYS} == same):
             donors.append(TeacherCache(folder, index))

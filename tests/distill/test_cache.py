@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -149,7 +150,8 @@ def test_rows_another_cache_of_the_same_teacher_scored_are_copied_not_scored(tmp
     assert teacher.scored == 0 and again.index["copied"] == 8
 
 
-def test_donor_caches_need_the_same_teacher_and_settings_and_must_be_complete_and_intact(tmp_path, tokenizer):
+def test_donor_caches_need_the_same_teacher_and_settings_and_must_be_complete_and_intact(tmp_path, tokenizer,
+                                                                                           caplog):
     root = tmp_path / "cache"
     sentences = _distinct(8)
     _donor_build(root / "other-teacher", sentences, CountingTeacher(), tokenizer, "a", settings={"v": 2})
@@ -167,3 +169,11 @@ def test_donor_caches_need_the_same_teacher_and_settings_and_must_be_complete_an
     reference = _donor_build(tmp_path / "ref", _distinct(8, 20), CountingTeacher(), tokenizer, "h")
     for k in range(2):
         np.testing.assert_array_equal(cache.chunk(k)["logits"], reference.chunk(k)["logits"])
+    # A donor whose index.json is damaged is not used, and the warning says so (it is not rescored here)
+    shutil.rmtree(root / "new2")
+    (root / "good" / "index.json").write_text("{not json")
+    teacher = CountingTeacher()
+    with caplog.at_level("WARNING"):
+        _donor_build(root / "new3", _distinct(8, 20), teacher, tokenizer, "k", root=root)
+    assert "not copying rows from it" in caplog.text and "index.json" in caplog.text
+    assert teacher.scored == 8                        # 4 while its index was intact
