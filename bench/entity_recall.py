@@ -8,6 +8,11 @@ bundle was distilled on. Each gold entity of the test split (exact span and type
 put in three groupings: its type, its length in words (1, 2, 3+) and whether its span holds punctuation
 (a comma, a bracket, a quote or a dash: "Nowy Dwór , Gmina Somonino", "Stephen Levin ( councillor )").
 Prints, per language and group, the entities, the share the teacher and the student find, and the gap.
+
+A second table looks at one decision behind most punctuated misses: a comma or an opening bracket between two
+entity words either lies inside one span ("Las Cruces , New Mexico", tagged I-) or separates two ("Nowy
+Dwór", "Gmina Somonino"; tagged O or B-). Per language and mark: the cases in gold, the share gold joins,
+and how often the teacher and the student decide as gold does.
 """
 from __future__ import annotations
 
@@ -56,8 +61,34 @@ def recall_by_kind(gold: list[list[str]], predicted: dict[str, list[list[str]]],
     return rows
 
 
-def entity_recall(bundle_dir: str, teacher_dir: str | None = None, task_dir: str | None = None,
-                  languages: list[str] | None = None, decoding: str | None = None) -> list[dict]:
+JOIN_MARKS = (",", "(")
+
+
+def joins_across(gold: list[list[str]], predicted: dict[str, list[list[str]]], words: list, languages: list,
+                 marks=JOIN_MARKS) -> list[dict]:
+    """Rows {language, mark, cases, gold_joined, <model>: agreement}: at each mark whose neighbours are both
+    inside gold entities, whether gold puts the mark in a span (an I- tag) and how often each model decides
+    the same; language "all" pools every sentence."""
+    found: dict[tuple, dict] = {}
+    for i, tags in enumerate(gold):
+        w = words[i]
+        for j in range(1, len(w) - 1):
+            if w[j] not in marks or tags[j - 1] == "O" or tags[j + 1] == "O":
+                continue
+            joined = tags[j].startswith("I-")
+            for language in (languages[i], "all") if languages[i] else ("all",):
+                cell = found.setdefault((language, w[j]), {"cases": 0, "gold_joined": 0, **{n: 0 for n in predicted}})
+                cell["cases"] += 1
+                cell["gold_joined"] += joined
+                for name, p in predicted.items():
+                    cell[name] += p[i][j].startswith("I-") == joined
+    return [{"language": language, "mark": mark, "cases": cell["cases"],
+             **{k: v / cell["cases"] for k, v in cell.items() if k != "cases"}}
+            for (language, mark), cell in sorted(found.items(), key=lambda kv: (kv[0][0] == "all", kv[0]))]
+
+
+def _predictions(bundle_dir, teacher_dir, task_dir, languages, decoding):
+    """The test examples kept and both models' word tags of them."""
     bundle, task = teacher_vs_student.load_bundle_and_task(
         bundle_dir, task_dir, True, f"{bundle_dir}: entity recall is for tagging bundles (for classification use "
         "python -m xtremedistil.bench.length_buckets)")
@@ -71,6 +102,17 @@ def entity_recall(bundle_dir: str, teacher_dir: str | None = None, task_dir: str
         test = [ex for ex in test if ex.language in languages]
     teacher, student = teacher_vs_student.predictions(bundle, bundle_dir, teacher_dir, test, task.labels,
                                                        decoding)
+    return test, teacher, student
+
+
+def entity_recall(bundle_dir: str, teacher_dir: str | None = None, task_dir: str | None = None,
+                  languages: list[str] | None = None, decoding: str | None = None,
+                  joins: list | None = None) -> list[dict]:
+    """Recall rows (see `recall_by_kind`); `joins`, when given a list, receives the `joins_across` rows."""
+    test, teacher, student = _predictions(bundle_dir, teacher_dir, task_dir, languages, decoding)
+    if joins is not None:
+        joins.extend(joins_across([list(ex.label) for ex in test], {"teacher": teacher, "student": student},
+                                  [ex.words for ex in test], [ex.language for ex in test]))
     return recall_by_kind([list(ex.label) for ex in test], {"teacher": teacher, "student": student},
                           [ex.words for ex in test], [ex.language for ex in test])
 
@@ -82,9 +124,10 @@ def main(argv=None) -> int:
                         help="word tags of both models: each word's argmax or the best IOB2-valid sequence "
                              "(default: the bundle's --tag_decoding)")
     args = parser.parse_args(argv)
+    joins: list[dict] = []
     try:
         rows = entity_recall(args.bundle, args.teacher, args.task,
-                             [lang for lang in args.languages.split(",") if lang] or None, args.decoding)
+                             [lang for lang in args.languages.split(",") if lang] or None, args.decoding, joins)
     except XtremeDistilError as err:
         print(f"entity_recall: error: {err}", file=sys.stderr)
         return 2
@@ -93,6 +136,14 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"| {r['language']} | {r['group']} | {r['kind']} | {r['entities']} | {100 * r['teacher']:.1f} | "
               f"{100 * r['student']:.1f} | {100 * (r['teacher'] - r['student']):.1f} |")
+    print()
+    print("A mark between two entity words: one span (joined) or two? Agreement with gold, % of cases.")
+    print()
+    print("| language | mark | cases | gold joins | teacher agrees | student agrees | gap (points) |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for r in joins:
+        print(f"| {r['language']} | {r['mark']} | {r['cases']} | {100 * r['gold_joined']:.1f} | "
+              f"{100 * r['teacher']:.1f} | {100 * r['student']:.1f} | {100 * (r['teacher'] - r['student']):.1f} |")
     return 0
 
 

@@ -1,7 +1,7 @@
 """`python -m xtremedistil.bench.entity_recall`: where a tagging student loses its teacher's entities."""
 import pytest
 
-from xtremedistil.bench.entity_recall import main, recall_by_kind
+from xtremedistil.bench.entity_recall import joins_across, main, recall_by_kind
 
 WORDS = [("Nowy", "Dwór", ",", "Gmina", "Somonino"), ("John", "Smith", "in", "Paris"), ("Google", "Inc")]
 GOLD = [["B-LOC", "I-LOC", "I-LOC", "I-LOC", "I-LOC"], ["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "I-ORG"]]
@@ -35,6 +35,25 @@ def test_recall_counts_exact_spans_per_language_type_length_and_punctuation():
     assert [r["language"] for r in rows][-1] == "all" and rows[0]["language"] == "en"
 
 
+def test_joins_count_each_mark_between_two_entity_words_and_who_decides_as_gold():
+    words = WORDS + [("Las", "Cruces", ",", "New", "Mexico", ",", "and", "Rome"), ("A", "(", "B", ")")]
+    gold = GOLD + [["B-LOC", "I-LOC", "I-LOC", "I-LOC", "I-LOC", "O", "O", "B-LOC"], ["B-ORG", "O", "B-LOC", "O"]]
+    teacher = TEACHER + [["B-LOC", "I-LOC", "O", "B-LOC", "I-LOC", "O", "O", "B-LOC"], ["B-ORG", "I-ORG", "I-ORG", "O"]]
+    student = STUDENT + [list(gold[-2]), ["B-ORG", "O", "B-LOC", "O"]]
+    rows = joins_across(gold, {"teacher": teacher, "student": student}, words, ["pl", "en", "en", "en", "de"])
+    by = {(r["language"], r["mark"]): r for r in rows}
+    # pl's comma and en's first comma are joined in gold; en's second comma has an O word after it: no case
+    assert by[("pl", ",")] == {"language": "pl", "mark": ",", "cases": 1, "gold_joined": 1.0, "teacher": 1.0,
+                               "student": 0.0}
+    assert by[("en", ",")] == {"language": "en", "mark": ",", "cases": 1, "gold_joined": 1.0, "teacher": 0.0,
+                               "student": 1.0}
+    assert by[("de", "(")] == {"language": "de", "mark": "(", "cases": 1, "gold_joined": 0.0, "teacher": 0.0,
+                               "student": 1.0}
+    assert by[("all", ",")]["cases"] == 2 and by[("all", ",")]["teacher"] == 0.5
+    assert set(by) == {("pl", ","), ("en", ","), ("de", "("), ("all", ","), ("all", "(")}
+    assert rows[-1]["language"] == "all"
+
+
 def test_sentences_without_a_language_count_once():
     rows = recall_by_kind(GOLD[1:], {"student": STUDENT[1:]}, WORDS[1:], [None, None])
     assert {r["language"] for r in rows} == {"all"}
@@ -61,8 +80,12 @@ def test_the_command_matches_the_bundle_and_rejects_what_it_cannot_measure(tiny_
     assert sum(r["student"] * r["entities"] for r in pooled) / sum(len(g) for g in gold) == pytest.approx(expected)
     assert {r["language"] for r in entity_recall(str(bundle), languages=["ru"])} == {"ru", "all"}
 
+    joins = []
+    entity_recall(str(bundle), joins=joins)
+    assert all(0 <= r["student"] <= 1 and r["cases"] > 0 for r in joins)
     assert main(["--bundle", str(bundle), "--languages", "en"]) == 0
-    assert "| en | type | PER |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| en | type | PER |" in out and "| language | mark | cases | gold joins |" in out
     bio = load_bundle(bundle).predict([" ".join(ex.words) for ex in test], "bio")
     expected = sum(len(g & set(get_entities(p))) for g, p in zip(gold, bio)) / sum(len(g) for g in gold)
     pooled = [r for r in entity_recall(str(bundle), decoding="bio") if r["language"] == "all" and r["group"] == "type"]
