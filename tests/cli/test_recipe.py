@@ -46,6 +46,10 @@ def test_committed_recipes_are_valid(monkeypatch):
     aug8 = load_recipe(REPO / "bench" / "recipes" / "wikiann-e5-aug8.yaml")
     assert aug8["model_dir"] == load_recipe(REPO / "bench" / "recipes" / "wikiann-e5.yaml")["model_dir"]
     assert [s["augment_multiplier"] for s in aug8["students"]] == [8]
+    # The sweep's 8x student is that recipe's (same name and settings: its run is reused, not trained again)
+    sweep = load_recipe(REPO / "bench" / "recipes" / "wikiann-e5-sweep.yaml")
+    assert [s for s in sweep["students"] if s.get("student_name") == "300-300-aug8"] == aug8["students"]
+    assert sweep["distill"] == aug8["distill"]
 
 
 def test_extends_merges_sections_key_by_key_and_refuses_circles(tmp_path, capsys):
