@@ -9,7 +9,7 @@ put in three groupings: its type, its length in words (1, 2, 3+) and whether its
 (a comma, a bracket, a quote or a dash: "Nowy Dwór , Gmina Somonino", "Stephen Levin ( councillor )").
 Prints, per language and group, the entities, the share the teacher and the student find, and the gap.
 
-A second table looks at one decision behind most punctuated misses: a comma or an opening bracket between two
+A second table looks at one decision behind many punctuated misses: a comma or an opening bracket between two
 entity words either lies inside one span ("Las Cruces , New Mexico", tagged I-) or separates two ("Nowy
 Dwór", "Gmina Somonino"; tagged O or B-). Per language and mark: the cases in gold, the share gold joins,
 and how often the teacher and the student decide as gold does.
