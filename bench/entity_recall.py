@@ -36,6 +36,11 @@ def _groups(words, entity) -> list[tuple[str, str]]:
             ("punctuation", "yes" if _punctuated(words[start:end + 1]) else "no")]
 
 
+def _pools(language) -> tuple:
+    """The rows a sentence counts in: its language's and "all" (only "all" when it has no language)."""
+    return (language, "all") if language else ("all",)
+
+
 def recall_by_kind(gold: list[list[str]], predicted: dict[str, list[list[str]]], words: list,
                    languages: list) -> list[dict]:
     """Rows {language, group, kind, entities, <model>: recall} from word-level gold and predicted tags;
@@ -46,7 +51,7 @@ def recall_by_kind(gold: list[list[str]], predicted: dict[str, list[list[str]]],
     for i, tags in enumerate(gold):
         hits = {name: set(get_entities(list(p[i]))) for name, p in predicted.items()}
         for entity in get_entities(list(tags)):
-            for language in (languages[i], "all") if languages[i] else ("all",):
+            for language in _pools(languages[i]):
                 for group, kind in _groups(words[i], entity):
                     cell = found.setdefault((language, group, kind), {"entities": 0, **{n: 0 for n in predicted}})
                     cell["entities"] += 1
@@ -76,7 +81,7 @@ def joins_across(gold: list[list[str]], predicted: dict[str, list[list[str]]], w
             if w[j] not in marks or tags[j - 1] == "O" or tags[j + 1] == "O":
                 continue
             joined = tags[j].startswith("I-")
-            for language in (languages[i], "all") if languages[i] else ("all",):
+            for language in _pools(languages[i]):
                 cell = found.setdefault((language, w[j]), {"cases": 0, "gold_joined": 0, **{n: 0 for n in predicted}})
                 cell["cases"] += 1
                 cell["gold_joined"] += joined
@@ -87,8 +92,9 @@ def joins_across(gold: list[list[str]], predicted: dict[str, list[list[str]]], w
             for (language, mark), cell in sorted(found.items(), key=lambda kv: (kv[0][0] == "all", kv[0]))]
 
 
-def _predictions(bundle_dir, teacher_dir, task_dir, languages, decoding):
-    """The test examples kept and both models' word tags of them."""
+def _predictions(bundle_dir, teacher_dir, task_dir, languages, decoding) -> tuple:
+    """(gold tags, {"teacher": tags, "student": tags}, words, languages) of the test sentences kept: the
+    arguments of `recall_by_kind` and `joins_across`."""
     bundle, task = teacher_vs_student.load_bundle_and_task(
         bundle_dir, task_dir, True, f"{bundle_dir}: entity recall is for tagging bundles (for classification use "
         "python -m xtremedistil.bench.length_buckets)")
@@ -102,19 +108,18 @@ def _predictions(bundle_dir, teacher_dir, task_dir, languages, decoding):
         test = [ex for ex in test if ex.language in languages]
     teacher, student = teacher_vs_student.predictions(bundle, bundle_dir, teacher_dir, test, task.labels,
                                                        decoding)
-    return test, teacher, student
+    return ([list(ex.label) for ex in test], {"teacher": teacher, "student": student},
+            [ex.words for ex in test], [ex.language for ex in test])
 
 
 def entity_recall(bundle_dir: str, teacher_dir: str | None = None, task_dir: str | None = None,
                   languages: list[str] | None = None, decoding: str | None = None,
                   joins: list | None = None) -> list[dict]:
     """Recall rows (see `recall_by_kind`); `joins`, when given a list, receives the `joins_across` rows."""
-    test, teacher, student = _predictions(bundle_dir, teacher_dir, task_dir, languages, decoding)
+    columns = _predictions(bundle_dir, teacher_dir, task_dir, languages, decoding)
     if joins is not None:
-        joins.extend(joins_across([list(ex.label) for ex in test], {"teacher": teacher, "student": student},
-                                  [ex.words for ex in test], [ex.language for ex in test]))
-    return recall_by_kind([list(ex.label) for ex in test], {"teacher": teacher, "student": student},
-                          [ex.words for ex in test], [ex.language for ex in test])
+        joins.extend(joins_across(*columns))
+    return recall_by_kind(*columns)
 
 
 def main(argv=None) -> int:
