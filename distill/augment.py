@@ -29,6 +29,14 @@ most against their teacher. The train tags only choose what to swap: the teacher
 like any other transfer line. The variants of train sentence i follow transfer line i in the file, so they
 are spread over the cache's chunks.
 
+Joins (`joins`, off by default): N more lines per transfer sentence, each the sentence and an earlier one (drawn
+from the last `JOIN_POOL` sources), in either order, around a connective drawn from `join_with`. Where the
+transfer text is short phrases and the test text whole sentences (SST-2: median 7 words against 19), allocation
+by words can only lengthen the lines by varying the few long sources; joins make new long lines whose parts
+the teacher has to weigh against each other ("... , but ..."), which is what a long review sentence asks of a
+student. The teacher labels them like any other line. Their stream is apart from the rule variants', so a file
+with joins holds every line of the same file without them (its teacher outputs are copied, not scored again).
+
 Words are whitespace tokens, so tagging keeps word boundaries (the teacher labels the new
 sentences when it scores them). Output is streamed to the file (a temp name renamed when
 complete), deduplicated with 8-byte hashes (bounded memory: about 80 bytes a line), and screened:
@@ -61,6 +69,7 @@ logger = logging.getLogger(__name__)
 
 
 ALLOCATIONS = ("sentence", "word")
+JOIN_POOL = 10_000       # joins draw the other sentence from this many latest sources (bounded memory)
 MENTIONS_NEED_TAGS = ("--augment_mentions swaps the entities of a tagging task's train sentences; "
                       "use it with --do_NER")
 
@@ -93,22 +102,34 @@ class AugmentConfig(Settings):
                             flag="augment_mentions", minimum=0)
     p_mention: float = setting(0.5, "augmentation: probability of swapping each entity of a sentence (at least one "
                                     "is swapped)", flag="augment_p_mention", minimum=0, maximum=1)
+    joins: int = setting(0, "augmentation: N more lines per transfer sentence, each the sentence joined to an "
+                            "earlier one (random, either order) by a connective from --augment_join_with: "
+                            "sentence-length lines when the transfer text is short phrases; 0 = off",
+                         flag="augment_joins", minimum=0)
+    join_with: str = setting(", ; and but", "augmentation: the connectives --augment_joins draws from, separated by "
+                                           "spaces (the default's words are English; ', ;' suits any language)",
+                             flag="augment_join_with")
 
     def check(self) -> None:
         if self.p_mask + self.p_replace > 1.0:
             raise XtremeDistilError("--augment_p_mask + --augment_p_replace must not exceed 1")
+        if self.joins and not self.join_with.split():
+            raise XtremeDistilError("--augment_join_with is empty: give the connectives --augment_joins puts between "
+                                    "two sentences, e.g. ', ; and but'")
 
     @property
     def active(self) -> bool:
         """Whether there is anything to write beyond the transfer file itself."""
-        return self.multiplier > 0 or self.mentions > 0
+        return self.multiplier > 0 or self.mentions > 0 or self.joins > 0
 
     def signature(self) -> dict:
-        """The settings that decide the file. Mention settings only when used, so files written before they
-        existed keep their names (and their scored caches)."""
+        """The settings that decide the file. Mention and join settings only when used, so files written before
+        they existed keep their names (and their scored caches)."""
         values = dataclasses.asdict(self)
         if not self.mentions:
             values.pop("mentions"), values.pop("p_mention")
+        if not self.joins:
+            values.pop("joins"), values.pop("join_with")
         return values
 
 
@@ -228,6 +249,13 @@ def _mention_candidates(ex: Example, index: int, config: AugmentConfig, inventor
     return [mention_variant(ex, spans, rng, config, inventory) for _ in range(config.mentions)]
 
 
+def joined(words: list[str], pool: Sequence[list[str]], rng: random.Random, connectives: Sequence[str]) -> list[str]:
+    """`words` and a sentence drawn from `pool`, in either order, around a connective drawn from `connectives`."""
+    other = pool[rng.randrange(len(pool))]
+    first, second = (words, other) if rng.random() < 0.5 else (other, words)
+    return [*first, rng.choice(connectives), *second]
+
+
 def augment_stream(sources: Iterable[str], config: AugmentConfig, mask_token: str,
                    neighbours: dict[str, list[str]], screened: set[bytes], mean_words: float = 1.0,
                    labeled: Sequence[Example] = ()) -> Iterator[str]:
@@ -242,6 +270,16 @@ def augment_stream(sources: Iterable[str], config: AugmentConfig, mask_token: st
     def mention_candidates(index: int) -> list[list[str]]:
         return _mention_candidates(labeled[index], index, config, inventory) if index < len(labeled) else []
 
+    connectives, pool = config.join_with.split(), collections.deque(maxlen=JOIN_POOL)
+
+    def join_candidates(line_number: int, words: list[str]) -> Iterator[list[str]]:
+        if config.joins and pool and words:
+            rng = random.Random((config.seed * 1_000_003 + line_number) * 7 + 5)    # apart from the other streams
+            for _ in range(config.joins):
+                yield joined(words, pool, rng, connectives)
+        if config.joins and words:
+            pool.append(words)
+
     def candidates() -> Iterator[list[str]]:
         line_number = -1
         for line_number, sentence in enumerate(sources):
@@ -251,6 +289,7 @@ def augment_stream(sources: Iterable[str], config: AugmentConfig, mask_token: st
             for _ in range(variant_count(len(words), config, mean_words, rng)):
                 yield variant(words, rng, config, mask_token, neighbours)
             yield from mention_candidates(line_number)
+            yield from join_candidates(line_number, words)
         for index in range(line_number + 1, len(labeled)):      # train sentences beyond the transfer file
             yield from mention_candidates(index)
 
@@ -315,6 +354,8 @@ def augment_file(sources_path: str | Path, out_path: str | Path, config: Augment
              "ratio": round(written / max(sources, 1), 2)}
     if config.mentions:
         stats["mentions"] = config.mentions
+    if config.joins:
+        stats["joins"] = config.joins
     logger.info("augment: %d source sentences -> %d lines in %s (%.1fx; %d words with neighbours)",
                 sources, written, out_path, stats["ratio"], len(table))
     return stats

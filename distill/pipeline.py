@@ -191,6 +191,7 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
         "distillation": {"stages": run.stages, "distil_loss": stage_config.distil_loss,
                          "augment_multiplier": options.augment.multiplier, "student_name": run.student_name,
                          **({"augment_mentions": options.augment.mentions} if options.augment.mentions else {}),
+                         **({"augment_joins": options.augment.joins} if options.augment.joins else {}),
                          **({"precision": stage_config.precision} if stage_config.precision != "float32" else {})},
         "sentences_per_second": _throughput(layout, caches, state),
         "seed": run.seed,

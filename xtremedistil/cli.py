@@ -427,8 +427,9 @@ def build_parser(distill_flags: bool = False) -> argparse.ArgumentParser:
                     "(a word masked with p_mask, replaced by one of its nearest words in the teacher's embedding "
                     "space with p_replace; then only an n-gram kept with p_ngram) and, for a tagging task with "
                     "--augment_mentions N, N copies of each train sentence with its entities swapped for other train "
-                    "entities of the same type and language; deduplicated, never a dev or test sentence. Seeded: "
-                    "the same flags give the same file. Use it with distill --transfer_file OUT, "
+                    "entities of the same type and language, and with --augment_joins N, N lines per sentence "
+                    "joining it to an earlier one around a connective; deduplicated, never a dev or test sentence. "
+                    "Seeded: the same flags give the same file. Use it with distill --transfer_file OUT, "
                     "or let distill do it with --augment_multiplier N.",
     )
     augment.add_argument("--task", required=True, metavar="DIR", help="task folder (dev/test are screened out)")

@@ -73,7 +73,8 @@ def cache_lines(layout: RunLayout) -> list[str]:
 
 
 def _augment_settings(stats_path: Path) -> str:
-    """' (from 66,000 sentences: 2x per sentence, 2 mention copies)' from the set's recorded statistics; '' without them."""
+    """' (from 66,000 sentences: 2x per sentence, 2 mention copies, 1 join)' from the set's recorded statistics;
+    '' without them."""
     try:
         stats = read_json(stats_path)
     except (OSError, XtremeDistilError):
@@ -81,6 +82,8 @@ def _augment_settings(stats_path: Path) -> str:
     parts = [f"{stats['multiplier']}x per {stats.get('allocation', 'sentence')}"] if stats.get("multiplier") else []
     if stats.get("mentions"):
         parts.append(f"{stats['mentions']} mention cop{'y' if stats['mentions'] == 1 else 'ies'}")
+    if stats.get("joins"):
+        parts.append(f"{stats['joins']} join{'' if stats['joins'] == 1 else 's'}")
     return f" (from {stats.get('sources', 0):,} sentences: {', '.join(parts)})" if parts else ""
 
 

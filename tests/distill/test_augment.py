@@ -6,7 +6,7 @@ import pytest
 
 from helpers import SOURCES, TAGGING_ROWS, bert_tokenizer, write_task
 from xtremedistil.cli import main
-from xtremedistil.distill.augment import AugmentConfig, augment_file, augment_stream, nearest_words, variant
+from xtremedistil.distill.augment import AugmentConfig, augment_file, augment_stream, joined, nearest_words, variant
 from xtremedistil.errors import XtremeDistilError
 
 SCREEN = ["a great film .", "very bad movie . ."]
@@ -95,9 +95,32 @@ def test_nearest_words_come_from_the_teacher_embedding_space(tokenizer):
     assert table == [["great"], ["good"], ["awful"], ["bad"]]
 
 
+def test_joins_put_a_sentence_and_an_earlier_one_around_a_connective():
+    """Each join line is the source and an earlier source (either order) around one of the connectives; the first
+    source has no earlier one; the file without joins is a subset of the file with them (same rule variants)."""
+    config = AugmentConfig(multiplier=2, joins=3, join_with="but ;")
+    lines = list(augment_stream(iter(SOURCES), config, "[MASK]", {}, set()))
+    assert lines == list(augment_stream(iter(SOURCES), config, "[MASK]", {}, set()))                # seeded
+    plain = list(augment_stream(iter(SOURCES), AugmentConfig(multiplier=2), "[MASK]", {}, set()))
+    assert set(plain) < set(lines)
+    extra = [line for line in lines if line not in plain]
+    allowed = {f"{x} {c} {y}" for i, a in enumerate(SOURCES) for b in SOURCES[:i] for c in ("but", ";")
+               for x, y in ((a, b), (b, a))}
+    assert extra and set(extra) <= allowed and len(extra) <= 3 * (len(SOURCES) - 1)
+    assert set(lines[:lines.index(SOURCES[1])]) <= set(plain)          # nothing earlier to join the first source to
+    # Every earlier source and both orders turn up over many draws; only the given connectives
+    rng, pool = random.Random(0), [["a"], ["b"], ["c"]]
+    drawn = {" ".join(joined(["x"], pool, rng, [","])) for _ in range(200)}
+    assert drawn == {"x , a", "x , b", "x , c", "a , x", "b , x", "c , x"}
+    assert "joins" not in AugmentConfig(multiplier=2).signature() and AugmentConfig(joins=1).active
+    assert AugmentConfig(multiplier=2, joins=1).signature()["join_with"] == ", ; and but"
+
+
 def test_bad_settings_are_one_line_errors():
     for bad, message in ((dict(multiplier=-1), "--augment_multiplier"), (dict(p_mask=1.5), "--augment_p_mask"),
-                         (dict(p_mask=0.6, p_replace=0.6), "must not exceed 1"), (dict(max_ngram=0), "at least 1")):
+                         (dict(p_mask=0.6, p_replace=0.6), "must not exceed 1"), (dict(max_ngram=0), "at least 1"),
+                         (dict(joins=1, join_with=" "), "--augment_join_with is empty"),
+                         (dict(joins=-1), "--augment_joins")):
         with pytest.raises(XtremeDistilError, match=message):
             AugmentConfig(**bad)
 
@@ -116,6 +139,11 @@ def test_cli_writes_the_file_and_reports_bad_input(tiny_models, tmp_path, capsys
     err = capsys.readouterr().err
     assert code == 2 and "--augment_p_ngram must be in [0, 1]" in err and "Traceback" not in err
     assert out.read_text(encoding="utf-8").splitlines() == lines      # the earlier file is intact
+    joins = tmp_path / "joins.txt"
+    code = main(["augment", "--task", str(task), "--pt_teacher_checkpoint", str(tiny_models("bert")),
+                 "--out", str(joins), "--augment_multiplier", "0", "--augment_joins", "2", "--augment_join_with", "but",
+                 "--quiet"])
+    assert code == 0 and any(" but " in line for line in joins.read_text(encoding="utf-8").splitlines())
 
 
 def _tagged(text, tags, language="en", line=1):

@@ -434,10 +434,10 @@ def test_status_reads_what_each_phase_recorded(tagging_run, tmp_path, capsys):
     (run / "augmented").mkdir()
     (run / "augmented" / "transfer-2.txt").write_text("a\nb\nc\n")
     (run / "augmented" / "transfer-2.json").write_text(json.dumps(
-        {"multiplier": 2, "allocation": "sentence", "mentions": 1, "sources": 2, "written": 3}))
+        {"multiplier": 2, "allocation": "sentence", "mentions": 1, "joins": 2, "sources": 2, "written": 3}))
     lines = status(run)
     assert lines.pop(3) == ("augmented transfer set: transfer-2.txt: 3 lines (from 2 sentences: "
-                            "2x per sentence, 1 mention copy)")
+                            "2x per sentence, 1 mention copy, 2 joins)")
     assert lines[1].startswith("teacher: fine-tuning, 2 of 4 epoch(s) finished, dev 81.48 / 83.94; last saved ")
     assert lines[2] == ("teacher outputs: transfer-1: scoring; 1 chunk(s) finished (100,000 sentences; a chunk "
                         "counts once written whole)")
