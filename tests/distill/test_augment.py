@@ -6,7 +6,7 @@ import pytest
 
 from helpers import SOURCES, TAGGING_ROWS, bert_tokenizer, write_task
 from xtremedistil.cli import main
-from xtremedistil.distill.augment import AugmentConfig, augment_file, augment_stream, joined, nearest_words, variant
+from xtremedistil.distill.augment import AugmentConfig, _key, augment_file, augment_stream, joined, nearest_words, variant
 from xtremedistil.errors import XtremeDistilError
 
 SCREEN = ["a great film .", "very bad movie . ."]
@@ -108,6 +108,8 @@ def test_joins_put_a_sentence_and_an_earlier_one_around_a_connective():
                for x, y in ((a, b), (b, a))}
     assert extra and set(extra) <= allowed and len(extra) <= 3 * (len(SOURCES) - 1)
     assert set(lines[:lines.index(SOURCES[1])]) <= set(plain)          # nothing earlier to join the first source to
+    screened = list(augment_stream(iter(SOURCES), config, "[MASK]", {}, {_key(SOURCES[1])}))
+    assert not any(SOURCES[1] in line for line in screened)            # a dev/test sentence is never a half
     # Every earlier source and both orders turn up over many draws; only the given connectives
     rng, pool = random.Random(0), [["a"], ["b"], ["c"]]
     drawn = {" ".join(joined(["x"], pool, rng, [","])) for _ in range(200)}
