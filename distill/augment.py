@@ -273,8 +273,8 @@ def augment_stream(sources: Iterable[str], config: AugmentConfig, mask_token: st
 
     connectives, pool = config.join_with.split(), collections.deque(maxlen=JOIN_POOL)
 
-    def join_candidates(line_number: int, words: list[str]) -> Iterator[list[str]]:
-        if not (config.joins and words) or _key(" ".join(words)) in screened:     # no dev/test text in a join
+    def join_candidates(line_number: int, sentence: str, words: list[str]) -> Iterator[list[str]]:
+        if not (config.joins and words) or _key(sentence) in screened:           # no dev/test text in a join
             return
         if pool:
             rng = random.Random((config.seed * 1_000_003 + line_number) * 7 + 5)    # apart from the other streams
@@ -291,7 +291,7 @@ def augment_stream(sources: Iterable[str], config: AugmentConfig, mask_token: st
             for _ in range(variant_count(len(words), config, mean_words, rng)):
                 yield variant(words, rng, config, mask_token, neighbours)
             yield from mention_candidates(line_number)
-            yield from join_candidates(line_number, words)
+            yield from join_candidates(line_number, sentence, words)
         for index in range(line_number + 1, len(labeled)):      # train sentences beyond the transfer file
             yield from mention_candidates(index)
 

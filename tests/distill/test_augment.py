@@ -6,7 +6,8 @@ import pytest
 
 from helpers import SOURCES, TAGGING_ROWS, bert_tokenizer, write_task
 from xtremedistil.cli import main
-from xtremedistil.distill.augment import AugmentConfig, _key, augment_file, augment_stream, joined, nearest_words, variant
+from xtremedistil.distill.augment import (AugmentConfig, _key, augment_file, augment_stream, joined, nearest_words,
+                                          variant)
 from xtremedistil.errors import XtremeDistilError
 
 SCREEN = ["a great film .", "very bad movie . ."]
