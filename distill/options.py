@@ -4,7 +4,8 @@
       run        RunSettings      task, model_dir, do_NER, transfer_file, seq_len, seed, strategy, student_name, stages
       teacher    TeacherSettings  pt_teacher_checkpoint, pt_teacher, teacher_layer
       fine_tune  FineTuneConfig   ft_epochs, ft_batch_size, ft_learning_rate, ft_patience, ft_freeze_word_embeddings
-      student    StudentSettings  student, word_emb_dim, word_emb_file, dropout_rate, dense_act_func
+      student    StudentSettings  student, word_emb_dim, word_emb_file, unseen_pieces, dropout_rate,
+                                  dense_act_func
                                   + the chosen student's own options (bilstm_hidden_size, cnn_filters, ...)
       distil     StageConfig      distil_epochs, distil_label_epochs, distil_final_epochs, distil_batch_size,
                                   distil_patience, distil_loss, temperature, distil_precision
@@ -150,6 +151,10 @@ class StudentSettings(Settings):
     word_emb_dim: int = setting(300, "student word-embedding size; teacher embeddings PCA-reduced to it", minimum=1)
     word_emb_file: str | None = setting(None, "text file 'piece v1 ... vN' with student embeddings (overrides the "
                                               "PCA rows it covers)")
+    unseen_pieces: str = setting("nearest", "what the student reads for a teacher piece absent from train + "
+                                            "transfer (it has no row): the row of its nearest seen piece by the "
+                                            "teacher's input embeddings, or unk (the paper's; a row that never "
+                                            "trains)", choices=("nearest", "unk"))
     dropout_rate: float = setting(0.2, "dropout after embeddings and after the encoder", minimum=0, below=1)
     dense_act_func: str = setting("gelu_tanh", "projection activation", choices=_activations)
     options: object = setting(None, flag=None)

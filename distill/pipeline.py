@@ -13,6 +13,7 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from xtremedistil.distill import data as data_lib
@@ -124,6 +125,9 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
                                 teacher_emb.shape[0], tokenizer.pad_token_id, tokenizer.unk_token_id)
     student_settings = options.student
     embedding = emb_lib.pca_embeddings(teacher_emb, vocab, student_settings.word_emb_dim, run.seed)
+    sent_to_nearest = 0
+    if student_settings.unseen_pieces == "nearest":    # the table only: seen pieces keep their rows
+        vocab, sent_to_nearest = emb_lib.send_unseen_to_nearest(vocab, teacher_emb, tokenizer.all_special_ids)
     if student_settings.word_emb_file:
         embedding = emb_lib.read_embedding_file(student_settings.word_emb_file, vocab, tokenizer,
                                                 student_settings.word_emb_dim, embedding)
@@ -161,6 +165,14 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
         return {"worker": cluster.worker, "workers": cluster.workers, "bundle": None}
     best = runner.best(plan)
     student.load_weights(str(layout.student / best.checkpoint))
+    student_dev = state["completed"][best.name]["dev"]
+    remap = student.get_layer("id_remap")
+    if not np.array_equal(remap.get_weights()[0], vocab.remap):
+        # Sub-stages trained under the other --unseen_pieces: the table is this run's, and so is the dev figure.
+        logger.info("--unseen_pieces %s differs from the table the sub-stages were trained with: the bundle gets "
+                    "this run's table; student dev re-scored", student_settings.unseen_pieces)
+        remap.set_weights([vocab.remap])
+        student_dev = _student_metrics(runner, student, dev, task, "dev")
     phases["stages"] = round(time.time() - t0, 1)
     # What the stages cost over every run that trained them (a resumed run's `stages` is its own sitting only).
     phases["stages_all_runs"] = round(sum(state["completed"][sub.name].get("seconds", 0.0) for sub in plan), 1)
@@ -175,13 +187,12 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
         "task": {"kind": task.kind, "languages": task.languages, "metric": student_test["metric"],
                  "decoding": runner.decoding},
         "teacher": {"dev": teacher.metrics["dev"], "test": teacher.metrics["test"], "parameters": teacher_params},
-        "student": {"dev": state["completed"][best.name]["dev"], "test": student_test, "parameters": student_params,
+        "student": {"dev": student_dev, "test": student_test, "parameters": student_params,
                     "best_substage": best.name},
         "substages": {name: {k: v[k] for k in ("stage", "dev_metric", "val_loss", "seconds")}
                       for name, v in state["completed"].items()},
         "compression": teacher_params / student_params,
-        "retention": {split: _ratio(metrics_lib.headline(student_test if split == "test" else
-                                                         state["completed"][best.name]["dev"]),
+        "retention": {split: _ratio(metrics_lib.headline(student_test if split == "test" else student_dev),
                                     metrics_lib.headline(teacher.metrics[split])) for split in ("dev", "test")},
         "seconds": {**phases, "total": round(time.time() - started, 1)},
         # Per phase of this run; teacher_fine_tune from teacher.json (the run that fine-tuned it).
@@ -192,6 +203,7 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
                          "augment_multiplier": options.augment.multiplier, "student_name": run.student_name,
                          **({"augment_mentions": options.augment.mentions} if options.augment.mentions else {}),
                          **({"augment_joins": options.augment.joins} if options.augment.joins else {}),
+                         "unseen_pieces": student_settings.unseen_pieces, "pieces_sent_to_nearest": sent_to_nearest,
                          **({"precision": stage_config.precision} if stage_config.precision != "float32" else {})},
         "sentences_per_second": _throughput(layout, caches, state),
         "seed": run.seed,
@@ -272,9 +284,9 @@ def _ratio(student: float, teacher: float) -> float | None:
     return student / teacher if teacher > 0 else None
 
 
-def _student_metrics(runner: StageRunner, student, encoded, task) -> dict:
+def _student_metrics(runner: StageRunner, student, encoded, task, split: str = "test") -> dict:
     logits = predict_student_logits(student, encoded.input_ids, runner.config.batch_size)
-    return metrics_from_logits(logits, encoded, task.splits["test"], task.labels, task.is_tagging, runner.decoding)
+    return metrics_from_logits(logits, encoded, task.splits[split], task.labels, task.is_tagging, runner.decoding)
 
 
 def format_report(metrics: dict) -> str:

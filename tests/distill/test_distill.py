@@ -530,6 +530,48 @@ def test_switching_a_finished_run_to_bio_decoding_trains_nothing_and_rescores(ta
                for record in json.loads(state_path.read_text())["completed"].values())
 
 
+def test_unseen_pieces_read_their_nearest_seen_piece_and_switching_to_unk_trains_nothing(tagging_run, tmp_path,
+                                                                                         monkeypatch):
+    """By default every teacher piece but the special ones has a student row to read (the nearest seen piece's);
+    --unseen_pieces unk on a finished run trains nothing, and the bundle, its dev and test figures are the UNK
+    table's."""
+    import shutil
+
+    from xtremedistil.distill.metrics import metrics_from_logits
+
+    opts, reference = tagging_run
+    assert reference["distillation"]["unseen_pieces"] == "nearest"
+    assert reference["distillation"]["pieces_sent_to_nearest"] > 0
+    bundle = load_bundle(f"{opts.run.model_dir}/bundle")
+    table = bundle.model.get_layer("id_remap").get_weights()[0]
+    special = set(bundle.tokenizer.all_special_ids)
+    assert all(row != 1 for teacher_id, row in enumerate(table) if teacher_id not in special)
+    assert np.array_equal(np.load(f"{opts.run.model_dir}/bundle/id_remap.npy"), table)
+
+    shutil.copytree(opts.run.model_dir, tmp_path / "out", ignore=shutil.ignore_patterns("*-labels-only", "*-augmented"))
+    from xtremedistil.distill import pipeline as pipeline_lib
+
+    trained, scored = [], []
+    predict = pipeline_lib.predict_student_logits
+    monkeypatch.setattr(pipeline_lib, "predict_student_logits",
+                        lambda model, ids, *args: scored.append(len(ids)) or predict(model, ids, *args))
+    unk = run_distill(opts.replace(model_dir=str(tmp_path / "out"), unseen_pieces="unk"),
+                      on_batch=lambda sub, batches: trained.append(sub.name))
+    assert trained == [] and unk["distillation"]["pieces_sent_to_nearest"] == 0
+    task = load_task(opts.run.task, True)
+    assert scored == [len(task.splits["dev"]), len(task.splits["test"])]    # dev scored again with the UNK table
+    assert unk["student"]["best_substage"] == reference["student"]["best_substage"]
+    switched = load_bundle(tmp_path / "out" / "bundle")
+    unk_table = switched.model.get_layer("id_remap").get_weights()[0]
+    moved = table != unk_table
+    assert moved.sum() == reference["distillation"]["pieces_sent_to_nearest"] and set(unk_table[moved]) == {1}
+    for split in ("dev", "test"):   # each figure is the switched bundle's own
+        encoded = encode_split(switched.tokenizer, task, split, opts.run.seq_len)
+        assert unk["student"][split] == metrics_from_logits(switched.predict_logits(encoded.input_ids), encoded,
+                                                            task.splits[split], task.labels, True,
+                                                            unk["task"]["decoding"])
+
+
 def test_bf16_stages_train_a_mixed_precision_twin_and_everything_written_is_float32(tagging_run, monkeypatch):
     """--distil_precision bf16: every sub-stage trains in bfloat16; dev metrics, the chosen checkpoint, test and the
     bundle come from the float32 student with the same weights; the run records its precision."""

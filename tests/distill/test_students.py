@@ -3,7 +3,7 @@ import re
 import numpy as np
 import pytest
 
-from xtremedistil.distill.embeddings import UNK_ROW, build_vocab, pca_embeddings
+from xtremedistil.distill.embeddings import UNK_ROW, build_vocab, pca_embeddings, send_unseen_to_nearest
 from xtremedistil.distill.students import STUDENTS, StudentConfig, build_student, layer_groups
 from xtremedistil.distill.students.base import describe_student
 from xtremedistil.errors import XtremeDistilError
@@ -201,6 +201,26 @@ def test_id_remap_maps_seen_ids_and_sends_unknown_to_unk():
     model = build_student(config(teacher_vocab_size=12, vocab_size=vocab.size))
     model.get_layer("id_remap").set_weights([vocab.remap])
     assert model.get_layer("id_remap")(np.array([[9, 4, 0]], np.int32)).numpy().tolist() == [[5, 1, 0]]
+
+
+def test_unseen_pieces_read_as_their_nearest_seen_piece_and_special_ones_stay_unk():
+    rng = np.random.default_rng(1)
+    teacher = rng.normal(size=(12, 6)).astype(np.float32)
+    teacher[4] = 3 * teacher[7] + 0.01 * rng.normal(size=6)     # unseen 4 points where 7 does (cosine, not length)
+    teacher[5] = teacher[2] - 0.01 * rng.normal(size=6)         # unseen 5 next to 2
+    teacher[11] = teacher[9]                                    # unseen 11 is special: stays UNK
+    vocab = build_vocab([np.array([[2, 7, 7, 0]]), np.array([[9, 3]])], teacher_vocab_size=12, pad_id=0, unk_id=1)
+    moved, count = send_unseen_to_nearest(vocab, teacher, keep_unk=[11], block=2)
+    assert moved.teacher_ids.tolist() == vocab.teacher_ids.tolist()          # no new rows
+    assert moved.remap[[0, 1, 2, 3, 7, 9]].tolist() == vocab.remap[[0, 1, 2, 3, 7, 9]].tolist()
+    assert moved.remap[4] == vocab.remap[7] and moved.remap[5] == vocab.remap[2]
+    unseen = [4, 5, 6, 8, 10]                                                 # and 1 (UNK itself), 11 (special)
+    assert moved.remap[11] == moved.remap[1] == UNK_ROW and count == len(unseen)
+    unit = teacher / np.linalg.norm(teacher, axis=1, keepdims=True)
+    seen = [2, 3, 7, 9]
+    for i in unseen:
+        assert moved.remap[i] == vocab.remap[seen[int(np.argmax(unit[seen] @ unit[i]))]]
+    assert vocab.remap[4] == UNK_ROW                                          # the input is left alone
 
 
 def test_pca_keeps_geometry_of_teacher_rows():
