@@ -132,6 +132,11 @@ def bundle_lines(folder: Path) -> list[str]:
         line += f" ({retention_percent(retention)} of the teacher's {_points(_headline(teacher.get('test')))})"
     if student.get("best_substage"):
         line += f", best sub-stage {student['best_substage']}"
+    distillation = metrics.get("distillation") or {}
+    if distillation.get("unseen_pieces") == "nearest":
+        line += f", {distillation.get('pieces_sent_to_nearest', 0):,} unseen pieces read their nearest seen piece"
+    elif metrics:
+        line += ", unseen pieces read UNK"     # --unseen_pieces unk, or a bundle from before the setting
     if layout.manifest.exists():
         manifest = read_json(layout.manifest)
         artifacts = manifest.get("artifacts") if isinstance(manifest, dict) else None

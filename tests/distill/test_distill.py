@@ -411,7 +411,8 @@ def test_status_reads_what_each_phase_recorded(tagging_run, tmp_path, capsys):
     best = metrics["student"]["best_substage"]
     assert f"  best on dev so far: {best} ({100 * state[best]['dev_metric']:.2f})" in lines
     assert (f"bundle: test {100 * headline(metrics['student']['test']):.2f} "
-            f"({retention_percent(metrics['retention']['test'])} of the teacher's {test:.2f}), best sub-stage {best}; "
+            f"({retention_percent(metrics['retention']['test'])} of the teacher's {test:.2f}), best sub-stage {best}, "
+            f"{metrics['distillation']['pieces_sent_to_nearest']:,} unseen pieces read their nearest seen piece; "
             "not exported") in lines
 
     # A run in progress: a teacher half fine-tuned, a student inside a sub-stage.
@@ -565,6 +566,9 @@ def test_unseen_pieces_read_their_nearest_seen_piece_and_switching_to_unk_trains
     unk_table = switched.model.get_layer("id_remap").get_weights()[0]
     moved = table != unk_table
     assert moved.sum() == reference["distillation"]["pieces_sent_to_nearest"] and set(unk_table[moved]) == {1}
+    from xtremedistil.status import status
+    assert any(line.startswith("bundle: ") and line.endswith(", unseen pieces read UNK; not exported")
+               for line in status(tmp_path / "out"))
     for split in ("dev", "test"):   # each figure is the switched bundle's own
         encoded = encode_split(switched.tokenizer, task, split, opts.run.seq_len)
         assert unk["student"][split] == metrics_from_logits(switched.predict_logits(encoded.input_ids), encoded,
