@@ -7,7 +7,9 @@ variants are drawn from it. A variant walks the words; each word is, with probab
 - `p_replace`: replaced by one of its `neighbours` nearest words (Tang et al. take a word of the
   same part of speech; POS taggers are per language, so here the neighbours are the nearest
   words in the *teacher's* input-embedding space: a word's vector is the mean of its pieces' rows,
-  cosine similarity, among the `max_vocab` most frequent words of the task),
+  cosine similarity, among the `max_vocab` most frequent words of the task; with `replace_from`
+  `teacher`, also among the teacher's whole-word pieces, so variants carry words the task text never has and
+  the student gets rows for them),
 - otherwise kept;
 then, with probability `p_ngram`, only a random n-gram (n in 1..`max_ngram`) of the variant is kept.
 
@@ -70,6 +72,8 @@ logger = logging.getLogger(__name__)
 
 
 ALLOCATIONS = ("sentence", "word")
+REPLACE_FROM = ("task", "teacher")
+NEAREST_BLOCK_FLOATS = 64 * 2 ** 20   # similarities held at once by nearest_words (256 MB of float32)
 JOIN_POOL = 10_000       # joins draw the other sentence from this many latest sources (bounded memory)
 MENTIONS_NEED_TAGS = ("--augment_mentions swaps the entities of a tagging task's train sentences; "
                       "use it with --do_NER")
@@ -97,6 +101,11 @@ class AugmentConfig(Settings):
                                           "'word' = variants in proportion to a sentence's words (more sentence-length "
                                           "text when the transfer text is short phrases, as SST-2's is)",
                               flag="augment_allocation", choices=ALLOCATIONS)
+    replace_from: str = setting("task", "augmentation: where a replaced word's neighbours come from: 'task' = the "
+                                        "task's frequent words (Tang et al.), 'teacher' = those and the teacher's "
+                                        "whole-word pieces, so the transfer set holds words the task text never "
+                                        "has (the student otherwise has no row for them)",
+                                flag="augment_replace_from", choices=REPLACE_FROM)
     mentions: int = setting(0, "augmentation, tagging tasks: N more sentences per train sentence with entities, "
                                "its entities swapped for other train entities of the same type and language "
                                "(mention replacement, Dai & Adel 2020); the teacher labels them; 0 = off",
@@ -131,6 +140,8 @@ class AugmentConfig(Settings):
             values.pop("mentions"), values.pop("p_mention")
         if not self.joins:
             values.pop("joins"), values.pop("join_with")
+        if self.replace_from == "task":
+            values.pop("replace_from")
         return values
 
 
@@ -147,25 +158,42 @@ def word_counts(sentences: Iterable[str]) -> tuple[collections.Counter, int]:
     return counts, lines
 
 
-def nearest_words(words: list[str], embedding: np.ndarray, tokenizer, k: int, block: int = 2048) -> list[list[str]]:
-    """For each word, its `k` nearest other words by cosine of mean piece embeddings."""
-    pieces = tokenizer(words, add_special_tokens=False)["input_ids"]
-    vectors = np.zeros((len(words), embedding.shape[1]), np.float32)
+def nearest_words(words: list[str], embedding: np.ndarray, tokenizer, k: int, pool: Sequence[str] = (),
+                  block: int | None = None) -> list[list[str]]:
+    """For each word, its `k` nearest other words among `words` + `pool`, by cosine of mean piece embeddings."""
+    keys = list(words) + [w for w in pool]
+    pieces = tokenizer(keys, add_special_tokens=False)["input_ids"]
+    vectors = np.zeros((len(keys), embedding.shape[1]), np.float32)
     for i, ids in enumerate(pieces):
         if ids:
             vectors[i] = embedding[ids].mean(axis=0)
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-8)
-    k = min(k, len(words) - 1)
-    lowered = [w.lower() for w in words]
+    k = min(k, len(keys) - 1)
+    lowered = [w.lower() for w in keys]
+    block = block or max(1, min(2048, NEAREST_BLOCK_FLOATS // len(keys)))
     result = []
     for start in tqdm(range(0, len(words), block), desc="augment: nearest words", unit="block", leave=False):
-        sims = vectors[start:start + block] @ vectors.T
-        top = np.argpartition(-sims, min(k + 4, len(words) - 1), axis=1)[:, :k + 5]
+        sims = vectors[start:min(start + block, len(words))] @ vectors.T
+        top = np.argpartition(-sims, min(k + 4, len(keys) - 1), axis=1)[:, :k + 5]
         for row, candidates in enumerate(top):
             i = start + row
             ordered = candidates[np.argsort(-sims[row, candidates])]
-            result.append([words[j] for j in ordered if lowered[j] != lowered[i]][:k])
+            result.append([keys[j] for j in ordered if lowered[j] != lowered[i]][:k])
     return result
+
+
+def teacher_words(tokenizer, exclude: Iterable[str] = ()) -> list[str]:
+    """The teacher's whole-word pieces as words: letters only (any script), two or more of them, one piece when
+    tokenized alone, not a special token, not in `exclude` (compared lowercased). WordPiece continuations
+    (`##`) are not words; SentencePiece's `▁` and byte-level BPE's `Ġ` word-start marks are stripped; a word
+    the tokenizer reads as UNK (an accent a lowercasing tokenizer strips) is left out."""
+    skip = {w.lower() for w in exclude}
+    special = set(tokenizer.all_special_tokens)
+    candidates = sorted({token.lstrip("\u2581\u0120") for token in tokenizer.get_vocab()
+                         if token not in special and not token.startswith("##")})
+    candidates = [w for w in candidates if len(w) > 1 and w.isalpha() and w.lower() not in skip]
+    single = tokenizer(candidates, add_special_tokens=False)["input_ids"] if candidates else []
+    return [w for w, ids in zip(candidates, single) if len(ids) == 1 and ids[0] != tokenizer.unk_token_id]
 
 
 def variant(words: list[str], rng: random.Random, config: AugmentConfig, mask_token: str,
@@ -319,7 +347,13 @@ def augment_file(sources_path: str | Path, out_path: str | Path, config: Augment
     counts, lines = word_counts(iter_transfer(sources_path))
     mean_words = sum(counts.values()) / max(lines, 1)
     vocab = [w for w, c in counts.most_common(config.max_vocab) if c >= 2 or len(counts) < config.max_vocab]
-    table = dict(zip(vocab, nearest_words(vocab, embedding, tokenizer, config.neighbours))) if config.multiplier and config.p_replace and len(vocab) > 1 else {}
+    table = {}
+    if config.multiplier and config.p_replace and len(vocab) > 1:
+        pool = teacher_words(tokenizer, exclude=vocab) if config.replace_from == "teacher" else []
+        if pool:
+            logger.info("augment: neighbours drawn from %d task words and %d teacher whole-word pieces",
+                        len(vocab), len(pool))
+        table = dict(zip(vocab, nearest_words(vocab, embedding, tokenizer, config.neighbours, pool)))
     screened = {_key(s) for s in screen}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     temp = out_path.with_name(f".{out_path.name}.tmp")

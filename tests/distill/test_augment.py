@@ -4,10 +4,10 @@ import random
 import numpy as np
 import pytest
 
-from helpers import SOURCES, TAGGING_ROWS, bert_tokenizer, write_task
+from helpers import SOURCES, TAGGING_ROWS, bert_tokenizer, roberta_tokenizer, write_task
 from xtremedistil.cli import main
 from xtremedistil.distill.augment import (AugmentConfig, _key, augment_file, augment_stream, joined, nearest_words,
-                                          variant)
+                                          teacher_words, variant)
 from xtremedistil.errors import XtremeDistilError
 
 SCREEN = ["a great film .", "very bad movie . ."]
@@ -94,6 +94,40 @@ def test_nearest_words_come_from_the_teacher_embedding_space(tokenizer):
     embedding[ids] = [[1, 0, 0, 0], [0.9, 0.1, 0, 0], [0, 0, 1, 0], [0, 0, 0.9, 0.1]]
     table = nearest_words(["good", "great", "bad", "awful"], embedding, tokenizer, k=1)
     assert table == [["great"], ["good"], ["awful"], ["bad"]]
+
+
+def test_neighbours_can_come_from_the_teachers_whole_word_pieces(tokenizer, tmp_path):
+    """With a pool, a task word's neighbours are drawn from the task words and the pool; pool words get no list of
+    their own. The pool is the teacher's one-piece words: no continuation, special, one-letter or task word."""
+    embedding = np.zeros((len(tokenizer), 4), np.float32)
+    ids = tokenizer.convert_tokens_to_ids(["good", "great", "bad", "awful"])
+    embedding[ids] = [[1, 0, 0, 0], [0.5, 0.5, 0, 0], [0, 0, 1, 0], [0, 0, 0.9, 0.1]]
+    pool = teacher_words(tokenizer, exclude=["good", "GREAT", "bad"])
+    vocab = tokenizer.get_vocab()
+    assert pool and "awful" in pool and not {"good", "great", "bad"} & set(pool)
+    assert all(len(w) > 1 and w.isalpha() and not w.startswith("##") and w not in tokenizer.all_special_tokens
+               and tokenizer(w, add_special_tokens=False)["input_ids"] == [vocab[w]] for w in pool)
+    assert "αθήνα" in vocab and "αθήνα" not in pool                      # read as UNK once its accent is stripped
+    assert {w for w in vocab if w.startswith("##") and w[2:].isalpha()} - set(pool)      # continuations left out
+    embedding[tokenizer.convert_tokens_to_ids("awful")] = [0.95, 0.05, 0, 0]             # nearer good than great is
+    table = nearest_words(["good", "great", "bad"], embedding, tokenizer, k=1, pool=pool, block=2)
+    assert table[0] == ["awful"] and len(table) == 3
+    assert nearest_words(["good", "great", "bad"], embedding, tokenizer, k=1)[0] == ["great"]     # no pool
+    bpe = roberta_tokenizer(tmp_path / "bpe")
+    words = teacher_words(bpe)
+    assert words and not any(w[0] in "\u0120\u2581" for w in words)
+    assert all(len(bpe(" " + w, add_special_tokens=False)["input_ids"]) == 1 or
+               len(bpe(w, add_special_tokens=False)["input_ids"]) == 1 for w in words)
+
+
+def test_replacing_from_the_teacher_puts_new_words_in_the_transfer_set(tmp_path, tokenizer):
+    task_words = {w for s in SOURCES for w in s.split()}
+    plain, _ = _augment(tmp_path, tokenizer, "plain.txt", p_mask=0, p_replace=0.5)
+    wider, _ = _augment(tmp_path, tokenizer, "wider.txt", p_mask=0, p_replace=0.5, replace_from="teacher")
+    assert {w for line in plain for w in line.split()} <= task_words
+    assert {w for line in wider for w in line.split()} - task_words
+    assert "replace_from" not in AugmentConfig(multiplier=2).signature()      # earlier files keep their names
+    assert AugmentConfig(multiplier=2, replace_from="teacher").signature()["replace_from"] == "teacher"
 
 
 def test_joins_put_a_sentence_and_an_earlier_one_around_a_connective():
