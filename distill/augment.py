@@ -62,6 +62,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from xtremedistil.errors import XtremeDistilError
+from xtremedistil.distill.embeddings import similarity_block, unit_rows
 from xtremedistil.distill.files import put_in_place
 from xtremedistil.settings import Settings, setting
 
@@ -73,7 +74,6 @@ logger = logging.getLogger(__name__)
 
 ALLOCATIONS = ("sentence", "word")
 REPLACE_FROM = ("task", "teacher")
-NEAREST_BLOCK_FLOATS = 64 * 2 ** 20   # similarities held at once by nearest_words (256 MB of float32)
 JOIN_POOL = 10_000       # joins draw the other sentence from this many latest sources (bounded memory)
 MENTIONS_NEED_TAGS = ("--augment_mentions swaps the entities of a tagging task's train sentences; "
                       "use it with --do_NER")
@@ -161,16 +161,16 @@ def word_counts(sentences: Iterable[str]) -> tuple[collections.Counter, int]:
 def nearest_words(words: list[str], embedding: np.ndarray, tokenizer, k: int, pool: Sequence[str] = (),
                   block: int | None = None) -> list[list[str]]:
     """For each word, its `k` nearest other words among `words` + `pool`, by cosine of mean piece embeddings."""
-    keys = list(words) + [w for w in pool]
+    keys = [*words, *pool]
     pieces = tokenizer(keys, add_special_tokens=False)["input_ids"]
     vectors = np.zeros((len(keys), embedding.shape[1]), np.float32)
     for i, ids in enumerate(pieces):
         if ids:
             vectors[i] = embedding[ids].mean(axis=0)
-    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-8)
+    vectors = unit_rows(vectors)
     k = min(k, len(keys) - 1)
     lowered = [w.lower() for w in keys]
-    block = block or max(1, min(2048, NEAREST_BLOCK_FLOATS // len(keys)))
+    block = block or similarity_block(len(keys))
     result = []
     for start in tqdm(range(0, len(words), block), desc="augment: nearest words", unit="block", leave=False):
         sims = vectors[start:min(start + block, len(words))] @ vectors.T

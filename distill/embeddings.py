@@ -25,6 +25,18 @@ logger = logging.getLogger(__name__)
 
 PAD_ROW = 0
 UNK_ROW = 1
+SIMILARITY_FLOATS = 64 * 2 ** 20    # cosine similarities held at once by a blockwise nearest search (256 MB)
+
+
+def unit_rows(rows: np.ndarray) -> np.ndarray:
+    """`rows` as float32 scaled to unit length (an all-zero row stays zero), for cosines by dot product."""
+    rows = np.asarray(rows, dtype=np.float32)
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-8)
+
+
+def similarity_block(n_keys: int) -> int:
+    """Query rows per block when each is compared with `n_keys` keys (at most 2048; within SIMILARITY_FLOATS)."""
+    return max(1, min(2048, SIMILARITY_FLOATS // max(n_keys, 1)))
 
 
 @dataclasses.dataclass
@@ -51,7 +63,7 @@ def build_vocab(id_batches: Iterable[np.ndarray], teacher_vocab_size: int, pad_i
 
 
 def send_unseen_to_nearest(vocab: StudentVocab, teacher_embeddings: np.ndarray, keep_unk: Iterable[int] = (),
-                           block: int = 1024) -> tuple[StudentVocab, int]:
+                           block: int | None = None) -> tuple[StudentVocab, int]:
     """`vocab` with every unseen teacher id (remap UNK) sent to the row of the seen piece whose teacher input
     embedding is nearest by cosine; ids in `keep_unk` (the tokenizer's special tokens) stay UNK. Returns the new
     vocabulary and how many ids moved. Ties go to the lower teacher id, so the table is deterministic."""
@@ -61,16 +73,13 @@ def send_unseen_to_nearest(vocab: StudentVocab, teacher_embeddings: np.ndarray, 
     if not len(seen_ids) or not len(unseen):
         return vocab, 0
 
-    def unit(ids):
-        rows = teacher_embeddings[ids].astype(np.float32)
-        return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-8)
-
-    keys = unit(seen_ids)
+    keys = unit_rows(teacher_embeddings[seen_ids])
+    block = block or similarity_block(len(seen_ids))
     remap = vocab.remap.copy()
     for start in tqdm(range(0, len(unseen), block), desc="unseen pieces -> nearest seen piece", unit="block",
                       leave=False):
         ids = unseen[start:start + block]
-        remap[ids] = remap[seen_ids[np.argmax(unit(ids) @ keys.T, axis=1)]]
+        remap[ids] = remap[seen_ids[np.argmax(unit_rows(teacher_embeddings[ids]) @ keys.T, axis=1)]]
     logger.info("%d teacher pieces absent from train + transfer read as their nearest seen piece "
                 "(--unseen_pieces nearest)", len(unseen))
     return StudentVocab(vocab.teacher_ids, remap), len(unseen)
