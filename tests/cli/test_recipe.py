@@ -30,7 +30,9 @@ def test_committed_recipes_are_valid(monkeypatch):
     sweep, base = load_recipe(REPO / "bench" / "recipes" / "sst2-sweep.yaml"), load_recipe(REPO / "bench" / "recipes" / "sst2.yaml")
     assert sweep["distill"] == base["distill"] and sweep["model_dir"] == base["model_dir"]   # same teacher and cache
     assert sweep["bench_dir"] == "bench-sst2-sweep" and base["bench_dir"] == "bench"
-    assert {s.get("student", "bilstm") for s in sweep["students"]} == {"bilstm", "cnn", "transformer"}
+    kind = lambda student, recipe: student.get("student", recipe["distill"].get("student", "bilstm"))  # noqa: E731
+    assert {kind(s, sweep) for s in sweep["students"]} == {"bilstm", "cnn", "transformer"}
+    assert kind(base["students"][0], base) == "cnn" and base["distill"]["augment_multiplier"] == 8   # session 34
     assert [b.batch_size for b in sweep["pick"]] == [1, 32]
     # Every committed sweep: one teacher and cache with its base recipe, >= 5 students incl. both paper shapes
     for name in ("sst2-sweep", "wikiann-e5-sweep"):
@@ -38,7 +40,7 @@ def test_committed_recipes_are_valid(monkeypatch):
         base = load_recipe(REPO / "bench" / "recipes" / f"{name.removesuffix('-sweep')}.yaml")
         assert sweep["distill"] == base["distill"] and sweep["model_dir"] == base["model_dir"], name
         shapes = {(s.get("word_emb_dim", 300), s.get("bilstm_hidden_size", base["distill"]["bilstm_hidden_size"]))
-                  for s in sweep["students"] if s.get("student", "bilstm") == "bilstm"}
+                  for s in sweep["students"] if kind(s, sweep) == "bilstm"}
         assert {(300, 600), (50, 200)} <= shapes and len(shapes) >= 3 and len(sweep["students"]) >= 5, name
     # Every committed recipe loads (keys, types, extends) and is named after its file
     for path in sorted((REPO / "bench" / "recipes").glob("*.yaml")):
