@@ -241,7 +241,10 @@ class WorkerPool:
     def run(self, mode: str, spec: dict, key: str, threads: int | None = None) -> dict:
         if key in self.done and "error" not in self.done[key]:
             return self.done[key]
-        env = dict(os.environ)
+        # PYTHONSAFEPATH (3.11+): `python -m` does not put the working directory first on sys.path, so a run from
+        # a source checkout with the package installed non-editable (its xtremedistil/ folder holds no bench/)
+        # imports the installed worker, not the checkout's folder.
+        env = {**os.environ, "PYTHONSAFEPATH": "1"}
         if threads:
             env.update(OMP_NUM_THREADS=str(threads), TF_NUM_INTRAOP_THREADS=str(threads))
         with tempfile.NamedTemporaryFile("w", prefix=".tmp-spec-", suffix=".json", dir=self.out, delete=False) as handle:

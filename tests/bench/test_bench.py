@@ -374,3 +374,17 @@ def test_speedups_are_gated_only_against_a_baseline_from_the_same_cpu(tmp_path, 
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["bench", "gate", str(report), "--baseline", str(empty)]) == 2
+
+
+def test_a_worker_starts_from_a_folder_holding_another_xtremedistil_package(tmp_path, monkeypatch):
+    """A recipe run from a source checkout with the package installed non-editable: the checkout's xtremedistil/
+    folder (no bench/ inside) must not be what the worker's `python -m` imports (it was, before PYTHONSAFEPATH)."""
+    from xtremedistil.bench.harness import WorkerPool
+
+    shadow = tmp_path / "checkout" / "xtremedistil"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('the working directory was imported')\n")
+    monkeypatch.chdir(shadow.parent)
+    (tmp_path / "out").mkdir()
+    record = WorkerPool(tmp_path / "out", timeout=300, fresh=True).run("prepare", {}, "key")
+    assert "working directory" not in record["error"] and "KeyError" in record["error"], record
