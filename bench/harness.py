@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xtremedistil import module_command
 from xtremedistil.distill.decoding import recorded_decoding
 from xtremedistil.distill.files import append_line, read_json, write_json_atomic
 from xtremedistil.distill.machine import cpu_info
@@ -241,17 +242,14 @@ class WorkerPool:
     def run(self, mode: str, spec: dict, key: str, threads: int | None = None) -> dict:
         if key in self.done and "error" not in self.done[key]:
             return self.done[key]
-        # PYTHONSAFEPATH (3.11+): `python -m` does not put the working directory first on sys.path, so a run from
-        # a source checkout with the package installed non-editable (its xtremedistil/ folder holds no bench/)
-        # imports the installed worker, not the checkout's folder.
-        env = {**os.environ, "PYTHONSAFEPATH": "1"}
+        env = dict(os.environ)
         if threads:
             env.update(OMP_NUM_THREADS=str(threads), TF_NUM_INTRAOP_THREADS=str(threads))
         with tempfile.NamedTemporaryFile("w", prefix=".tmp-spec-", suffix=".json", dir=self.out, delete=False) as handle:
             json.dump(spec, handle)
         started = time.time()
         try:
-            out = subprocess.run([sys.executable, "-m", "xtremedistil.bench.worker", mode, handle.name],
+            out = subprocess.run(module_command("xtremedistil.bench.worker", mode, handle.name),
                                  capture_output=True, text=True, timeout=self.timeout, env=env)
             if out.returncode == 0:
                 record = {"key": key, **json.loads(out.stdout.strip().splitlines()[-1])}

@@ -14,9 +14,10 @@ import argparse
 import json
 import random
 import subprocess
-import sys
 import time
 from pathlib import Path
+
+from xtremedistil import module_command
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -112,8 +113,8 @@ def compare(sizes: list[int], out: Path, keep: bool = False) -> dict:
     """Each size in a fresh process (peak RSS is per process); the ratio of the largest to the smallest."""
     runs = []
     for lines in sizes:
-        command = [sys.executable, "-m", "xtremedistil.distill.streaming", "--lines", str(lines), "--out", str(out),
-                   "--one"] + (["--keep"] if keep else [])
+        command = module_command("xtremedistil.distill.streaming", "--lines", str(lines), "--out", str(out), "--one",
+                                 *(["--keep"] if keep else []))
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"streaming run with {lines} lines failed:\n{result.stderr[-3000:]}")

@@ -14,6 +14,13 @@ from xtremedistil.errors import XtremeDistilError  # noqa: E402
 
 __version__ = "0.1.0"
 
+
+def module_command(module: str, *args: str) -> list[str]:
+    """`python -m MODULE ARGS` with this interpreter, for a child process. With -P (3.11+) the working directory
+    does not go first on sys.path: a run from a source checkout with the package installed non-editable (the
+    checkout's xtremedistil/ folder holds no distill/, export/, bench/) imports the installed package."""
+    return [sys.executable, *(["-P"] if sys.version_info >= (3, 11) else []), "-m", module, *args]
+
 # What TensorFlow's C++ start-up writes to fd 2 before TF_CPP_MIN_LOG_LEVEL takes effect (absl, XLA's CUDA probe,
 # oneDNN/CPU notices): noise that would surround a one-line error.
 _STARTUP_NOISE = ("All log messages before absl::InitializeLog()", "cudart_stub.cc", "Could not find cuda drivers",

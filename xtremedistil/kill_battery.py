@@ -27,10 +27,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from xtremedistil import module_command
 
 # Volatile JSON keys: measured, not computed, so a resumed run legitimately differs in them.
 VOLATILE = {"seconds", "seconds_earlier_runs", "substage_seconds", "created", "wall_seconds", "peak_rss_mb",
@@ -109,7 +110,7 @@ def _run(args: list[str], point: str | None, log, fault: str = "kill") -> subpro
     elif point:
         env.update(XD_DISK_FULL_AT=point)
     started = time.time()
-    done = subprocess.run([sys.executable, "-m", "xtremedistil", *args], env=env, capture_output=True, text=True,
+    done = subprocess.run(module_command("xtremedistil", *args), env=env, capture_output=True, text=True,
                           start_new_session=True)     # its own process group: a kill point kills only it
     what = (f"{'kill' if fault == 'kill' else 'disk full'} at {point}") if point else "uninterrupted"
     log(f"  {args[0]:8s} {what:40s} -> exit {done.returncode} ({time.time() - started:.0f} s)")

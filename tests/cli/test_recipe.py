@@ -30,7 +30,10 @@ def test_committed_recipes_are_valid(monkeypatch):
     sweep, base = load_recipe(REPO / "bench" / "recipes" / "sst2-sweep.yaml"), load_recipe(REPO / "bench" / "recipes" / "sst2.yaml")
     assert sweep["distill"] == base["distill"] and sweep["model_dir"] == base["model_dir"]   # same teacher and cache
     assert sweep["bench_dir"] == "bench-sst2-sweep" and base["bench_dir"] == "bench"
-    kind = lambda student, recipe: student.get("student", recipe["distill"].get("student", "bilstm"))  # noqa: E731
+
+    def kind(student: dict, recipe: dict) -> str:          # a student entry's kind: its own, else the recipe's
+        return student.get("student", recipe["distill"].get("student", "bilstm"))
+
     assert {kind(s, sweep) for s in sweep["students"]} == {"bilstm", "cnn", "transformer"}
     assert kind(base["students"][0], base) == "cnn" and base["distill"]["augment_multiplier"] == 8   # session 34
     assert [b.batch_size for b in sweep["pick"]] == [1, 32]
