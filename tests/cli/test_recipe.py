@@ -50,11 +50,14 @@ def test_committed_recipes_are_valid(monkeypatch):
         assert load_recipe(path)["name"] == path.stem, path.name
     aug8 = load_recipe(REPO / "bench" / "recipes" / "wikiann-e5-aug8.yaml")
     assert aug8["model_dir"] == load_recipe(REPO / "bench" / "recipes" / "wikiann-e5.yaml")["model_dir"]
-    assert [s["augment_multiplier"] for s in aug8["students"]] == [8, 8]
-    # The sweep's 8x students are that recipe's (same names and settings: their runs are reused, not trained again)
+    e5 = load_recipe(REPO / "bench" / "recipes" / "wikiann-e5.yaml")
+    assert e5["distill"]["augment_multiplier"] == 8 and aug8["distill"] == e5["distill"]   # session 35
+    assert {s["student_name"] for s in e5["students"]} == {"300-600", "50-200"}
+    # The sweep reuses those recipes' students: same names and settings, so their runs are not trained again
     sweep = load_recipe(REPO / "bench" / "recipes" / "wikiann-e5-sweep.yaml")
-    by_name = lambda students: sorted(students, key=lambda s: s["student_name"])
-    assert by_name(s for s in sweep["students"] if s.get("augment_multiplier") == 8) == by_name(aug8["students"])
+    by_name = {s["student_name"]: s for s in sweep["students"]}
+    for student in e5["students"] + aug8["students"]:
+        assert by_name[student["student_name"]] == student, student["student_name"]
     assert sweep["distill"] == aug8["distill"]
 
 
