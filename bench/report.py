@@ -161,7 +161,9 @@ def _front_and_picks(report: dict, threads: int) -> list[str]:
 
 
 def _per_language(report: dict) -> list[str]:
-    """Per-language test metric of each model's reference artifact, when the task has languages."""
+    """Per-language test metric of each model's reference artifact, when the task has languages, and each
+    student's retention of the teacher's figure per language (floored, like every retention here), with the
+    language it keeps least of: the paper's multilingual claim is about the weakest language, not the mean."""
     seen = {}
     for row in report["rows"]:
         metrics = row.get("metrics") or {}
@@ -171,16 +173,48 @@ def _per_language(report: dict) -> list[str]:
         return []
     name = next(iter(seen.values()))["metric"]
     languages = sorted({lang for m in seen.values() for lang in m["per_language"]})
+    teacher = next((seen[key] for key in seen if key[1] == "teacher"), None)
     models = list(seen)
+
+    def value(metrics: dict | None, lang: str | None) -> float | None:
+        if metrics is None:
+            return None
+        scores = (metrics.get("macro") or {}) if lang is None else metrics["per_language"].get(lang, {})
+        return scores.get(name)
+
+    def retention(model, lang: str | None) -> float | None:
+        ours, theirs = value(seen[model], lang), value(teacher, lang)
+        return ours / theirs if ours is not None and theirs else None
+
+    def with_retention(model) -> bool:
+        return teacher is not None and model[1] != "teacher"
+
+    header, rule = ["language"], ["---"]
+    for model in models:
+        header.append(model[0])
+        rule.append("---:")
+        if with_retention(model):
+            header.append(f"{model[0]} retention")
+            rule.append("---:")
     lines = ["## Test " + name + " per language (Keras / TensorFlow)", "",
-             "| language | " + " | ".join(m for m, _ in models) + " |",
-             "| --- |" + " ---: |" * len(models)]
-    for lang in languages:
-        cells = [_fmt(seen[m]["per_language"].get(lang, {}).get(name), ".4f") for m in models]
-        lines.append(f"| {lang} | " + " | ".join(cells) + " |")
-    macro = [_fmt((seen[m].get("macro") or {}).get(name), ".4f") for m in models]
-    lines += ["| macro | " + " | ".join(macro) + " |", ""]
-    return lines
+             "| " + " | ".join(header) + " |", "| " + " | ".join(rule) + " |"]
+    for lang in languages + [None]:
+        cells = [lang or "macro"]
+        for model in models:
+            cells.append(_fmt(value(seen[model], lang), ".4f"))
+            if with_retention(model):
+                cells.append(retention_percent(retention(model, lang)))
+        lines.append("| " + " | ".join(cells) + " |")
+    lowest = []
+    for model in models:
+        shares = {lang: retention(model, lang) for lang in languages} if with_retention(model) else {}
+        shares = {lang: share for lang, share in shares.items() if share is not None}
+        if shares:
+            lang = min(shares, key=shares.get)
+            lowest.append(f"{model[0]} {lang} ({retention_percent(shares[lang])})")
+    if lowest:
+        lines += ["", "Lowest retention of a language: " + "; ".join(lowest) + "."]
+    return lines + [""]
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:

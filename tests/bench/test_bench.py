@@ -8,7 +8,7 @@ import pytest
 from helpers import tiny_bundle, tiny_teacher
 from xtremedistil.bench.gate import compare, pick_baseline, run_gate, GateInputError, Regression
 from xtremedistil.bench.harness import BenchOptions, run_bench
-from xtremedistil.bench.report import pareto_front
+from xtremedistil.bench.report import _per_language, pareto_front
 from xtremedistil.cli import main
 from xtremedistil.errors import XtremeDistilError
 from xtremedistil.export.pipeline import ExportOptions, run_export
@@ -268,6 +268,27 @@ def test_gate_compare_unit():
 def test_pareto_front():
     points = [(1.0, 0.80), (2.0, 0.85), (3.0, 0.84), (0.5, 0.70), (4.0, 0.90), (2.0, 0.60)]
     assert pareto_front(points) == [(0.5, 0.70), (1.0, 0.80), (2.0, 0.85), (4.0, 0.90)]
+
+
+def _language_row(model, role, runtime, per_language):
+    scores = {lang: {"f1": f1, "n": 10} for lang, f1 in per_language.items()}
+    macro = sum(per_language.values()) / len(per_language)
+    return {"model": model, "role": role, "runtime": runtime,
+            "metrics": {"metric": "f1", "per_language": scores, "macro": {"f1": macro}}}
+
+
+def test_per_language_table_gives_each_students_retention_and_weakest_language():
+    rows = [_language_row("student", "student", "onnxruntime", {"de": 0.0, "en": 0.0}),   # not the reference
+            _language_row("teacher", "teacher", "keras", {"de": 0.80, "en": 0.90}),
+            _language_row("student", "student", "keras", {"de": 0.76, "en": 0.8008})]
+    lines = _per_language({"rows": rows})
+    assert lines[2] == "| language | teacher | student | student retention |"
+    # en 0.8008 / 0.90 = 88.98%: floored, so a language just under 89% never reads as 89.0%
+    assert "| de | 0.8000 | 0.7600 | 95.0% |" in lines and "| en | 0.9000 | 0.8008 | 88.9% |" in lines
+    assert "| macro | 0.8500 | 0.7804 | 91.8% |" in lines
+    assert "Lowest retention of a language: student en (88.9%)." in lines
+    without_teacher = _per_language({"rows": rows[2:]})
+    assert without_teacher[2] == "| language | student |" and not any("Lowest" in line for line in without_teacher)
 
 
 def test_bench_bad_inputs_are_one_line_errors(benched, tmp_path, capsys):
