@@ -175,43 +175,38 @@ def _per_language(report: dict) -> list[str]:
     languages = sorted({lang for m in seen.values() for lang in m["per_language"]})
     teacher = next((seen[key] for key in seen if key[1] == "teacher"), None)
     models = list(seen)
+    keys = languages + [None]                                      # None: the macro row
 
-    def value(metrics: dict | None, lang: str | None) -> float | None:
-        if metrics is None:
-            return None
+    def value(metrics: dict, lang: str | None) -> float | None:
         scores = (metrics.get("macro") or {}) if lang is None else metrics["per_language"].get(lang, {})
         return scores.get(name)
 
-    def retention(model, lang: str | None) -> float | None:
-        ours, theirs = value(seen[model], lang), value(teacher, lang)
-        return ours / theirs if ours is not None and theirs else None
-
-    def with_retention(model) -> bool:
-        return teacher is not None and model[1] != "teacher"
+    shares = {}                          # each student's retention of the teacher, per language and macro
+    for model in models:
+        if teacher is not None and model[1] != "teacher":
+            pairs = {lang: (value(seen[model], lang), value(teacher, lang)) for lang in keys}
+            shares[model] = {lang: ours / theirs if ours is not None and theirs else None
+                             for lang, (ours, theirs) in pairs.items()}
 
     header, rule = ["language"], ["---"]
     for model in models:
-        header.append(model[0])
-        rule.append("---:")
-        if with_retention(model):
-            header.append(f"{model[0]} retention")
-            rule.append("---:")
+        header += [model[0]] + ([f"{model[0]} retention"] if model in shares else [])
+        rule += ["---:"] * (2 if model in shares else 1)
     lines = ["## Test " + name + " per language (Keras / TensorFlow)", "",
              "| " + " | ".join(header) + " |", "| " + " | ".join(rule) + " |"]
-    for lang in languages + [None]:
+    for lang in keys:
         cells = [lang or "macro"]
         for model in models:
             cells.append(_fmt(value(seen[model], lang), ".4f"))
-            if with_retention(model):
-                cells.append(retention_percent(retention(model, lang)))
+            if model in shares:
+                cells.append(retention_percent(shares[model][lang]))
         lines.append("| " + " | ".join(cells) + " |")
     lowest = []
-    for model in models:
-        shares = {lang: retention(model, lang) for lang in languages} if with_retention(model) else {}
-        shares = {lang: share for lang, share in shares.items() if share is not None}
-        if shares:
-            lang = min(shares, key=shares.get)
-            lowest.append(f"{model[0]} {lang} ({retention_percent(shares[lang])})")
+    for model, by_language in shares.items():
+        measured = {lang: share for lang, share in by_language.items() if lang is not None and share is not None}
+        if measured:
+            lang = min(measured, key=measured.get)
+            lowest.append(f"{model[0]} {lang} ({retention_percent(measured[lang])})")
     if lowest:
         lines += ["", "Lowest retention of a language: " + "; ".join(lowest) + "."]
     return lines + [""]
