@@ -25,7 +25,7 @@ import numpy as np
 from xtremedistil import module_command
 from xtremedistil.distill.decoding import recorded_decoding
 from xtremedistil.distill.files import append_line, read_json, write_json_atomic
-from xtremedistil.distill.machine import cpu_info
+from xtremedistil.distill.machine import CpuWatch, cpu_info, worst_share
 from xtremedistil.errors import XtremeDistilError, is_disk_full
 from xtremedistil.export import base as export_formats
 from xtremedistil.layout import TEACHER_ENCODER_DIR, TEACHER_HEAD_FILE, BundleLayout
@@ -247,7 +247,7 @@ class WorkerPool:
             env.update(OMP_NUM_THREADS=str(threads), TF_NUM_INTRAOP_THREADS=str(threads))
         with tempfile.NamedTemporaryFile("w", prefix=".tmp-spec-", suffix=".json", dir=self.out, delete=False) as handle:
             json.dump(spec, handle)
-        started = time.time()
+        started, cpu = time.time(), CpuWatch()
         try:
             out = subprocess.run(module_command("xtremedistil.bench.worker", mode, handle.name),
                                  capture_output=True, text=True, timeout=self.timeout, env=env)
@@ -262,6 +262,7 @@ class WorkerPool:
         finally:
             os.unlink(handle.name)
         record["wall_seconds"] = round(time.time() - started, 1)
+        record["others_cpu_share"] = cpu.others_share()    # the worker is waited for: its CPU is ours, not others'
         if "error" in record and is_disk_full(RuntimeError(record["error"])):
             # the worker ran out of space: not a result to record, the CLI's disk-full line (exit 3), resumable
             raise OSError(errno.ENOSPC, f"a bench worker: {record['error']}")
@@ -357,7 +358,8 @@ def combine_rounds(records: list[dict]) -> dict:
                         "sentences_per_s": batch / (median["p50_ms"] / 1000),
                         "rounds_p50_ms": [r["p50_ms"] for r in rounds]})
     return {**first, "latency": latency, "peak_rss_mb": max(r["peak_rss_mb"] for r in records),
-            "load_seconds": float(np.median([r["load_seconds"] for r in records]))}
+            "load_seconds": float(np.median([r["load_seconds"] for r in records])),
+            "others_cpu_share": worst_share(r.get("others_cpu_share") for r in records)}
 
 
 def run_bench(options: BenchOptions, progress: bool = True) -> dict:
@@ -495,7 +497,8 @@ def run_bench(options: BenchOptions, progress: bool = True) -> dict:
             continue
         for latency in record["latency"]:
             rows.append({**base, **latency, "sliced": latency["batch_size"] in target.sliced,
-                         "peak_rss_mb": record["peak_rss_mb"], "load_seconds": record["load_seconds"]})
+                         "peak_rss_mb": record["peak_rss_mb"], "load_seconds": record["load_seconds"],
+                         "others_cpu_share": record.get("others_cpu_share")})
     teacher_metric = next((r["metric"] for r in rows if r["role"] == "teacher" and r["runtime"] == "keras"
                            and r["metric"] is not None), None)
     if teacher_metric is None:

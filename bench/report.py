@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from xtremedistil.distill.machine import SHARED_CPU
 from xtremedistil.distill.metrics import retention_percent
 from xtremedistil.errors import XtremeDistilError
 
@@ -59,7 +60,32 @@ def format_headline(report: dict) -> str:
         lines.append(f"batch {row['batch_size']:>3}: {row['model']} fastest as {row['artifact']}: "
                      f"{row['ms_per_sentence']:.3f} ms/sentence, {_fmt(row['speedup_same_runtime'], '.1f', 'x')} vs "
                      f"teacher same runtime, {_fmt(row['speedup_best'], '.1f', 'x')} vs teacher's best{retention}")
+    shared = shared_cpu_line(report)
+    if shared and shared.startswith("**"):      # only the warning: a clean bench needs no console line
+        lines.append(shared.replace("**", ""))
     return "\n".join(lines)
+
+
+def shared_cpu_line(report: dict) -> str | None:
+    """Whether every measurement had the machine to itself: other processes' share of the CPUs while each
+    artifact was measured (the worker process, its load and its timing). None for reports made before it was
+    recorded."""
+    shares = {}
+    for row in report["rows"]:
+        if row.get("others_cpu_share") is not None:
+            shares[(row["model"], row["artifact"], row["threads"])] = row["others_cpu_share"]
+    if not shares:
+        return None
+    shared = sorted(((key, share) for key, share in shares.items() if share > SHARED_CPU), key=lambda kv: -kv[1])
+    if not shared:
+        return (f"CPU: every measurement had the machine to itself (other processes took at most "
+                f"{100 * max(shares.values()):.0f}% of it during one).")
+    named = ", ".join(f"{model} {artifact} ({threads} thr, {100 * share:.0f}%)"
+                      for (model, artifact, threads), share in shared[:8])
+    more = f" and {len(shared) - 8} more" if len(shared) > 8 else ""
+    return (f"**Not a clean bench: {len(shared)} of {len(shares)} measurements shared the CPU with other "
+            f"processes** (share of the CPU they took): {named}{more}. Their latencies and speedups are not clean "
+            f"figures; rerun with `--fresh` on a quiet machine.")
 
 
 def render_markdown(report: dict) -> str:
@@ -83,6 +109,9 @@ def render_markdown(report: dict) -> str:
     ]
     if report.get("command"):
         lines += [f"Reproduce: `{report['command']}`", ""]
+    shared = shared_cpu_line(report)
+    if shared:
+        lines += [shared, ""]
     threads = _main_threads(report)
     heads = headline_rows(report)
     if heads:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import resource
 from pathlib import Path
 
+from xtremedistil.distill.machine import CpuWatch
+
 
 def peak_rss_mb() -> float:
     """This process's peak resident memory in MB since start (or since the last `reset_peak_rss`)."""
@@ -31,14 +33,19 @@ def reset_peak_rss() -> bool:
 
 
 class PhasePeaks:
-    """`peaks.start()` ... `peaks.stop("teacher")` records that phase's peak RSS in MB in `peaks.mb`."""
+    """`peaks.start()` ... `peaks.stop("teacher")` records that phase's peak RSS in MB in `peaks.mb`, and in
+    `peaks.others_cpu` the share of the CPUs other processes used meanwhile (its wall time is clean if small)."""
 
     def __init__(self):
         self.mb: dict[str, float] = {}
+        self.others_cpu: dict[str, float | None] = {}
         self.per_phase = True    # False when the peak could not be reset (each figure is then the peak so far)
+        self._cpu = None
 
     def start(self) -> None:
         self.per_phase = reset_peak_rss() and self.per_phase
+        self._cpu = CpuWatch()
 
     def stop(self, name: str) -> None:
         self.mb[name] = round(peak_rss_mb(), 1)
+        self.others_cpu[name] = self._cpu.others_share() if self._cpu is not None else None

@@ -29,6 +29,7 @@ from xtremedistil.distill.seeding import seed_everything
 from xtremedistil.distill.options import DistilOptions
 from xtremedistil.distill.stages import StageData, StageRunner, plan_substages, predict_student_logits, training_model
 from xtremedistil.distill.students import StudentConfig, build_student, layer_groups
+from xtremedistil.distill.machine import SHARED_CPU, worst_share
 from xtremedistil.distill.memory import PhasePeaks
 from xtremedistil.distill.metrics import metrics_from_logits
 from xtremedistil.distill.teacher import SPEC_FILE, teacher_stamp as saved_teacher_stamp
@@ -189,7 +190,9 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
         "teacher": {"dev": teacher.metrics["dev"], "test": teacher.metrics["test"], "parameters": teacher_params},
         "student": {"dev": student_dev, "test": student_test, "parameters": student_params,
                     "best_substage": best.name},
-        "substages": {name: {k: v[k] for k in ("stage", "dev_metric", "val_loss", "seconds")}
+        # others_cpu_share: the largest share of the CPUs other processes took during one of its epochs
+        "substages": {name: {**{k: v[k] for k in ("stage", "dev_metric", "val_loss", "seconds")},
+                             "others_cpu_share": worst_share(h.get("others_cpu_share") for h in v.get("history", []))}
                       for name, v in state["completed"].items()},
         "compression": teacher_params / student_params,
         "retention": {split: _ratio(metrics_lib.headline(student_test if split == "test" else student_dev),
@@ -198,6 +201,8 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
         # Per phase of this run; teacher_fine_tune from teacher.json (the run that fine-tuned it).
         "peak_rss_mb": {"teacher_fine_tune": read_json(layout.teacher / SPEC_FILE).get("peak_rss_mb"),
                         **peaks.mb, "per_phase": peaks.per_phase},
+        # Per phase of this run: other processes' share of the CPUs (above 0.1 its wall time is not clean)
+        "others_cpu_share": peaks.others_cpu,
         "transfer": transfer_info,
         "distillation": {"stages": run.stages, "distil_loss": stage_config.distil_loss,
                          "augment_multiplier": options.augment.multiplier, "student_name": run.student_name,
@@ -301,4 +306,8 @@ def format_report(metrics: dict) -> str:
         + (metrics_lib.retention_percent(retention) if retention is not None else "n/a (teacher scored 0)"),
         "wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in metrics["seconds"].items()),
     ]
+    shared = {k: v for k, v in (metrics.get("others_cpu_share") or {}).items() if v is not None and v > SHARED_CPU}
+    if shared:
+        lines.append("not clean timings: other processes used " + ", ".join(
+            f"{100 * v:.0f}% of the CPU during {k}" for k, v in shared.items()))
     return "\n".join(lines)

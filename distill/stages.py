@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from xtremedistil.distill import losses as losses_lib
 from xtremedistil.distill import metrics as metrics_lib
 from xtremedistil.distill.batching import bucketed_batches, width
-from xtremedistil.distill.machine import cpu_info
+from xtremedistil.distill.machine import CpuWatch, cpu_info, shared_note
 from xtremedistil.distill.files import file_crc32, read_json, save_keras_weights, write_json_atomic, written_in_place
 from xtremedistil.distill.decoding import recorded_decoding
 from xtremedistil.distill.cluster import Cluster, lost_worker
@@ -457,7 +457,7 @@ class StageRunner:
         for epoch in range(first, epochs):
             tf.keras.utils.set_random_seed(_seed(config.seed, sub.index, epoch))
             rng = np.random.default_rng([config.seed, sub.index, epoch])
-            total, n, rows, epoch_started = 0.0, 0, 0, time.time()
+            total, n, rows, epoch_started, cpu = 0.0, 0, 0, time.time(), CpuWatch()
             dataset = self._dataset(sub, rng)
             train_step = tf.function(step, input_signature=[dataset.element_spec])
             bar = tqdm(dataset, total=steps, leave=False, disable=not self.cluster.is_chief or bool(os.environ.get("TQDM_DISABLE")),
@@ -471,7 +471,7 @@ class StageRunner:
                     self.on_batch(sub, batches_done)
                 if n % 20 == 0:
                     bar.set_postfix(loss=f"{total / n:.4g}")
-            train_seconds = time.time() - epoch_started
+            train_seconds, others = time.time() - epoch_started, cpu.others_share()
             val = self._validation_loss(sub, forward)
             if not (math.isfinite(total) and math.isfinite(val)):
                 raise XtremeDistilError(
@@ -481,8 +481,10 @@ class StageRunner:
                     f"Completed sub-stages in {self.folder} are intact; fix the cause and rerun to resume")
             history.append({"epoch": epoch + 1, "train_loss": total / max(n, 1), "val_loss": val,
                             "sentences_per_second": round(rows * self.cluster.workers / max(train_seconds, 1e-9), 1),
-                            "seconds": round(time.time() - epoch_started, 1)})
-            logger.info("%s epoch %d: train loss %.5g, validation loss %.5g", sub.name, epoch + 1, total / max(n, 1), val)
+                            "seconds": round(time.time() - epoch_started, 1), "others_cpu_share": others})
+            # (several workers on one machine are each other's "other processes": the note is for one worker)
+            logger.info("%s epoch %d: train loss %.5g, validation loss %.5g%s", sub.name, epoch + 1, total / max(n, 1),
+                        val, shared_note(others) if self.cluster.workers == 1 else "")
             if val < best_loss:
                 best_loss, best_weights, waited = val, model.get_weights(), 0
             else:

@@ -32,6 +32,7 @@ from xtremedistil.distill.options import FineTuneConfig  # noqa: F401  (re-expor
 from xtremedistil.distill import metrics as metrics_lib
 from xtremedistil.distill.embeddings import word_embedding_variable
 from xtremedistil.distill.files import atomic_directory, read_json, write_json_atomic
+from xtremedistil.distill.machine import CpuWatch, shared_note
 from xtremedistil.distill.sources import resolve_checkpoint
 from xtremedistil.distill.tokenization import (
     IGNORE_INDEX, Encoded, load_tokenizer, save_tokenizer,
@@ -258,7 +259,7 @@ def fine_tune(model: TeacherModel, train: Encoded, dev: Encoded, dev_examples, l
             logger.warning("%s holds a fine-tuning run with other settings; starting over", work)
     stopped = state["waited"] >= config.patience
     for epoch in range(len(state["history"]), config.epochs if not stopped else 0):
-        started = time.time()
+        started, cpu = time.time(), CpuWatch()
         tf.keras.utils.set_random_seed((seed * 1_000_003 + epoch) % (2 ** 31))
         rng = np.random.default_rng([seed, epoch])
         total, steps = 0.0, 0
@@ -273,14 +274,15 @@ def fine_tune(model: TeacherModel, train: Encoded, dev: Encoded, dev_examples, l
             if steps % 10 == 0:
                 bar.set_postfix(loss=f"{total / steps:.4f}")
         bar.close()
-        train_seconds = time.time() - started
+        train_seconds, others = time.time() - started, cpu.others_share()
         dev_metrics = evaluate(model, dev, dev_examples, labels, model.tagging)
         score = metrics_lib.headline(dev_metrics)
         state["history"].append({
             "epoch": epoch + 1, "planned_epochs": config.epochs, "train_loss": total / max(steps, 1), "dev": score,
-            "seconds": round(time.time() - started, 1), "train_sentences_per_second": round(n / train_seconds, 1)})
-        logger.info("teacher epoch %d/%d: loss %.4f, dev %s %.4f, %.0f sentences/s",
-                    epoch + 1, config.epochs, total / max(steps, 1), dev_metrics["metric"], score, n / train_seconds)
+            "seconds": round(time.time() - started, 1), "train_sentences_per_second": round(n / train_seconds, 1),
+            "others_cpu_share": others})
+        logger.info("teacher epoch %d/%d: loss %.4f, dev %s %.4f, %.0f sentences/s%s", epoch + 1, config.epochs,
+                    total / max(steps, 1), dev_metrics["metric"], score, n / train_seconds, shared_note(others))
         improved = score > state["best_score"]
         if improved:
             state.update(best_score=score, waited=0)

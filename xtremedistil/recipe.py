@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from xtremedistil.distill.files import read_json, write_json_atomic
+from xtremedistil.distill.machine import SHARED_CPU, worst_share
 from xtremedistil.distill.sources import resolve_checkpoint
 from xtremedistil.errors import XtremeDistilError
 from xtremedistil.layout import BundleLayout, RunLayout
@@ -375,6 +376,8 @@ def students_table(students: dict) -> dict:
             "retention_test": metrics["retention"]["test"], "parameters": metrics["student"]["parameters"],
             "transfer": metrics.get("transfer"), "seconds": metrics["seconds"],
             "substage_seconds": {sub: done.get("seconds") for sub, done in (metrics.get("substages") or {}).items()},
+            "stages_others_cpu_share": worst_share(done.get("others_cpu_share")
+                                                   for done in (metrics.get("substages") or {}).values()),
             "sentences_per_second": metrics.get("sentences_per_second"),
         }
     return rows
@@ -406,6 +409,9 @@ def students_markdown(table: dict) -> str:
         stages = "labels only (no teacher)" if stages == "labels" else f"{stages} (best {row['best_substage']})"
         seconds = stages_seconds(row)
         minutes = f"{seconds / 60:.1f} min" if seconds is not None else "n/a"
+        shared = row.get("stages_others_cpu_share")
+        if seconds is not None and shared is not None and shared > SHARED_CPU:
+            minutes += f" (shared CPU: others took up to {100 * shared:.0f}% in an epoch)"
         retention = retention_percent(row.get("retention_test"))
         lines.append(f"| {name} | {made} | {stages} | {row['parameters']:,} | {100 * row['student_dev']:.2f} | "
                      f"{100 * row['student_test']:.2f} | {100 * row['teacher_test']:.2f} | {retention} | {minutes} |")

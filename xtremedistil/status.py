@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from xtremedistil.distill.files import read_json
+from xtremedistil.distill.machine import SHARED_CPU, worst_share
 from xtremedistil.errors import XtremeDistilError
 from xtremedistil.distill.metrics import best_on_dev, headline, retention_percent
 from xtremedistil.layout import STATE_FILE, TEACHER_METRICS_FILE, TEACHER_SPEC_FILE, BundleLayout, RunLayout
@@ -40,7 +41,7 @@ def teacher_lines(layout: RunLayout) -> list[str]:
         history = saved.get("history") or []
         line = (f"teacher: fine-tuned, {len(history)} epoch(s), dev " +
                 " / ".join(_points(h.get("dev")) for h in history) +
-                f" ({_minutes(sum(h.get('seconds', 0) for h in history))})")
+                f" ({_minutes(sum(h.get('seconds', 0) for h in history))}{_shared(history)})")
         if (layout.teacher / TEACHER_METRICS_FILE).exists():
             metrics = read_json(layout.teacher / TEACHER_METRICS_FILE)
             line += f"; test {_points(_headline(metrics.get('test')))}"
@@ -87,6 +88,13 @@ def _augment_settings(stats_path: Path) -> str:
     return f" (from {stats.get('sources', 0):,} sentences: {', '.join(parts)})" if parts else ""
 
 
+def _shared(history: list[dict]) -> str:
+    """", beside other work (others took up to 45% of the CPU in an epoch)" where an epoch's time is not clean."""
+    worst = worst_share(h.get("others_cpu_share") for h in history)
+    return "" if worst is None or worst <= SHARED_CPU else \
+        f", beside other work (others took up to {100 * worst:.0f}% of the CPU in an epoch)"
+
+
 def _pace(history: list[dict], epochs) -> str:
     """"; 13 min an epoch, at most 2.7 h to go" from the saved epochs' times (early stopping may end it sooner)."""
     seconds = [h["seconds"] for h in history if isinstance(h.get("seconds"), (int, float))]
@@ -107,14 +115,15 @@ def student_lines(folder: Path) -> list[str]:
         epochs = len(record.get("history") or [])
         lines.append(f"  {name}: dev {record.get('dev_metric_name', '')} {_points(record.get('dev_metric'))}, "
                      f"validation loss {record.get('val_loss', float('nan')):.4g}, {epochs} epoch(s), "
-                     f"{_minutes(record.get('seconds', 0))}")
+                     f"{_minutes(record.get('seconds', 0))}{_shared(record.get('history') or [])}")
     partial = state.get("partial")
     if partial:
         history = partial.get("history") or []
         losses = ", ".join(f"{h.get('val_loss', float('nan')):.4g}" for h in history[-4:])
         lines.append(f"  {partial.get('name')}: in progress, {len(history)} of {partial.get('epochs', '?')} "
                      f"epoch(s) saved (validation loss {losses or 'none yet'}; "
-                     f"{partial.get('waited', 0)} without gain){_pace(history, partial.get('epochs'))}; "
+                     f"{partial.get('waited', 0)} without gain){_pace(history, partial.get('epochs'))}"
+                     f"{_shared(history)}; "
                      f"last saved {_ago(folder / STATE_FILE)}")
     best = best_on_dev(dict(completed))    # the rule the bundle is chosen by
     if best is not None:

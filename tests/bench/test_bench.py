@@ -8,7 +8,7 @@ import pytest
 from helpers import tiny_bundle, tiny_teacher
 from xtremedistil.bench.gate import compare, pick_baseline, run_gate, GateInputError, Regression
 from xtremedistil.bench.harness import BenchOptions, run_bench
-from xtremedistil.bench.report import _per_language, pareto_front
+from xtremedistil.bench.report import _per_language, format_headline, pareto_front, shared_cpu_line, render_markdown
 from xtremedistil.cli import main
 from xtremedistil.errors import XtremeDistilError
 from xtremedistil.export.pipeline import ExportOptions, run_export
@@ -175,6 +175,8 @@ def test_combine_rounds_takes_medians_and_the_first_error():
     assert row["p50_ms"] == 5.0 and row["p90_ms"] == 6.0 and row["rounds_p50_ms"] == [4.0, 9.0, 5.0]
     assert row["ms_per_sentence"] == 2.5 and row["sentences_per_s"] == 400.0 and row["timed_batches"] == 15
     assert combined["peak_rss_mb"] == 120 and combined["metrics"] == {"accuracy": 0.5}
+    shares = combine_rounds([{**record(4.0, 100), "others_cpu_share": s} for s in (0.01, 0.3, None)])
+    assert shares["others_cpu_share"] == 0.3          # a round beside other work taints the median
     assert combine_rounds([record(4.0, 100), {"error": "exit 1: boom"}]) == {"error": "exit 1: boom"}
     assert combine_rounds([record(4.0, 100)]) == record(4.0, 100)
 
@@ -289,6 +291,31 @@ def test_per_language_table_gives_each_students_retention_and_weakest_language()
     assert "Lowest retention of a language: student en (88.9%)." in lines
     without_teacher = _per_language({"rows": rows[2:]})
     assert without_teacher[2] == "| language | student |" and not any("Lowest" in line for line in without_teacher)
+
+
+def test_measurements_beside_other_work_are_flagged_in_the_report(benched):
+    report = copy.deepcopy(benched[0])
+    # every measurement of the bench run records other processes' share of the CPU while it ran
+    assert all(row["others_cpu_share"] is None or 0 <= row["others_cpu_share"] <= 1 for row in report["rows"])
+    for row in report["rows"]:
+        row["others_cpu_share"] = 0.02
+    assert shared_cpu_line(report).startswith("CPU: every measurement had the machine to itself (other processes "
+                                              "took at most 2% of it")
+    assert "Not a clean" not in format_headline(report)
+    student = next(r for r in report["rows"] if r["role"] == "student")
+    for row in report["rows"]:
+        if (row["model"], row["artifact"]) == (student["model"], student["artifact"]):
+            row["others_cpu_share"] = 0.45
+    line = shared_cpu_line(report)
+    flagged = {(r["model"], r["artifact"], r["threads"]) for r in report["rows"] if r["others_cpu_share"] > 0.1}
+    measured = {(r["model"], r["artifact"], r["threads"]) for r in report["rows"]}
+    assert line.startswith(f"**Not a clean bench: {len(flagged)} of {len(measured)} measurements shared the CPU")
+    assert f"{student['model']} {student['artifact']} (" in line and "45%)" in line and "--fresh" in line
+    assert line in render_markdown(report).splitlines()
+    assert format_headline(report).splitlines()[-1].startswith("Not a clean bench")
+    for row in report["rows"]:          # reports written before the share was recorded: no line
+        row.pop("others_cpu_share")
+    assert shared_cpu_line(report) is None
 
 
 def test_bench_bad_inputs_are_one_line_errors(benched, tmp_path, capsys):

@@ -261,6 +261,15 @@ def test_metrics_record_wall_time_and_peak_memory_per_phase(tagging_run):
     for phase in ("teacher", "teacher_outputs", "stages", "teacher_fine_tune"):
         assert 50 < peaks[phase] < 20_000, phase                  # MB: a TensorFlow process, not bytes or GB
         assert phase == "teacher_fine_tune" or metrics["seconds"][phase] > 0
+    # other processes' share of the CPUs, per phase and per sub-stage (the worst epoch): known on Linux
+    for phase in ("teacher", "teacher_outputs", "stages"):
+        assert 0 <= metrics["others_cpu_share"][phase] <= 1, phase
+    for name, record in metrics["substages"].items():
+        assert 0 <= record["others_cpu_share"] <= 1, name
+    from xtremedistil.distill.pipeline import format_report   # the console summary names a shared phase
+    assert "not clean" not in format_report({**metrics, "others_cpu_share": {"stages": 0.02, "teacher": None}})
+    assert format_report({**metrics, "others_cpu_share": {"stages": 0.3}}).splitlines()[-1] == \
+        "not clean timings: other processes used 30% of the CPU during stages"
 
 
 def test_student_config_round_trips_through_the_bundle(tagging_run):
