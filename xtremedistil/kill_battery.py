@@ -35,7 +35,7 @@ from xtremedistil import module_command
 
 # Volatile JSON keys: measured, not computed, so a resumed run legitimately differs in them.
 VOLATILE = {"seconds", "seconds_earlier_runs", "substage_seconds", "created", "wall_seconds", "peak_rss_mb",
-            "sentences_per_second", "train_sentences_per_second",
+            "sentences_per_second", "train_sentences_per_second", "others_cpu_share", "stages_others_cpu_share",
             "environment", "versions", "git_commit", "started", "finished", "duration_s", "p50_ms", "p90_ms", "p99_ms",
             "mean_ms", "min_ms", "max_ms", "std_ms", "sentences_per_s", "ms_per_sentence", "speedup_same_runtime",
             "speedup_best", "latency", "timings", "load_seconds", "convert_seconds", "rss_mb", "throughput",
