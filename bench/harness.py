@@ -25,7 +25,7 @@ import numpy as np
 from xtremedistil import module_command
 from xtremedistil.distill.decoding import recorded_decoding
 from xtremedistil.distill.files import append_line, read_json, write_json_atomic
-from xtremedistil.distill.machine import CpuWatch, cpu_info, worst_share
+from xtremedistil.distill.machine import SHARED_CPU, CpuWatch, cpu_info, worst_share
 from xtremedistil.errors import XtremeDistilError, is_disk_full
 from xtremedistil.export import base as export_formats
 from xtremedistil.layout import TEACHER_ENCODER_DIR, TEACHER_HEAD_FILE, BundleLayout
@@ -56,6 +56,7 @@ class BenchOptions:
     eval_limit: int | None = None
     timeout: int = 3600
     fresh: bool = False
+    remeasure_shared: bool = False  # measure again what an earlier run measured beside other work (others > 10%)
     command: str | None = None      # how the run was started, recorded in the report
 
 
@@ -222,9 +223,10 @@ def environment(threads: list[int]) -> dict:
 class WorkerPool:
     """Runs worker processes; results are appended to measurements.jsonl and reused by key."""
 
-    def __init__(self, out: Path, timeout: int, fresh: bool):
+    def __init__(self, out: Path, timeout: int, fresh: bool, remeasure_shared: bool = False):
         self.out = out
         self.timeout = timeout
+        self.remeasure_shared = remeasure_shared
         self.path = out / MEASUREMENTS
         self.done: dict[str, dict] = {}
         for stale in out.glob(".tmp-spec-*.json"):     # a worker's spec left by a killed run: never read
@@ -240,8 +242,10 @@ class WorkerPool:
             self.path.unlink()
 
     def run(self, mode: str, spec: dict, key: str, threads: int | None = None) -> dict:
-        if key in self.done and "error" not in self.done[key]:
-            return self.done[key]
+        done = self.done.get(key)
+        shared = mode == "measure" and done is not None and (done.get("others_cpu_share") or 0) > SHARED_CPU
+        if done is not None and "error" not in done and not (shared and self.remeasure_shared):
+            return done
         env = dict(os.environ)
         if threads:
             env.update(OMP_NUM_THREADS=str(threads), TF_NUM_INTRAOP_THREADS=str(threads))
@@ -414,7 +418,7 @@ def run_bench(options: BenchOptions, progress: bool = True) -> dict:
                 "queries": options.queries, "repeats": options.repeats, "rounds": options.rounds,
                 "warmup": options.warmup, "runtimes": runtimes, "teacher": source.name if source.preset else "fine-tuned teacher",
                 "eval_limit": options.eval_limit}
-    workers = WorkerPool(out, options.timeout, options.fresh)
+    workers = WorkerPool(out, options.timeout, options.fresh, options.remeasure_shared)
 
     # The teacher: converted once, in its own process.
     teacher_dir = out / "teacher"

@@ -85,7 +85,7 @@ def shared_cpu_line(report: dict) -> str | None:
     more = f" and {len(shared) - 8} more" if len(shared) > 8 else ""
     return (f"**Not a clean bench: {len(shared)} of {len(shares)} measurements shared the CPU with other "
             f"processes** (share of the CPU they took): {named}{more}. Their latencies and speedups are not clean "
-            f"figures; rerun with `--fresh` on a quiet machine.")
+            f"figures: rerun the same command with `--remeasure-shared` on a quiet machine (only these are measured again).")
 
 
 def render_markdown(report: dict) -> str:

@@ -512,6 +512,9 @@ def build_parser(distill_flags: bool = False) -> argparse.ArgumentParser:
     bench.add_argument("--timeout", type=int, default=defaults["timeout"],
                        help="seconds one measurement may take (default: %(default)s)")
     bench.add_argument("--fresh", action="store_true", help="measure everything again instead of resuming")
+    bench.add_argument("--remeasure-shared", dest="remeasure_shared", action="store_true",
+                       help="resume, but measure again what an earlier run measured while other processes took over "
+                            "10%% of the CPU (the report names those); run it on a quiet machine")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(handler=_cmd_bench)
 

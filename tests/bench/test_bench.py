@@ -133,6 +133,19 @@ def test_a_rerun_resumes_without_measuring_again(benched):
               progress=False)
     added = (out / "measurements.jsonl").read_text()[len(before):].splitlines()
     assert len(added) == 1 and "latency" in json.loads(added[0])
+    # --remeasure-shared: a measurement taken beside other work is measured again, and only that one
+    records = [json.loads(line) for line in (out / "measurements.jsonl").read_text().splitlines()]
+    shared_key = next(r["key"] for r in records if "latency" in r)
+    for record in records:
+        record["others_cpu_share"] = 0.5 if record["key"] == shared_key else 0.0
+    (out / "measurements.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    marked = (out / "measurements.jsonl").read_text()
+    options = dict(bundles=[str(first), str(second)], out=str(out), names="bilstm,transformer", **PROTOCOL)
+    run_bench(BenchOptions(**options), progress=False)                          # resuming alone keeps it
+    assert (out / "measurements.jsonl").read_text() == marked
+    run_bench(BenchOptions(**options, remeasure_shared=True), progress=False)
+    added = (out / "measurements.jsonl").read_text()[len(marked):].splitlines()
+    assert [json.loads(line)["key"] for line in added] == [shared_key]
 
 
 def test_rounds_measure_round_robin_and_report_medians(benched, tmp_path):
@@ -310,7 +323,7 @@ def test_measurements_beside_other_work_are_flagged_in_the_report(benched):
     flagged = {(r["model"], r["artifact"], r["threads"]) for r in report["rows"] if r["others_cpu_share"] > 0.1}
     measured = {(r["model"], r["artifact"], r["threads"]) for r in report["rows"]}
     assert line.startswith(f"**Not a clean bench: {len(flagged)} of {len(measured)} measurements shared the CPU")
-    assert f"{student['model']} {student['artifact']} (" in line and "45%)" in line and "--fresh" in line
+    assert f"{student['model']} {student['artifact']} (" in line and "45%)" in line and "--remeasure-shared" in line
     assert line in render_markdown(report).splitlines()
     assert format_headline(report).splitlines()[-1].startswith("Not a clean bench")
     for row in report["rows"]:          # reports written before the share was recorded: no line
