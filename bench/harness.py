@@ -25,7 +25,7 @@ import numpy as np
 from xtremedistil import module_command
 from xtremedistil.distill.decoding import recorded_decoding
 from xtremedistil.distill.files import append_line, read_json, write_json_atomic
-from xtremedistil.distill.machine import SHARED_CPU, CpuWatch, cpu_info, worst_share
+from xtremedistil.distill.machine import CpuWatch, cpu_info, is_shared, worst_share
 from xtremedistil.errors import XtremeDistilError, is_disk_full
 from xtremedistil.export import base as export_formats
 from xtremedistil.layout import TEACHER_ENCODER_DIR, TEACHER_HEAD_FILE, BundleLayout
@@ -243,7 +243,7 @@ class WorkerPool:
 
     def run(self, mode: str, spec: dict, key: str, threads: int | None = None) -> dict:
         done = self.done.get(key)
-        shared = mode == "measure" and done is not None and (done.get("others_cpu_share") or 0) > SHARED_CPU
+        shared = mode == "measure" and done is not None and is_shared(done.get("others_cpu_share"))
         if done is not None and "error" not in done and not (shared and self.remeasure_shared):
             return done
         env = dict(os.environ)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from xtremedistil.distill.machine import SHARED_CPU
+from xtremedistil.distill.machine import is_shared
 from xtremedistil.distill.metrics import retention_percent
 from xtremedistil.errors import XtremeDistilError
 
@@ -76,7 +76,7 @@ def shared_cpu_line(report: dict) -> str | None:
             shares[(row["model"], row["artifact"], row["threads"])] = row["others_cpu_share"]
     if not shares:
         return None
-    shared = sorted(((key, share) for key, share in shares.items() if share > SHARED_CPU), key=lambda kv: -kv[1])
+    shared = sorted(((key, share) for key, share in shares.items() if is_shared(share)), key=lambda kv: -kv[1])
     if not shared:
         return (f"CPU: every measurement had the machine to itself (other processes took at most "
                 f"{100 * max(shares.values()):.0f}% of it during one).")

@@ -65,9 +65,14 @@ class CpuWatch:
         return round(min(max(others / (wall * now[1]), 0.0), 1.0), 3)
 
 
+def is_shared(share: float | None) -> bool:
+    """Whether a span with this share of the CPUs taken by other processes ran on a shared machine (unknown: no)."""
+    return share is not None and share > SHARED_CPU
+
+
 def shared_note(share: float | None) -> str:
     """'' for a clean span; else a clause for the log line that reports the span's time."""
-    if share is None or share <= SHARED_CPU:
+    if not is_shared(share):
         return ""
     return f" (other processes used {100 * share:.0f}% of the CPU meanwhile: not a clean timing)"
 

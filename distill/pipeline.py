@@ -29,7 +29,7 @@ from xtremedistil.distill.seeding import seed_everything
 from xtremedistil.distill.options import DistilOptions
 from xtremedistil.distill.stages import StageData, StageRunner, plan_substages, predict_student_logits, training_model
 from xtremedistil.distill.students import StudentConfig, build_student, layer_groups
-from xtremedistil.distill.machine import SHARED_CPU, worst_share
+from xtremedistil.distill.machine import is_shared, worst_share
 from xtremedistil.distill.memory import PhasePeaks
 from xtremedistil.distill.metrics import metrics_from_logits
 from xtremedistil.distill.teacher import SPEC_FILE, teacher_stamp as saved_teacher_stamp
@@ -306,7 +306,7 @@ def format_report(metrics: dict) -> str:
         + (metrics_lib.retention_percent(retention) if retention is not None else "n/a (teacher scored 0)"),
         "wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in metrics["seconds"].items()),
     ]
-    shared = {k: v for k, v in (metrics.get("others_cpu_share") or {}).items() if v is not None and v > SHARED_CPU}
+    shared = {k: v for k, v in (metrics.get("others_cpu_share") or {}).items() if is_shared(v)}
     if shared:
         lines.append("not clean timings: other processes used " + ", ".join(
             f"{100 * v:.0f}% of the CPU during {k}" for k, v in shared.items()))

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from xtremedistil.distill.files import read_json, write_json_atomic
-from xtremedistil.distill.machine import SHARED_CPU, worst_share
+from xtremedistil.distill.machine import is_shared, worst_share
 from xtremedistil.distill.sources import resolve_checkpoint
 from xtremedistil.errors import XtremeDistilError
 from xtremedistil.layout import BundleLayout, RunLayout
@@ -410,7 +410,7 @@ def students_markdown(table: dict) -> str:
         seconds = stages_seconds(row)
         minutes = f"{seconds / 60:.1f} min" if seconds is not None else "n/a"
         shared = row.get("stages_others_cpu_share")
-        if seconds is not None and shared is not None and shared > SHARED_CPU:
+        if seconds is not None and is_shared(shared):
             minutes += f" (shared CPU: others took up to {100 * shared:.0f}% in an epoch)"
         retention = retention_percent(row.get("retention_test"))
         lines.append(f"| {name} | {made} | {stages} | {row['parameters']:,} | {100 * row['student_dev']:.2f} | "

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from xtremedistil.distill.files import read_json
-from xtremedistil.distill.machine import SHARED_CPU, worst_share
+from xtremedistil.distill.machine import is_shared, worst_share
 from xtremedistil.errors import XtremeDistilError
 from xtremedistil.distill.metrics import best_on_dev, headline, retention_percent
 from xtremedistil.layout import STATE_FILE, TEACHER_METRICS_FILE, TEACHER_SPEC_FILE, BundleLayout, RunLayout
@@ -91,7 +91,7 @@ def _augment_settings(stats_path: Path) -> str:
 def _shared(history: list[dict]) -> str:
     """", beside other work (others took up to 45% of the CPU in an epoch)" where an epoch's time is not clean."""
     worst = worst_share(h.get("others_cpu_share") for h in history)
-    return "" if worst is None or worst <= SHARED_CPU else \
+    return "" if not is_shared(worst) else \
         f", beside other work (others took up to {100 * worst:.0f}% of the CPU in an epoch)"
 
 
