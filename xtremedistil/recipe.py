@@ -39,6 +39,9 @@ EXTENDED = "__extended__"
 RESULT_FILES = ("report.json", "report.md", "accuracy_vs_latency.png", "speedup_by_batch.png", "pick.json")
 EXPORT_STAMP = "export.stamp.json"
 DEPLOY_KEY = "deploy"     # per student: false = distil only (an ablation), not exported nor benched
+SEEDS_KEY = "seeds"       # per student: also distil it at these seeds (rows NAME-sSEED, not deployed)
+SEED_OF_KEY = "seed_of"   # on those rows: the student they repeat
+RECIPE_ONLY_KEYS = (DEPLOY_KEY, SEEDS_KEY, SEED_OF_KEY)   # student keys that are not `distill` flags
 STUDENTS_FILE = "students.json"
 
 
@@ -123,9 +126,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
     _check_keys("bench", recipe["bench"], kinds["bench"], path, fixed=("bundles", "out", "command"))
     for section in STEPS:
         _check_types(section, recipe[section], kinds[section], path)
-    recipe["students"] = _students(recipe.get("students"), path)
+    recipe["students"] = _students(recipe.get("students"), path, recipe["distill"].get("seed"))
     for student in recipe["students"]:
-        own = {k: v for k, v in student.items() if k != DEPLOY_KEY}
+        own = {k: v for k, v in student.items() if k not in RECIPE_ONLY_KEYS}
         _check_keys("distill", own, kinds["distill"], path, fixed=("model_dir",))
         _check_types("students", student, kinds["distill"], path)
     from xtremedistil.bench.pick import budgets_from_recipe
@@ -205,14 +208,16 @@ def _apply_override(recipe, override: str, path: Path) -> None:
     recipe[section] = {**(recipe.get(section) or {}), name: yaml.safe_load(value)}
 
 
-def _students(students, path: Path) -> list[dict]:
+def _students(students, path: Path, recipe_seed=None) -> list[dict]:
     """The recipe's students: each a mapping of distill keys over the 'distill' section, with a distinct
-    student_name (they share MODEL_DIR's teacher and teacher-output cache). None: one default student."""
+    student_name (they share MODEL_DIR's teacher and teacher-output cache). None: one default student.
+    A student with `seeds: [43, 44]` is followed by its repeats at those seeds (see _with_seeds)."""
     if students is None:
         return [{}]
     if not isinstance(students, list) or not students or not all(isinstance(s, dict) for s in students):
         raise XtremeDistilError(f"{path}: 'students' must be a list of mappings of distill keys "
                                 "(each with its own student_name)")
+    students = [row for student in students for row in _with_seeds(student, path, recipe_seed)]
     names = [s.get("student_name", "") for s in students]
     if len(set(names)) != len(names):
         raise XtremeDistilError(f"{path}: every entry of 'students' needs its own student_name (got {names})")
@@ -223,6 +228,27 @@ def _students(students, path: Path) -> list[dict]:
     if not any(s.get(DEPLOY_KEY, True) for s in students):
         raise XtremeDistilError(f"{path}: at least one student must be exported and benched ({DEPLOY_KEY}: true)")
     return students
+
+
+def _with_seeds(student: dict, path: Path, recipe_seed) -> list[dict]:
+    """A student and, for `seeds: [S, ...]`, one repeat per seed: the same settings with `seed: S`, named
+    NAME-sS, distilled but not deployed (an ablation row; students.md gives the mean and range across them).
+    The seed drives initialisation, batch order and augmentation, so an augmented repeat scores its own set."""
+    seeds = student.get(SEEDS_KEY)
+    if seeds is None:
+        return [student]
+    name = student.get("student_name") or "student"
+    if (not isinstance(seeds, list) or not seeds
+            or not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in seeds)):
+        raise XtremeDistilError(f"{path}: '{SEEDS_KEY}' of student '{name}' must be a list of whole numbers, "
+                                f"e.g. [43, 44], not {seeds!r}")
+    own = student.get("seed", recipe_seed)
+    if len(set(seeds)) != len(seeds) or own in seeds:
+        raise XtremeDistilError(f"{path}: '{SEEDS_KEY}' of student '{name}' repeats a seed ({seeds}; the student's "
+                                f"own seed is {own}): list each other seed once")
+    base = {k: v for k, v in student.items() if k != SEEDS_KEY}
+    return [base] + [{**base, "student_name": f"{name}-s{seed}", "seed": seed, DEPLOY_KEY: False, SEED_OF_KEY: name}
+                     for seed in seeds]
 
 
 def _select_students(students: list[dict], only: list[str], path) -> list[dict]:
@@ -275,7 +301,7 @@ def run_recipe(path: str | Path, steps=STEPS, model_dir: str | None = None, resu
     handler = logging.FileHandler(model_dir / "recipe.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
     logging.getLogger().addHandler(handler)
-    students = [{**recipe["distill"], **{k: v for k, v in student.items() if k != DEPLOY_KEY}}
+    students = [{**recipe["distill"], **{k: v for k, v in student.items() if k not in RECIPE_ONLY_KEYS}}
                 for student in recipe["students"]]
     deployed = [values for values, student in zip(students, recipe["students"]) if student.get(DEPLOY_KEY, True)]
     bundles = [RunLayout(model_dir, values.get("student_name", "")).bundle for values in deployed]
@@ -298,7 +324,8 @@ def run_recipe(path: str | Path, steps=STEPS, model_dir: str | None = None, resu
                     logger.info("%s; export and bench run on the chief", worker_done(out["metrics"]))
                     return out
             results_dir.mkdir(parents=True, exist_ok=True)
-            table = students_table(out["students"])
+            table = students_table(out["students"], {s["student_name"]: s[SEED_OF_KEY]
+                                                     for s in recipe["students"] if SEED_OF_KEY in s})
             if only and (results_dir / STUDENTS_FILE).exists():   # a subset of students: keep the others' rows
                 table = {**read_json(results_dir / STUDENTS_FILE), **table}
             write_json_atomic(results_dir / STUDENTS_FILE, table)
@@ -363,8 +390,9 @@ def _export(bundle: Path, export: dict, run_export, options_class) -> dict:
     return manifest
 
 
-def students_table(students: dict) -> dict:
-    """Per student: how it was made and its dev/test figures beside the teacher's (the ablation table)."""
+def students_table(students: dict, seed_of: dict | None = None) -> dict:
+    """Per student: how it was made and its dev/test figures beside the teacher's (the ablation table).
+    `seed_of`: name -> the student a row repeats at another seed."""
     from xtremedistil.distill.metrics import headline
 
     rows = {}
@@ -379,6 +407,8 @@ def students_table(students: dict) -> dict:
             "stages_others_cpu_share": worst_share(done.get("others_cpu_share")
                                                    for done in (metrics.get("substages") or {}).values()),
             "sentences_per_second": metrics.get("sentences_per_second"),
+            "seed": metrics.get("seed"),
+            **({SEED_OF_KEY: (seed_of or {})[name]} if name in (seed_of or {}) else {}),
         }
     return rows
 
@@ -415,7 +445,32 @@ def students_markdown(table: dict) -> str:
         retention = retention_percent(row.get("retention_test"))
         lines.append(f"| {name} | {made} | {stages} | {row['parameters']:,} | {100 * row['student_dev']:.2f} | "
                      f"{100 * row['student_test']:.2f} | {100 * row['teacher_test']:.2f} | {retention} | {minutes} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _across_seeds(table)) + "\n"
+
+
+def _across_seeds(table: dict) -> list[str]:
+    """A student repeated at other seeds (`seeds:`): mean and range of its runs, so a difference between two
+    students can be read against what one seed moves."""
+    from xtremedistil.distill.metrics import retention_percent
+
+    groups: dict[str, list[dict]] = {}
+    for name, row in table.items():
+        base = row.get(SEED_OF_KEY)
+        if base in table:
+            groups.setdefault(base, [table[base]]).append(row)
+    if not groups:
+        return []
+    lines = ["", "Across seeds (each run its own initialisation, batch order and augmentation):", "",
+             "| student | seeds | test mean | test min-max | retention (test) mean | dev mean |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for base, rows in groups.items():
+        tests = [100 * row["student_test"] for row in rows]
+        retention = sum(row["retention_test"] for row in rows) / len(rows)
+        dev = sum(100 * row["student_dev"] for row in rows) / len(rows)
+        seeds = ", ".join(str(row["seed"]) if row.get("seed") is not None else "?" for row in rows)
+        lines.append(f"| {base} | {seeds} | {sum(tests) / len(tests):.2f} | {min(tests):.2f}-{max(tests):.2f} | "
+                     f"{retention_percent(retention)} | {dev:.2f} |")
+    return lines
 
 
 def summary(out: dict) -> str:

@@ -59,6 +59,22 @@ def test_committed_recipes_are_valid(monkeypatch):
     for student in e5["students"] + aug8["students"]:
         assert by_name[student["student_name"]] == student, student["student_name"]
     assert sweep["distill"] == aug8["distill"]
+    # sst2-seeds repeats sst2's cnn and labels-only at other seeds: its seed-42 rows are sst2's own runs
+    seeds, sst2 = load_recipe(REPO / "bench" / "recipes" / "sst2-seeds.yaml"), load_recipe(REPO / "bench" / "recipes" / "sst2.yaml")
+    assert seeds["distill"] == sst2["distill"] and seeds["model_dir"] == sst2["model_dir"]
+    by_name = {s.get("student_name") or "student": s for s in sst2["students"]}
+
+    def settings(student: dict) -> dict:
+        return {k: v for k, v in student.items() if k not in ("student_name", "seed", "deploy", "seed_of")}
+
+    for student in seeds["students"]:
+        name = student.get("student_name") or "student"
+        if "seed_of" in student:
+            assert settings(by_name[student["seed_of"]]) == settings(student), name
+        else:
+            assert by_name[name] == student, name
+    assert {s.get("student_name") for s in seeds["students"]} == {None, "student-s43", "student-s44", "labels-only",
+                                                                  "labels-only-s43", "labels-only-s44"}
 
 
 def test_extends_merges_sections_key_by_key_and_refuses_circles(tmp_path, capsys):
@@ -87,7 +103,7 @@ def test_recipe_runs_end_to_end_and_resumes(tiny_models, tmp_path, monkeypatch):
         "export": {"formats": "onnx:fp32", "max_metric_drop": 100.0},
         "bench": {"runtimes": "keras,onnxruntime", "batch_sizes": "2", "seq_len": 16, "threads": "1",
                   "queries": 4, "warmup": 1},
-        "students": [{}, {"student_name": "labels-only", "stages": "labels", "deploy": False}],
+        "students": [{}, {"student_name": "labels-only", "stages": "labels", "deploy": False, "seeds": [4]}],
     })
     monkeypatch.setenv("TINY_TASK", str(task))
     out = run_recipe(recipe, progress=False)
@@ -101,13 +117,22 @@ def test_recipe_runs_end_to_end_and_resumes(tiny_models, tmp_path, monkeypatch):
     assert (tmp_path / "run" / "recipe.log").exists()   # INFO lines land there under the CLI's logging
     # The ablation student is distilled from the same teacher and cache, reported, never exported or benched.
     table = yaml.safe_load((tmp_path / "results" / "students.json").read_text())
-    assert set(table) == {"student", "labels-only"} and table["labels-only"]["best_substage"] == "labels-only"
+    assert set(table) == {"student", "labels-only", "labels-only-s4"}
+    assert table["labels-only"]["best_substage"] == "labels-only"
     assert table["labels-only"]["teacher_test"] == table["student"]["teacher_test"]
     # the worst epoch of any sub-stage, as a share of the CPUs other processes took
     assert all(0 <= row["stages_others_cpu_share"] <= 1 for row in table.values())
+    # `seeds: [4]`: the same student again at seed 4, in its own run folder, and the mean across both runs
+    assert (table["labels-only"]["seed"], table["labels-only-s4"]["seed"]) == (3, 4)
+    assert table["labels-only-s4"]["seed_of"] == "labels-only" and "seed_of" not in table["labels-only"]
+    assert (tmp_path / "run" / "student-labels-only-s4" / "state.json").exists()
     ablation = (tmp_path / "results" / "students.md").read_text().splitlines()
-    assert len(ablation) == 4 and "| labels-only |" in ablation[3] and "labels only (no teacher)" in ablation[3]
+    assert "| labels-only |" in ablation[3] and "labels only (no teacher)" in ablation[3]
+    assert "| labels-only-s4 |" in ablation[4] and ablation[5] == ""
+    tests = [100 * table[name]["student_test"] for name in ("labels-only", "labels-only-s4")]
+    assert ablation[-1].startswith(f"| labels-only | 3, 4 | {sum(tests) / 2:.2f} | {min(tests):.2f}-{max(tests):.2f} |")
     assert not (tmp_path / "run" / "bundle-labels-only" / "manifest.json").exists()
+    assert not (tmp_path / "run" / "bundle-labels-only-s4" / "manifest.json").exists()
     assert [s["name"] for s in out["report"]["students"]] == ["run"]
     # A rerun resumes: nothing is exported or measured again.
     manifest_time = (tmp_path / "run" / "bundle" / "manifest.json").stat().st_mtime_ns
@@ -133,6 +158,12 @@ def test_recipe_runs_end_to_end_and_resumes(tiny_models, tmp_path, monkeypatch):
     ("name: x\nmodel_dir: y\nstudents: [{deploy: 3}]\n", "must be true or false"),
     ("name: x\nmodel_dir: y\nstudents: [{deploy: false}]\n", "at least one student"),
     ("name: x\nmodel_dir: y\nstudents: [{stagez: 1}]\n", "unknown key(s) in 'distill': stagez"),
+    ("name: x\nmodel_dir: y\nstudents: [{seeds: 43}]\n", "'seeds' of student 'student' must be a list of whole"),
+    ("name: x\nmodel_dir: y\nstudents: [{seeds: [43, '44']}]\n", "must be a list of whole numbers"),
+    ("name: x\nmodel_dir: y\ndistill: {seed: 43}\nstudents: [{seeds: [43]}]\n", "repeats a seed ([43]; the"),
+    ("name: x\nmodel_dir: y\nstudents: [{student_name: a, seeds: [1, 1]}]\n", "'seeds' of student 'a' repeats"),
+    ("name: x\nmodel_dir: y\nstudents: [{student_name: a, seeds: [1]}, {student_name: a-s1}]\n",
+     "its own student_name"),
     ("name: x\nmodel_dir: y\npick: [{batch: 1}]\n", "pick: unknown key(s) batch"),
     ("name: x\nmodel_dir: y\npick: {min_retention: 95}\n", "--min_retention is a fraction"),
 ])
@@ -216,3 +247,32 @@ def test_students_table_shows_the_stages_time_of_every_sitting():
     assert shared.splitlines()[2].endswith("| 1.0 min (shared CPU: others took up to 37% in an epoch) |")
     clean = students_markdown({"s": {**row, "seconds": {"stages": 60.0}, "stages_others_cpu_share": 0.03}})
     assert clean.splitlines()[2].endswith("| 1.0 min |")
+
+
+def test_seeds_repeat_a_student_as_ablation_rows_and_the_table_gives_mean_and_range(tmp_path):
+    recipe = load_recipe(_write(tmp_path / "r.yaml", {
+        "name": "r", "model_dir": "m", "distill": {"seed": 42, "stages": "1,2,3"},
+        "students": [{"seeds": [43, 44]}, {"student_name": "labels-only", "stages": "labels", "deploy": False,
+                                           "seed": 7, "seeds": [8]}]}))
+    students = recipe["students"]
+    assert [s.get("student_name") for s in students] == [None, "student-s43", "student-s44", "labels-only",
+                                                           "labels-only-s8"]
+    assert "seeds" not in students[0] and students[0].get("deploy", True)   # the student itself stays deployed
+    assert [(s["seed"], s["deploy"], s["seed_of"]) for s in students[1:3]] == [(43, False, "student"),
+                                                                            (44, False, "student")]
+    assert students[4] == {"student_name": "labels-only-s8", "stages": "labels", "deploy": False, "seed": 8,
+                           "seed_of": "labels-only"}
+    row = {"distillation": {"stages": "1,2,3"}, "transfer": {"sentences": 10}, "best_substage": "stage3-top4",
+           "parameters": 10, "teacher_test": 0.9, "seconds": {"stages": 60.0}}
+    table = {"student": {**row, "student_test": 0.88, "student_dev": 0.94, "retention_test": 0.88 / 0.9, "seed": 42},
+             "student-s43": {**row, "student_test": 0.86, "student_dev": 0.92, "retention_test": 0.86 / 0.9,
+                             "seed": 43, "seed_of": "student"},
+             "student-s44": {**row, "student_test": 0.87, "student_dev": 0.93, "retention_test": 0.87 / 0.9,
+                             "seed": 44, "seed_of": "student"},
+             "other": {**row, "student_test": 0.5, "student_dev": 0.5, "retention_test": 0.5 / 0.9}}
+    lines = students_markdown(table).splitlines()
+    assert lines[-2:] == ["| --- | --- | ---: | ---: | ---: | ---: |",
+                          "| student | 42, 43, 44 | 87.00 | 86.00-88.00 | 96.6% | 93.00 |"]
+    assert len(lines) == 2 + 4 + 6     # the table, a blank line, the caption, a blank line, the summary
+    # a repeat whose student is not in the table (a results folder of a subset) gets no summary row
+    assert "Across seeds" not in students_markdown({"student-s43": table["student-s43"]})
