@@ -59,22 +59,24 @@ def test_committed_recipes_are_valid(monkeypatch):
     for student in e5["students"] + aug8["students"]:
         assert by_name[student["student_name"]] == student, student["student_name"]
     assert sweep["distill"] == aug8["distill"]
-    # sst2-seeds repeats sst2's cnn and labels-only at other seeds: its seed-42 rows are sst2's own runs
-    seeds, sst2 = load_recipe(REPO / "bench" / "recipes" / "sst2-seeds.yaml"), load_recipe(REPO / "bench" / "recipes" / "sst2.yaml")
-    assert seeds["distill"] == sst2["distill"] and seeds["model_dir"] == sst2["model_dir"]
-    by_name = {s.get("student_name") or "student": s for s in sst2["students"]}
-
+    # A *-seeds recipe repeats its base recipe's students at other seeds: its seed-42 rows are the base's own runs
     def settings(student: dict) -> dict:
         return {k: v for k, v in student.items() if k not in ("student_name", "seed", "deploy", "seed_of")}
 
-    for student in seeds["students"]:
-        name = student.get("student_name") or "student"
-        if "seed_of" in student:
-            assert settings(by_name[student["seed_of"]]) == settings(student), name
-        else:
-            assert by_name[name] == student, name
-    assert {s.get("student_name") for s in seeds["students"]} == {None, "student-s43", "student-s44", "labels-only",
-                                                                  "labels-only-s43", "labels-only-s44"}
+    names = {}
+    for name in ("sst2", "wikiann-e5"):
+        seeds, base = (load_recipe(REPO / "bench" / "recipes" / f"{n}.yaml") for n in (f"{name}-seeds", name))
+        assert seeds["distill"] == base["distill"] and seeds["model_dir"] == base["model_dir"], name
+        by_name = {s.get("student_name") or "student": s for s in base["students"]}
+        for student in seeds["students"]:
+            if "seed_of" in student:
+                assert settings(by_name[student["seed_of"]]) == settings(student), student["student_name"]
+                assert student["seed"] in (43, 44) and student["deploy"] is False
+            else:
+                assert by_name[student.get("student_name") or "student"] == student, name
+        names[name] = {s.get("student_name") for s in seeds["students"]}
+    assert names == {"sst2": {None, "student-s43", "student-s44", "labels-only", "labels-only-s43", "labels-only-s44"},
+                     "wikiann-e5": {"50-200", "50-200-s43", "50-200-s44"}}
 
 
 def test_extends_merges_sections_key_by_key_and_refuses_circles(tmp_path, capsys):
