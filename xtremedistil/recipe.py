@@ -395,6 +395,7 @@ def students_table(students: dict, seed_of: dict | None = None) -> dict:
     `seed_of`: name -> the student a row repeats at another seed."""
     from xtremedistil.distill.metrics import headline
 
+    seed_of = seed_of or {}
     rows = {}
     for name, metrics in students.items():
         rows[name] = {"distillation": metrics.get("distillation"),
@@ -408,7 +409,7 @@ def students_table(students: dict, seed_of: dict | None = None) -> dict:
                                                    for done in (metrics.get("substages") or {}).values()),
             "sentences_per_second": metrics.get("sentences_per_second"),
             "seed": metrics.get("seed"),
-            **({SEED_OF_KEY: (seed_of or {})[name]} if name in (seed_of or {}) else {}),
+            **({SEED_OF_KEY: seed_of[name]} if name in seed_of else {}),
         }
     return rows
 
