@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from xtremedistil.distill.machine import is_shared
-from xtremedistil.distill.metrics import retention_percent
+from xtremedistil.distill.metrics import lowest_language, retention_percent
 from xtremedistil.errors import XtremeDistilError
 
 PLOTS = ("accuracy_vs_latency.png", "speedup_by_batch.png")
@@ -231,11 +231,10 @@ def _per_language(report: dict) -> list[str]:
                 cells.append(retention_percent(shares[model][lang]))
         lines.append("| " + " | ".join(cells) + " |")
     lowest = []
-    for model, by_language in shares.items():
-        measured = {lang: share for lang, share in by_language.items() if lang is not None and share is not None}
-        if measured:
-            lang = min(measured, key=measured.get)
-            lowest.append(f"{model[0]} {lang} ({retention_percent(measured[lang])})")
+    for model in shares:
+        weakest = lowest_language(seen[model], teacher)
+        if weakest:
+            lowest.append(f"{model[0]} {weakest[0]} ({retention_percent(weakest[1])})")
     if lowest:
         lines += ["", "Lowest retention of a language: " + "; ".join(lowest) + "."]
     return lines + [""]

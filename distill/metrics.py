@@ -108,6 +108,22 @@ def headline(metrics: dict) -> float:
     return block[metrics["metric"]]
 
 
+def lowest_language(student: dict, teacher: dict) -> tuple[str, float] | None:
+    """(language, student metric / teacher's) for the language the student keeps least of, over the languages
+    both measured (teacher figure > 0); None without per-language figures. The paper's multilingual claim is
+    about the weakest language, not the mean."""
+    name = student["metric"]
+    shares = {}
+    for lang, block in (student.get("per_language") or {}).items():
+        theirs = ((teacher.get("per_language") or {}).get(lang) or {}).get(name)
+        if block.get(name) is not None and theirs:
+            shares[lang] = block[name] / theirs
+    if not shares:
+        return None
+    lang = min(shares, key=shares.get)
+    return lang, shares[lang]
+
+
 def best_on_dev(records: dict[str, dict]) -> str | None:
     """The sub-stage a bundle is made from, by the records of finished sub-stages (state.json "completed"):
     stages 2-3 only (stage 1 fits hidden states and has no comparable dev metric), the highest dev metric,

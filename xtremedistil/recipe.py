@@ -393,7 +393,7 @@ def _export(bundle: Path, export: dict, run_export, options_class) -> dict:
 def students_table(students: dict, seed_of: dict | None = None) -> dict:
     """Per student: how it was made and its dev/test figures beside the teacher's (the ablation table).
     `seed_of`: name -> the student a row repeats at another seed."""
-    from xtremedistil.distill.metrics import headline
+    from xtremedistil.distill.metrics import headline, lowest_language
 
     seed_of = seed_of or {}
     rows = {}
@@ -409,6 +409,7 @@ def students_table(students: dict, seed_of: dict | None = None) -> dict:
                                                    for done in (metrics.get("substages") or {}).values()),
             "sentences_per_second": metrics.get("sentences_per_second"),
             "seed": metrics.get("seed"),
+            "lowest_language_test": lowest_language(metrics["student"]["test"], metrics["teacher"]["test"]),
             **({SEED_OF_KEY: seed_of[name]} if name in seed_of else {}),
         }
     return rows
@@ -428,8 +429,10 @@ def students_markdown(table: dict) -> str:
     """students.json as the ablation table a README shows: how each student was made and what it kept."""
     from xtremedistil.distill.metrics import retention_percent
 
+    languages = any(row.get("lowest_language_test") for row in table.values())   # a multilingual task
     lines = ["| student | transfer set | stages | parameters | dev | test | teacher test | retention (test) | "
-             "stages time |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             + ("lowest language (test) | " if languages else "") + "stages time |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | " + ("---: | " if languages else "") + "---: |"]
     for name, row in table.items():
         distillation = row.get("distillation") or {}
         transfer = row.get("transfer") or {}
@@ -444,14 +447,24 @@ def students_markdown(table: dict) -> str:
         if seconds is not None and is_shared(shared):
             minutes += f" (shared CPU: others took up to {100 * shared:.0f}% in an epoch)"
         retention = retention_percent(row.get("retention_test"))
+        weakest = f"{_weakest(row)} | " if languages else ""
         lines.append(f"| {name} | {made} | {stages} | {row['parameters']:,} | {100 * row['student_dev']:.2f} | "
-                     f"{100 * row['student_test']:.2f} | {100 * row['teacher_test']:.2f} | {retention} | {minutes} |")
-    return "\n".join(lines + _across_seeds(table)) + "\n"
+                     f"{100 * row['student_test']:.2f} | {100 * row['teacher_test']:.2f} | {retention} | {weakest}"
+                     f"{minutes} |")
+    return "\n".join(lines + _across_seeds(table, languages)) + "\n"
 
 
-def _across_seeds(table: dict) -> list[str]:
+def _weakest(row: dict) -> str:
+    """The language a student keeps least of on test, with its retention ("en 89.9%"), or "n/a"."""
+    from xtremedistil.distill.metrics import retention_percent
+
+    weakest = row.get("lowest_language_test")
+    return f"{weakest[0]} {retention_percent(weakest[1])}" if weakest else "n/a"
+
+
+def _across_seeds(table: dict, languages: bool = False) -> list[str]:
     """A student repeated at other seeds (`seeds:`): mean and range of its runs, so a difference between two
-    students can be read against what one seed moves."""
+    students can be read against what one seed moves; on a multilingual task each run's weakest language."""
     from xtremedistil.distill.metrics import retention_percent
 
     groups: dict[str, list[dict]] = {}
@@ -462,15 +475,17 @@ def _across_seeds(table: dict) -> list[str]:
     if not groups:
         return []
     lines = ["", "Across seeds (each run its own initialisation, batch order and augmentation):", "",
-             "| student | seeds | test mean | test min-max | retention (test) mean | dev mean |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]
+             "| student | seeds | test mean | test min-max | retention (test) mean | dev mean |"
+             + (" lowest language per run |" if languages else ""),
+             "| --- | --- | ---: | ---: | ---: | ---: |" + (" --- |" if languages else "")]
     for base, rows in groups.items():
         tests = [100 * row["student_test"] for row in rows]
         retention = sum(row["retention_test"] for row in rows) / len(rows)
         dev = sum(100 * row["student_dev"] for row in rows) / len(rows)
         seeds = ", ".join(str(row["seed"]) if row.get("seed") is not None else "?" for row in rows)
+        weakest = f" {', '.join(_weakest(row) for row in rows)} |" if languages else ""
         lines.append(f"| {base} | {seeds} | {sum(tests) / len(tests):.2f} | {min(tests):.2f}-{max(tests):.2f} | "
-                     f"{retention_percent(retention)} | {dev:.2f} |")
+                     f"{retention_percent(retention)} | {dev:.2f} |{weakest}")
     return lines
 
 

@@ -276,5 +276,13 @@ def test_seeds_repeat_a_student_as_ablation_rows_and_the_table_gives_mean_and_ra
     assert lines[-2:] == ["| --- | --- | ---: | ---: | ---: | ---: |",
                           "| student | 42, 43, 44 | 87.00 | 86.00-88.00 | 96.6% | 93.00 |"]
     assert len(lines) == 2 + 4 + 6     # the table, a blank line, the caption, a blank line, the summary
+    # a multilingual task: each row's weakest language on test, and each run's in the seeds summary
+    multilingual = {name: {**row, "lowest_language_test": [lang, share]} for (name, row), (lang, share)
+                    in zip(table.items(), [("en", 0.8999), ("en", 0.905), ("de", 0.91), ("zh", 0.5)])}
+    lines = students_markdown(multilingual).splitlines()
+    assert "| retention (test) | lowest language (test) | stages time |" in lines[0]
+    assert lines[2].endswith("| 97.7% | en 89.9% | 1.0 min |") and len(lines[1].split("|")) == len(lines[2].split("|"))
+    assert lines[-1].endswith("| 96.6% | 93.00 | en 89.9%, en 90.5%, de 91.0% |")
+    assert lines[-2].count("|") == lines[-1].count("|")
     # a repeat whose student is not in the table (a results folder of a subset) gets no summary row
     assert "Across seeds" not in students_markdown({"student-s43": table["student-s43"]})

@@ -1,6 +1,7 @@
 import pytest
 
-from xtremedistil.distill.metrics import best_on_dev, classification_metrics, headline, tagging_metrics, retention_percent
+from xtremedistil.distill.metrics import (best_on_dev, classification_metrics, headline, lowest_language,
+                                         retention_percent, tagging_metrics)
 
 
 def test_tagging_metrics_per_language_hand_computed():
@@ -62,3 +63,14 @@ def test_best_on_dev_skips_stage_1_and_prefers_the_earlier_sub_stage_on_ties():
     assert best_on_dev(records) == "stage3-top2"
     assert best_on_dev({"stage1": records["stage1"]}) is None
     assert best_on_dev({}) is None
+
+
+def test_lowest_language_is_the_one_kept_least_of_not_the_lowest_score():
+    def metrics(**f1):
+        return {"metric": "f1", "per_language": {lang: {"f1": v, "n": 10} for lang, v in f1.items()}}
+
+    teacher = metrics(en=0.80, zh=0.50, de=0.90, sw=0.0)
+    # zh has the lowest F1 but keeps 96%; en keeps 87.5%; sw (teacher 0) and fr (teacher has none) cannot count
+    lang, share = lowest_language(metrics(en=0.70, zh=0.48, de=0.89, sw=0.1, fr=0.2), teacher)
+    assert lang == "en" and share == pytest.approx(0.875)
+    assert lowest_language({"metric": "accuracy", "overall": {"accuracy": 0.9}}, teacher) is None
