@@ -28,6 +28,7 @@ from pathlib import Path
 
 from xtremedistil.distill.files import read_json, write_json_atomic
 from xtremedistil.distill.machine import is_shared, worst_share
+from xtremedistil.distill.metrics import headline, lowest_language, retention_percent
 from xtremedistil.distill.sources import resolve_checkpoint
 from xtremedistil.errors import XtremeDistilError
 from xtremedistil.layout import BundleLayout, RunLayout
@@ -393,8 +394,6 @@ def _export(bundle: Path, export: dict, run_export, options_class) -> dict:
 def students_table(students: dict, seed_of: dict | None = None) -> dict:
     """Per student: how it was made and its dev/test figures beside the teacher's (the ablation table).
     `seed_of`: name -> the student a row repeats at another seed."""
-    from xtremedistil.distill.metrics import headline, lowest_language
-
     seed_of = seed_of or {}
     rows = {}
     for name, metrics in students.items():
@@ -427,8 +426,6 @@ def stages_seconds(row: dict) -> float | None:
 
 def students_markdown(table: dict) -> str:
     """students.json as the ablation table a README shows: how each student was made and what it kept."""
-    from xtremedistil.distill.metrics import retention_percent
-
     languages = any(row.get("lowest_language_test") for row in table.values())   # a multilingual task
     lines = ["| student | transfer set | stages | parameters | dev | test | teacher test | retention (test) | "
              + ("lowest language (test) | " if languages else "") + "stages time |",
@@ -456,8 +453,6 @@ def students_markdown(table: dict) -> str:
 
 def _weakest(row: dict) -> str:
     """The language a student keeps least of on test, with its retention ("en 89.9%"), or "n/a"."""
-    from xtremedistil.distill.metrics import retention_percent
-
     weakest = row.get("lowest_language_test")
     return f"{weakest[0]} {retention_percent(weakest[1])}" if weakest else "n/a"
 
@@ -465,8 +460,6 @@ def _weakest(row: dict) -> str:
 def _across_seeds(table: dict, languages: bool = False) -> list[str]:
     """A student repeated at other seeds (`seeds:`): mean and range of its runs, so a difference between two
     students can be read against what one seed moves; on a multilingual task each run's weakest language."""
-    from xtremedistil.distill.metrics import retention_percent
-
     groups: dict[str, list[dict]] = {}
     for name, row in table.items():
         base = row.get(SEED_OF_KEY)
