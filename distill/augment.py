@@ -40,6 +40,12 @@ dev or test sentence is never one half. Their stream is apart from the rule vari
 every line of the same file without them (its teacher outputs are copied, not scored again). Measured on SST-2's
 BiLSTM: a point lower on test than without (README), so no recipe uses it.
 
+Per-language multipliers (`language_multipliers`, e.g. `en=16`): where the task's lines carry a language
+prefix, a transfer line that is a train sentence of a named language gets that many variants instead of
+`multiplier` (other lines, and sentences the train set does not have, keep `multiplier`). Aimed at the
+language a student keeps least of (WikiANN's English). Each line's variants come from its own seeded stream,
+so a larger count for a language keeps every line of the file without it: only the extra ones are scored.
+
 Words are whitespace tokens, so tagging keeps word boundaries (the teacher labels the new
 sentences when it scores them). Output is streamed to the file (a temp name renamed when
 complete), deduplicated with 8-byte hashes (bounded memory: about 80 bytes a line), and screened:
@@ -119,6 +125,12 @@ class AugmentConfig(Settings):
     join_with: str = setting(", ; and but", "augmentation: the connectives --augment_joins draws from, separated by "
                                            "spaces (the default's words are English; ', ;' suits any language)",
                              flag="augment_join_with")
+    language_multipliers: str = setting("", "augmentation, tasks whose lines carry a language prefix: variants per "
+                                            "sentence for some languages instead of --augment_multiplier, e.g. "
+                                            "'en=16,de=12': more transfer data where the student keeps least of its "
+                                            "teacher. It applies to transfer lines that are train sentences of that "
+                                            "language; empty = N for every line",
+                                        flag="augment_language_multipliers")
 
     def check(self) -> None:
         if self.p_mask + self.p_replace > 1.0:
@@ -126,11 +138,25 @@ class AugmentConfig(Settings):
         if self.joins and not self.join_with.split():
             raise XtremeDistilError("--augment_join_with is empty: give the connectives --augment_joins puts between "
                                     "two sentences, e.g. ', ; and but'")
+        self.language_counts()
+
+    def language_counts(self) -> dict[str, int]:
+        """--augment_language_multipliers as {language: variants per sentence}; one-line errors when malformed."""
+        counts: dict[str, int] = {}
+        for item in self.language_multipliers.replace(",", " ").split():
+            language, sep, value = item.partition("=")
+            if not (sep and language and value.isdigit()):
+                raise XtremeDistilError(f"--augment_language_multipliers: '{item}' is not LANGUAGE=N with N a whole "
+                                        "number >= 0 (e.g. 'en=16,de=12')")
+            if language in counts:
+                raise XtremeDistilError(f"--augment_language_multipliers: '{language}' is given twice")
+            counts[language] = int(value)
+        return counts
 
     @property
     def active(self) -> bool:
         """Whether there is anything to write beyond the transfer file itself."""
-        return self.multiplier > 0 or self.mentions > 0 or self.joins > 0
+        return self.multiplier > 0 or any(self.language_counts().values()) or self.mentions > 0 or self.joins > 0
 
     def signature(self) -> dict:
         """The settings that decide the file. Mention and join settings only when used, so files written before
@@ -142,6 +168,10 @@ class AugmentConfig(Settings):
             values.pop("joins"), values.pop("join_with")
         if self.replace_from == "task":
             values.pop("replace_from")
+        if not self.language_multipliers.strip():
+            values.pop("language_multipliers")
+        else:
+            values["language_multipliers"] = self.language_counts()
         return values
 
 
@@ -215,11 +245,14 @@ def variant(words: list[str], rng: random.Random, config: AugmentConfig, mask_to
     return out
 
 
-def variant_count(n_words: int, config: AugmentConfig, mean_words: float, rng: random.Random) -> int:
-    """How many variants a sentence of `n_words` words gets (see `allocation` in the module docstring)."""
+def variant_count(n_words: int, config: AugmentConfig, mean_words: float, rng: random.Random,
+                  multiplier: int | None = None) -> int:
+    """How many variants a sentence of `n_words` words gets (see `allocation` in the module docstring);
+    `multiplier`: its language's (`language_multipliers`), else `config.multiplier`."""
+    multiplier = config.multiplier if multiplier is None else multiplier
     if config.allocation == "sentence":
-        return config.multiplier
-    share = config.multiplier * n_words / max(mean_words, 1e-9)
+        return multiplier
+    share = multiplier * n_words / max(mean_words, 1e-9)
     whole = int(share)
     return whole + (rng.random() < share - whole)
 
@@ -293,6 +326,8 @@ def augment_stream(sources: Iterable[str], config: AugmentConfig, mask_token: st
     `mean_words`: the sources' mean sentence length in words (used by `allocation="word"`).
     `labeled`: tagged train sentences for mention replacement (`config.mentions`); the variants of the i-th
     follow the i-th source's, the rest come last."""
+    languages = config.language_counts()
+    language_of = {_key(ex.text): ex.language for ex in labeled if ex.language in languages} if languages else {}
     labeled = labeled if config.mentions else ()
     inventory = mention_inventory(labeled)
 
@@ -316,7 +351,8 @@ def augment_stream(sources: Iterable[str], config: AugmentConfig, mask_token: st
             words = sentence.split()
             rng = random.Random(config.seed * 1_000_003 + line_number)
             yield words
-            for _ in range(variant_count(len(words), config, mean_words, rng)):
+            multiplier = languages.get(language_of.get(_key(sentence))) if language_of else None
+            for _ in range(variant_count(len(words), config, mean_words, rng, multiplier)):
                 yield variant(words, rng, config, mask_token, neighbours)
             yield from mention_candidates(line_number)
             yield from join_candidates(line_number, sentence, words)
@@ -333,6 +369,19 @@ def augment_stream(sources: Iterable[str], config: AugmentConfig, mask_token: st
         yield text
 
 
+def _check_languages(config: AugmentConfig, labeled: Sequence[Example]) -> None:
+    """Every language --augment_language_multipliers names must be one of the train sentences' languages."""
+    named = config.language_counts()
+    if not named:
+        return
+    present = {ex.language for ex in labeled if ex.language}
+    missing = sorted(set(named) - present)
+    if missing:
+        have = ", ".join(sorted(present)) if present else "none: no train line carries a language prefix like 'en:'"
+        raise XtremeDistilError(f"--augment_language_multipliers: no train sentence in {', '.join(missing)} "
+                                f"(the task's train languages: {have})")
+
+
 def augment_file(sources_path: str | Path, out_path: str | Path, config: AugmentConfig, *, mask_token: str,
                  embedding: np.ndarray, tokenizer, screen: Iterable[str], total: int | None = None,
                  labeled: Sequence[Example] = ()) -> dict:
@@ -344,6 +393,7 @@ def augment_file(sources_path: str | Path, out_path: str | Path, config: Augment
     out_path = Path(out_path)
     if config.mentions and not any(ex.words for ex in labeled):
         raise XtremeDistilError(MENTIONS_NEED_TAGS)
+    _check_languages(config, labeled)
     counts, lines = word_counts(iter_transfer(sources_path))
     mean_words = sum(counts.values()) / max(lines, 1)
     vocab = [w for w, c in counts.most_common(config.max_vocab) if c >= 2 or len(counts) < config.max_vocab]
@@ -390,6 +440,8 @@ def augment_file(sources_path: str | Path, out_path: str | Path, config: Augment
              "ratio": round(written / max(sources, 1), 2)}
     if config.mentions:
         stats["mentions"] = config.mentions
+    if config.language_counts():
+        stats["language_multipliers"] = config.language_counts()
     if config.joins:
         stats["joins"] = config.joins
     logger.info("augment: %d source sentences -> %d lines in %s (%.1fx; %d words with neighbours)",

@@ -208,6 +208,8 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
                          "augment_multiplier": options.augment.multiplier, "student_name": run.student_name,
                          **({"augment_mentions": options.augment.mentions} if options.augment.mentions else {}),
                          **({"augment_joins": options.augment.joins} if options.augment.joins else {}),
+                         **({"augment_language_multipliers": options.augment.language_counts()}
+                            if options.augment.language_counts() else {}),
                          "unseen_pieces": student_settings.unseen_pieces, "pieces_sent_to_nearest": sent_to_nearest,
                          **({"precision": stage_config.precision} if stage_config.precision != "float32" else {})},
         "sentences_per_second": _throughput(layout, caches, state),
@@ -261,7 +263,7 @@ def _augmented_transfer(options, task, tokenizer, teacher_emb, teacher_stamp, la
     signature = {"source_sha1": file_digest(task.transfer_path), "teacher": teacher_stamp,
                  "screened_sha1": [file_digest(task.path / f"{split}.tsv") for split in ("dev", "test")],
                  "config": config.signature()}
-    if config.mentions:
+    if config.mentions or config.language_counts():
         signature["train_sha1"] = file_digest(task.path / "train.tsv")
     path = layout.augmented / f"transfer-{signature_hash(signature)}.txt"
     stats_path = path.with_suffix(".json")

@@ -428,7 +428,9 @@ def build_parser(distill_flags: bool = False) -> argparse.ArgumentParser:
                     "space with p_replace; then only an n-gram kept with p_ngram) and, for a tagging task with "
                     "--augment_mentions N, N copies of each train sentence with its entities swapped for other train "
                     "entities of the same type and language, and with --augment_joins N, N lines per sentence "
-                    "joining it to an earlier one around a connective; deduplicated, never a dev or test sentence. "
+                    "joining it to an earlier one around a connective; with --augment_language_multipliers "
+                    "'en=16', train sentences of a named language get that many variants instead of N; "
+                    "deduplicated, never a dev or test sentence. "
                     "Seeded: the same flags give the same file. Use it with distill --transfer_file OUT, "
                     "or let distill do it with --augment_multiplier N.",
     )

@@ -434,7 +434,9 @@ def students_markdown(table: dict) -> str:
         distillation = row.get("distillation") or {}
         transfer = row.get("transfer") or {}
         multiplier = distillation.get("augment_multiplier") or 0
-        made = (f"{transfer.get('sentences', 0):,} (augmented {multiplier}x)" if multiplier
+        by_language = "".join(f", {language} {n}x" for language, n in
+                              (distillation.get("augment_language_multipliers") or {}).items())
+        made = (f"{transfer.get('sentences', 0):,} (augmented {multiplier}x{by_language})" if multiplier or by_language
                 else f"{transfer.get('sentences', 0):,}")
         stages = distillation.get("stages", "1,2,3")
         stages = "labels only (no teacher)" if stages == "labels" else f"{stages} (best {row['best_substage']})"

@@ -249,6 +249,11 @@ def test_students_table_shows_the_stages_time_of_every_sitting():
     assert shared.splitlines()[2].endswith("| 1.0 min (shared CPU: others took up to 37% in an epoch) |")
     clean = students_markdown({"s": {**row, "seconds": {"stages": 60.0}, "stages_others_cpu_share": 0.03}})
     assert clean.splitlines()[2].endswith("| 1.0 min |")
+    assert "| 1,000 (augmented 2x) |" in clean
+    # Per-language multipliers name themselves beside N
+    weighted = students_markdown({"s": {**row, "seconds": {"stages": 60.0}, "distillation": {
+        "stages": "1,2,3", "augment_multiplier": 2, "augment_language_multipliers": {"en": 16, "de": 4}}}})
+    assert "| 1,000 (augmented 2x, en 16x, de 4x) |" in weighted
 
 
 def test_seeds_repeat_a_student_as_ablation_rows_and_the_table_gives_mean_and_range(tmp_path):

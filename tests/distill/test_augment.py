@@ -249,3 +249,59 @@ def test_cli_mention_replacement_on_a_tagging_task(tiny_models, tmp_path, capsys
                  "--model_dir", str(tmp_path / "run"), "--augment_mentions", "1", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "--augment_mentions swaps the entities" in err and not (tmp_path / "run").exists()
+
+
+def test_language_multipliers_give_the_named_languages_more_variants():
+    """A train sentence of a named language gets that many variants; other languages and lines the train set does
+    not have keep --augment_multiplier; the larger file keeps every line of the file without it."""
+    words = [f"w{i}" for i in range(12)]
+    labeled = [_tagged(" ".join(["en", *words]), " ".join(["O"] * 13), line=1),
+               _tagged(" ".join(["es", *words]), " ".join(["O"] * 13), language="es", line=2)]
+    sources = [ex.text for ex in labeled] + [" ".join(["xx", *words])]       # the last is no train sentence
+
+    def variants(**config):
+        config = AugmentConfig(**{"multiplier": 2, "p_mask": 0.5, "p_replace": 0.0, "p_ngram": 0.0, **config})
+        lines = list(augment_stream(iter(sources), config, "[MASK]", {}, set(), labeled=labeled))
+        starts = [lines.index(s) for s in sources] + [len(lines)]
+        return lines, [starts[i + 1] - starts[i] - 1 for i in range(len(sources))]
+
+    base, counts = variants()
+    assert counts == [2, 2, 2]
+    more, counts = variants(language_multipliers="en=6")
+    assert counts == [6, 2, 2] and set(base) < set(more)
+    assert variants(language_multipliers="en=6, es=0")[1] == [6, 0, 2]
+    assert variants(multiplier=0, language_multipliers="es=3")[1] == [0, 3, 0]
+
+
+def test_language_multiplier_settings_are_checked_and_name_the_file():
+    assert "language_multipliers" not in AugmentConfig(multiplier=8).signature()     # earlier files keep their names
+    assert AugmentConfig(multiplier=8, language_multipliers="en=16").signature()["language_multipliers"] == {"en": 16}
+    assert AugmentConfig(language_multipliers="en=2").active and not AugmentConfig(language_multipliers="en=0").active
+    for bad, message in (("en16", "'en16' is not LANGUAGE=N"), ("en=x", "'en=x' is not LANGUAGE=N"),
+                         ("=3", "'=3' is not"), ("en=-1", "'en=-1' is not"), ("en=2,en=3", "'en' is given twice")):
+        with pytest.raises(XtremeDistilError, match=message):
+            AugmentConfig(multiplier=2, language_multipliers=bad)
+
+
+def test_cli_language_multipliers_on_a_multilingual_task(tiny_models, tmp_path, capsys):
+    rows = TAGGING_ROWS + ["mary smith lives in london .\ten:B-PER en:I-PER en:O en:O en:B-LOC en:O",
+                           "пётр живет в киеве .\tru:B-PER ru:O ru:O ru:B-LOC ru:O"]
+    sources = [r.split("\t")[0] for r in rows]
+    task = write_task(tmp_path / "task", rows, dev=rows[3:4], test=rows[3:4], labels=LABELS, transfer=sources)
+    argv = ["augment", "--task", str(task), "--pt_teacher_checkpoint", str(tiny_models("bert")), "--do_NER",
+            "--augment_multiplier", "1", "--quiet", "--out"]
+    plain, more = tmp_path / "plain.txt", tmp_path / "more.txt"
+    assert main(argv + [str(plain)]) == 0
+    assert main(argv + [str(more), "--augment_language_multipliers", "ru=0,en=5"]) == 0
+    plain_lines, lines = (f.read_text(encoding="utf-8").splitlines() for f in (plain, more))
+    russian = {sources[1], sources[5]}
+    assert russian <= set(lines) and sources[3] not in lines                     # the test sentence
+    after_ru = [lines[lines.index(s) + 1] if lines.index(s) + 1 < len(lines) else None for s in russian]
+    assert all(line is None or line in sources for line in after_ru)           # ru=0: no variant follows
+    assert len([l for l in lines if l not in sources]) > len([l for l in plain_lines if l not in sources])
+    capsys.readouterr()
+    bad = tmp_path / "bad.txt"
+    code = main(argv + [str(bad), "--augment_language_multipliers", "de=4"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--augment_language_multipliers: no train sentence in de" in err and "Traceback" not in err
+    assert "(the task's train languages: ar, en, ru)" in err and not bad.exists()

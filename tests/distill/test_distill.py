@@ -347,6 +347,24 @@ def test_mention_replacement_alone_makes_an_augmented_transfer_set(tagging_run):
     assert lines == ["john lives in paris .", "john smith works in google ."] and info["sentences"] == 2
 
 
+def test_language_multipliers_augment_only_the_named_language_in_a_run(tagging_run):
+    """--augment_language_multipliers through distill: the file is named by the counts and the train file, only
+    the named language's sentences get variants, and metrics.json records the counts."""
+    opts, _ = tagging_run
+    metrics = run_distill(opts.replace(student_name="by-language", augment_language_multipliers="en=3",
+                                       augment_p_ngram=0.0, augment_p_mask=0.5, augment_p_replace=0.0,
+                                       distil_epochs=1))
+    info = metrics["transfer"]
+    assert metrics["distillation"]["augment_language_multipliers"] == {"en": 3}
+    assert info["augment"]["language_multipliers"] == {"en": 3} and info["augment"]["multiplier"] == 0
+    stats = json.loads(Path(info["file"]).with_suffix(".json").read_text())
+    assert stats["signature"]["config"]["language_multipliers"] == {"en": 3} and "train_sha1" in stats["signature"]
+    lines = Path(info["file"]).read_text(encoding="utf-8").splitlines()
+    assert lines and all("[MASK]" in line for line in lines)        # sources screened (dev = test = train here)
+    english = {"john", "smith", "lives", "in", "paris", "works", "google", "."}
+    assert all(set(line.split()) - {"[MASK]"} <= english for line in lines)    # variants of en sentences only
+
+
 def test_a_changed_late_setting_retrains_only_the_sub_stages_it_affects(tagging_run):
     """Editing `distil_final_epochs` keeps stage 1 and the partly frozen stage-2 sub-stages (their weights
     would come out the same), trains the last stage-2 sub-stage and stage 3 again, moves what they replace
