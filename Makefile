@@ -8,7 +8,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 export XD_DATA ?= ../shared/data
 
-.PHONY: test test-slow demo install clean sst2 sst2-sweep sst2-seeds wikiann-e5-seeds wikiann wikiann-e5 wikiann-e5-sweep wikiann-e5-aug8 sample ci-mini ci-gate streaming
+.PHONY: test test-slow demo install clean sst2 sst2-sweep sst2-seeds wikiann-e5-seeds wikiann wikiann-e5 wikiann-e5-sweep wikiann-e5-aug8 wikiann-e5-en16 sample ci-mini ci-gate streaming
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,7 +37,7 @@ demo: $(STAMP)
 # Recipes (bench/recipes/*.yaml): distill -> export -> bench, resumable (rerun to continue), log in
 # runs/logs/NAME.log and MODEL_DIR/recipe.log; the report's small files land in bench/results/NAME/.
 # Long ones run well in the background: `nohup make sst2 &`.
-sst2 wikiann wikiann-e5 wikiann-e5-aug8 sample ci-mini: $(STAMP)
+sst2 wikiann wikiann-e5 wikiann-e5-aug8 wikiann-e5-en16 sample ci-mini: $(STAMP)
 	mkdir -p runs/logs
 	$(BIN)/xtremedistil recipe bench/recipes/$@.yaml 2>&1 | tee -a runs/logs/$@.log
 

@@ -77,6 +77,13 @@ def test_committed_recipes_are_valid(monkeypatch):
         names[name] = {s.get("student_name") for s in seeds["students"]}
     assert names == {"sst2": {None, "student-s43", "student-s44", "labels-only", "labels-only-s43", "labels-only-s44"},
                      "wikiann-e5": {"50-200", "50-200-s43", "50-200-s44"}}
+    # wikiann-e5-en16: wikiann-e5's 50/200 with only English's augmentation changed, same teacher and cache
+    en16 = load_recipe(REPO / "bench" / "recipes" / "wikiann-e5-en16.yaml")
+    assert en16["distill"] == e5["distill"] and en16["model_dir"] == e5["model_dir"]
+    fifty = next(s for s in e5["students"] if s["student_name"] == "50-200")
+    deployed = en16["students"][0]
+    assert settings(deployed) == {**settings(fifty), "augment_language_multipliers": "en=16"}
+    assert [settings(s) for s in en16["students"][1:]] == [settings(deployed)] and deployed.get("deploy", True)
 
 
 def test_extends_merges_sections_key_by_key_and_refuses_circles(tmp_path, capsys):
