@@ -168,10 +168,9 @@ class AugmentConfig(Settings):
             values.pop("joins"), values.pop("join_with")
         if self.replace_from == "task":
             values.pop("replace_from")
-        if not self.language_multipliers.strip():
-            values.pop("language_multipliers")
-        else:
-            values["language_multipliers"] = self.language_counts()
+        counts = values.pop("language_multipliers") and self.language_counts()
+        if counts:
+            values["language_multipliers"] = counts
         return values
 
 
