@@ -47,7 +47,7 @@ sst2-sweep wikiann-e5-sweep: $(STAMP)
 	mkdir -p runs/logs
 	$(BIN)/xtremedistil sweep bench/recipes/$@.yaml 2>&1 | tee -a runs/logs/$@.log
 
-# sst2's cnn and labels-only ablation (wikiann-e5's 50/200) at two more seeds, from its teacher and cache
+# sst2's cnn and labels-only ablation at four more seeds (wikiann-e5's 50/200 at two), from its teacher and cache
 # (distill only: the ablation).
 sst2-seeds wikiann-e5-seeds: $(STAMP)
 	mkdir -p runs/logs

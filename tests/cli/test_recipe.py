@@ -71,12 +71,17 @@ def test_committed_recipes_are_valid(monkeypatch):
         for student in seeds["students"]:
             if "seed_of" in student:
                 assert settings(by_name[student["seed_of"]]) == settings(student), student["student_name"]
-                assert student["seed"] in (43, 44) and student["deploy"] is False
+                assert student["seed"] in (43, 44, 45, 46) and student["deploy"] is False
             else:
                 assert by_name[student.get("student_name") or "student"] == student, name
         names[name] = {s.get("student_name") for s in seeds["students"]}
-    assert names == {"sst2": {None, "student-s43", "student-s44", "labels-only", "labels-only-s43", "labels-only-s44"},
+    assert names == {"sst2": {None, "labels-only"} | {f"{n}-s{seed}" for n in ("student", "labels-only")
+                                                     for seed in (43, 44, 45, 46)},
                      "wikiann-e5": {"50-200", "50-200-s43", "50-200-s44"}}
+    # sst2's cnn and its train-only ablation skip stage 3 (label fine-tuning on phrases); the others keep it
+    stages = {s.get("student_name") or "student": s.get("stages") for s in load_recipe(REPO / "bench" / "recipes" /
+                                                                                       "sst2.yaml")["students"]}
+    assert stages == {"student": "1,2", "train-only": "1,2", "bilstm": None, "labels-only": "labels"}
     # wikiann-e5-en16: wikiann-e5's 50/200 with only English's augmentation changed, same teacher and cache
     en16 = load_recipe(REPO / "bench" / "recipes" / "wikiann-e5-en16.yaml")
     assert en16["distill"] == e5["distill"] and en16["model_dir"] == e5["model_dir"]
