@@ -36,6 +36,7 @@ def test_committed_recipes_are_valid(monkeypatch):
 
     assert {kind(s, sweep) for s in sweep["students"]} == {"bilstm", "cnn", "transformer"}
     assert kind(base["students"][0], base) == "cnn" and base["distill"]["augment_multiplier"] == 8   # session 34
+    assert sweep["students"][:2] == base["students"][:2]   # the recipe's cnn and BiLSTM, reused as they are
     assert [b.batch_size for b in sweep["pick"]] == [1, 32]
     # Every committed sweep: one teacher and cache with its base recipe, >= 5 students incl. both paper shapes
     for name in ("sst2-sweep", "wikiann-e5-sweep"):
