@@ -13,6 +13,7 @@ import errno
 import functools
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -36,6 +37,8 @@ RUNTIMES = export_formats.runtimes()
 FORMAT_RUNTIME = {name: fmt.runtime for name, fmt in export_formats.formats().items()}
 REPORT_SCHEMA = 1
 MEASUREMENTS = "measurements.jsonl"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -220,8 +223,21 @@ def environment(threads: list[int]) -> dict:
             "python": platform.python_version(), "versions": versions(), "git_commit": _git_commit()}
 
 
+@functools.lru_cache(maxsize=None)
+def machine_fingerprint() -> str:
+    """The CPU model, the instruction sets latency depends on, and the cores this process may use: a
+    measurement taken under another fingerprint is not one this machine would give."""
+    env = environment([])
+    return f"{env['cpu']} | {env['cores']} cores | {' '.join(env['cpu_flags'])}"
+
+
 class WorkerPool:
-    """Runs worker processes; results are appended to measurements.jsonl and reused by key."""
+    """Runs worker processes; results are appended to measurements.jsonl and reused by key.
+
+    Each latency measurement records the machine it was taken on, when, and by which bench run. A rerun
+    reuses only this machine's (a runs folder carried to another CPU, or one written by a version that did not
+    record it, is measured again: a ratio mixing two machines means nothing); the report says when its
+    figures come from more than one bench run."""
 
     def __init__(self, out: Path, timeout: int, fresh: bool, remeasure_shared: bool = False):
         self.out = out
@@ -229,15 +245,24 @@ class WorkerPool:
         self.remeasure_shared = remeasure_shared
         self.path = out / MEASUREMENTS
         self.done: dict[str, dict] = {}
+        self.started = round(time.time(), 1)            # names this bench run in the records it writes
         for stale in out.glob(".tmp-spec-*.json"):     # a worker's spec left by a killed run: never read
             stale.unlink()
         if self.path.exists() and not fresh:
+            elsewhere = 0
             for line in self.path.read_text(encoding="utf-8").splitlines():
                 try:
                     record = json.loads(line)
-                    self.done[record["key"]] = record
+                    key = record["key"]
                 except (ValueError, KeyError):
                     continue   # a line cut by a crash: measured again
+                if "latency" in record and record.get("machine") != machine_fingerprint():
+                    elsewhere += 1
+                    continue
+                self.done[key] = record
+            if elsewhere:
+                logger.warning("%s: %d measurement(s) were taken on another machine (or recorded none): measured "
+                               "again here", self.path, elsewhere)
         elif self.path.exists():
             self.path.unlink()
 
@@ -267,6 +292,8 @@ class WorkerPool:
             os.unlink(handle.name)
         record["wall_seconds"] = round(time.time() - started, 1)
         record["others_cpu_share"] = cpu.others_share()    # the worker is waited for: its CPU is ours, not others'
+        if "latency" in record:
+            record.update(machine=machine_fingerprint(), measured_at=round(started, 1), bench_run=self.started)
         if "error" in record and is_disk_full(RuntimeError(record["error"])):
             # the worker ran out of space: not a result to record, the CLI's disk-full line (exit 3), resumable
             raise OSError(errno.ENOSPC, f"a bench worker: {record['error']}")
@@ -502,7 +529,8 @@ def run_bench(options: BenchOptions, progress: bool = True) -> dict:
         for latency in record["latency"]:
             rows.append({**base, **latency, "sliced": latency["batch_size"] in target.sliced,
                          "peak_rss_mb": record["peak_rss_mb"], "load_seconds": record["load_seconds"],
-                         "others_cpu_share": record.get("others_cpu_share")})
+                         "others_cpu_share": record.get("others_cpu_share"),
+                         "measured_at": record.get("measured_at"), "bench_run": record.get("bench_run")})
     teacher_metric = next((r["metric"] for r in rows if r["role"] == "teacher" and r["runtime"] == "keras"
                            and r["metric"] is not None), None)
     if teacher_metric is None:

@@ -10,6 +10,7 @@ Plots:
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from xtremedistil.distill.machine import is_shared
@@ -60,9 +61,9 @@ def format_headline(report: dict) -> str:
         lines.append(f"batch {row['batch_size']:>3}: {row['model']} fastest as {row['artifact']}: "
                      f"{row['ms_per_sentence']:.3f} ms/sentence, {_fmt(row['speedup_same_runtime'], '.1f', 'x')} vs "
                      f"teacher same runtime, {_fmt(row['speedup_best'], '.1f', 'x')} vs teacher's best{retention}")
-    shared = shared_cpu_line(report)
-    if shared and shared.startswith("**"):      # only the warning: a clean bench needs no console line
-        lines.append(shared.replace("**", ""))
+    for line in (shared_cpu_line(report), sitting_line(report)):
+        if line and line.startswith("**"):      # only the warnings: a clean bench needs no console line
+            lines.append(line.replace("**", ""))
     return "\n".join(lines)
 
 
@@ -88,6 +89,38 @@ def shared_cpu_line(report: dict) -> str | None:
             f"figures: rerun the same command with `--remeasure-shared` on a quiet machine (only these are measured again).")
 
 
+# Measurements further apart than this are not one sitting of the machine: a ratio between them compares two
+# moments (another load, another thermal state, another kernel) rather than two models.
+ONE_SITTING_SECONDS = 3600
+
+
+def sitting_line(report: dict) -> str | None:
+    """When the report's latencies were measured: one bench run, or several (a resumed run reuses what an
+    earlier one measured). Bold, with the way out, when the measurements span more than an hour. None for
+    reports made before measurements recorded it."""
+    times = [(row["measured_at"], row.get("bench_run")) for row in report["rows"] if row.get("measured_at")]
+    if not times:
+        return None
+    first, last = min(t for t, _ in times), max(t for t, _ in times)
+    runs = {run for _, run in times}
+    span = f"{_utc(first)} to {_utc(last)} UTC"
+    if len(runs) == 1:
+        return f"Measured in one bench run, {span}."
+    latest = max(runs, key=lambda run: run or 0)
+    reused = {(row["model"], row["artifact"], row["threads"]) for row in report["rows"]
+              if row.get("measured_at") and row.get("bench_run") != latest}
+    total = {(row["model"], row["artifact"], row["threads"]) for row in report["rows"] if row.get("measured_at")}
+    if last - first <= ONE_SITTING_SECONDS:
+        return f"Measured in {len(runs)} bench runs (a resumed run), {span}."
+    return (f"**Not one sitting: {len(reused)} of {len(total)} measurements were reused from earlier bench runs** "
+            f"({len(runs)} runs, {span}): a speedup between figures of two runs compares two moments of the machine, "
+            f"not only two models. Rerun the same command with `--fresh` to measure everything in one run.")
+
+
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(seconds))
+
+
 def render_markdown(report: dict) -> str:
     protocol, env, teacher = report["protocol"], report["environment"], report["teacher"]
     metric_name = report["task"]["metric"] or "metric"
@@ -109,9 +142,9 @@ def render_markdown(report: dict) -> str:
     ]
     if report.get("command"):
         lines += [f"Reproduce: `{report['command']}`", ""]
-    shared = shared_cpu_line(report)
-    if shared:
-        lines += [shared, ""]
+    for line in (shared_cpu_line(report), sitting_line(report)):
+        if line:
+            lines += [line, ""]
     threads = _main_threads(report)
     heads = headline_rows(report)
     if heads:

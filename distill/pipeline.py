@@ -179,6 +179,10 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     phases["stages_all_runs"] = round(sum(state["completed"][sub.name].get("seconds", 0.0) for sub in plan), 1)
     peaks.stop("stages")
 
+    # Sub-stages of this plan only: a folder may also hold those of another (--stages 1,2 after 1,2,3 reuses
+    # stages 1-2 and leaves stage 3's records), which this student did not go through.
+    planned = {sub.name for sub in plan}
+
     # Test is only reported, for the sub-stage chosen on dev.
     test = encode_split(tokenizer, task, "test", run.seq_len)
     student_test = _student_metrics(runner, student, test, task)
@@ -193,7 +197,7 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
         # others_cpu_share: the largest share of the CPUs other processes took during one of its epochs
         "substages": {name: {**{k: v[k] for k in ("stage", "dev_metric", "val_loss", "seconds")},
                              "others_cpu_share": worst_share(h.get("others_cpu_share") for h in v.get("history", []))}
-                      for name, v in state["completed"].items()},
+                      for name, v in state["completed"].items() if name in planned},
         "compression": teacher_params / student_params,
         "retention": {split: _ratio(metrics_lib.headline(student_test if split == "test" else student_dev),
                                     metrics_lib.headline(teacher.metrics[split])) for split in ("dev", "test")},
@@ -212,7 +216,7 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
                             if options.augment.language_counts() else {}),
                          "unseen_pieces": student_settings.unseen_pieces, "pieces_sent_to_nearest": sent_to_nearest,
                          **({"precision": stage_config.precision} if stage_config.precision != "float32" else {})},
-        "sentences_per_second": _throughput(layout, caches, state),
+        "sentences_per_second": _throughput(layout, caches, state, planned),
         "seed": run.seed,
     }
     teacher_info = {"checkpoint": options.teacher.pt_teacher_checkpoint, "model_class": options.teacher.pt_teacher,
@@ -225,14 +229,14 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     return metrics
 
 
-def _throughput(layout: RunLayout, caches: dict, state: dict) -> dict:
-    """Sentences per second of each phase (teacher epochs, scoring, each sub-stage's epochs)."""
+def _throughput(layout: RunLayout, caches: dict, state: dict, planned: set[str]) -> dict:
+    """Sentences per second of each phase (teacher epochs, scoring, each planned sub-stage's epochs)."""
     history = read_json(layout.teacher / SPEC_FILE).get("history", [])
     return {
         "teacher_fine_tune": [h.get("train_sentences_per_second") for h in history],
         "teacher_scoring": {name: cache.sentences_per_second for name, cache in caches.items()},
         "stages": {name: [h.get("sentences_per_second") for h in done["history"]]
-                   for name, done in state["completed"].items()},
+                   for name, done in state["completed"].items() if name in planned},
     }
 
 

@@ -1,14 +1,16 @@
 """The bench harness on tiny bundles in every runtime, the report's arithmetic, the plots, and the gate."""
 import copy
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from helpers import tiny_bundle, tiny_teacher
 from xtremedistil.bench.gate import compare, pick_baseline, run_gate, GateInputError, Regression
-from xtremedistil.bench.harness import BenchOptions, run_bench
-from xtremedistil.bench.report import _per_language, format_headline, pareto_front, shared_cpu_line, render_markdown
+from xtremedistil.bench.harness import BenchOptions, machine_fingerprint, run_bench
+from xtremedistil.bench.report import (_per_language, format_headline, pareto_front, render_markdown, shared_cpu_line,
+                                       sitting_line)
 from xtremedistil.cli import main
 from xtremedistil.errors import XtremeDistilError
 from xtremedistil.export.pipeline import ExportOptions, run_export
@@ -304,6 +306,61 @@ def test_per_language_table_gives_each_students_retention_and_weakest_language()
     assert "Lowest retention of a language: student en (88.9%)." in lines
     without_teacher = _per_language({"rows": rows[2:]})
     assert without_teacher[2] == "| language | student |" and not any("Lowest" in line for line in without_teacher)
+
+
+def test_measurements_of_another_machine_are_not_reused(benched, tmp_path):
+    """A runs folder carried to another CPU (or written before measurements named their machine) is measured
+    again: reusing its teacher figures beside this machine's student figures would give ratios of two CPUs."""
+    report, out, first, second = benched
+    copied = tmp_path / "report"
+    shutil.copytree(out, copied)
+    options = dict(bundles=[str(second)], out=str(copied), names="transformer", runtimes="onnxruntime", **PROTOCOL)
+    run_bench(BenchOptions(**options), progress=False)
+    lines = (copied / "measurements.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    ours = [r for r in records if "latency" in r and r["machine"] == machine_fingerprint()]
+    assert ours and all(r["measured_at"] >= r["bench_run"] > 0 for r in ours)
+    again = run_bench(BenchOptions(**options), progress=False)              # same machine: nothing measured
+    assert (copied / "measurements.jsonl").read_text().splitlines() == lines
+    assert sitting_line(again).startswith("Measured in one bench run, ")
+    for index, record in enumerate(records):        # half from another CPU, half from a version that named none
+        if "latency" in record:
+            if index % 2:
+                record["machine"] = "Another CPU | 64 cores | avx512f"
+            else:
+                record.pop("machine")
+    (copied / "measurements.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    measured = {(r["model"], r["artifact"], r["threads"]) for r in again["rows"]}
+    third = run_bench(BenchOptions(**options), progress=False)
+    added = (copied / "measurements.jsonl").read_text().splitlines()[len(records):]
+    assert len(added) == len(measured) and all(json.loads(line)["machine"] == machine_fingerprint() for line in added)
+    assert sitting_line(third).startswith("Measured in one bench run, ")
+
+
+def test_a_report_says_when_its_figures_come_from_several_bench_runs(benched):
+    report = copy.deepcopy(benched[0])
+    assert all(row["measured_at"] and row["bench_run"] for row in report["rows"])
+    run = report["rows"][0]["bench_run"]
+    for row in report["rows"]:
+        row["bench_run"], row["measured_at"] = run, run + 5
+    assert sitting_line(report).startswith("Measured in one bench run, ")
+    assert "sitting" not in format_headline(report)
+    teacher = [row for row in report["rows"] if row["role"] == "teacher"]
+    for row in teacher:                             # resumed a few minutes later: said, not flagged
+        row["bench_run"], row["measured_at"] = run - 600, run - 590
+    assert sitting_line(report).startswith("Measured in 2 bench runs (a resumed run), ")
+    for row in teacher:                             # the teacher's figures from a run two days earlier
+        row["bench_run"], row["measured_at"] = run - 2 * 86400, run - 2 * 86400 + 10
+    line = sitting_line(report)
+    reused = {(r["model"], r["artifact"], r["threads"]) for r in teacher}
+    total = {(r["model"], r["artifact"], r["threads"]) for r in report["rows"]}
+    assert line.startswith(f"**Not one sitting: {len(reused)} of {len(total)} measurements were reused from earlier "
+                           "bench runs** (2 runs, ") and "`--fresh`" in line
+    assert line in render_markdown(report).splitlines()
+    assert format_headline(report).splitlines()[-1].startswith("Not one sitting")
+    for row in report["rows"]:                      # reports written before measurements recorded it: no line
+        row.pop("measured_at")
+    assert sitting_line(report) is None
 
 
 def test_measurements_beside_other_work_are_flagged_in_the_report(benched):

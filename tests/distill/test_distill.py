@@ -401,6 +401,30 @@ def test_a_changed_late_setting_retrains_only_the_sub_stages_it_affects(tagging_
         assert ours.read_bytes() == theirs.read_bytes(), n
 
 
+def test_dropping_stage_3_re_bundles_the_finished_stages_1_2_without_training(tagging_run):
+    """`--stages 1,2` on a student that ran all three stages trains nothing: stages 1-2 are the same sub-stages
+    (the plan up to a sub-stage is part of its settings), the bundle is the best of stage 2 on dev, and the
+    bundle's metrics list only the sub-stages it went through. Going back to 1,2,3 picks stage 3 up again."""
+    opts, _ = tagging_run
+    folder = Path(opts.run.model_dir) / "student-drop3"
+    full = run_distill(opts.replace(student_name="drop3", distil_epochs=1))
+    state = json.loads((folder / "state.json").read_text())
+    files = {p.name: p.read_bytes() for p in folder.glob("*.weights.h5")}
+    two = run_distill(opts.replace(student_name="drop3", distil_epochs=1, stages="1,2"))
+    after = json.loads((folder / "state.json").read_text())
+    assert {p.name: p.read_bytes() for p in folder.glob("*.weights.h5")} == files      # nothing trained
+    assert all(after["completed"][n]["history"] == state["completed"][n]["history"] for n in state["completed"])
+    stage2 = {n: r for n, r in state["completed"].items() if n.startswith("stage2-")}
+    best = max(stage2, key=lambda n: (stage2[n]["dev_metric"], -stage2[n]["index"]))
+    assert two["student"]["best_substage"] == best and two["distillation"]["stages"] == "1,2"
+    assert headline(two["student"]["dev"]) == pytest.approx(stage2[best]["dev_metric"])
+    assert sorted(two["substages"]) == sorted(two["sentences_per_second"]["stages"]) == sorted(["stage1", *stage2])
+    assert sorted(full["substages"]) == sorted(state["completed"]) and any(n.startswith("stage3") for n in full["substages"])
+    again = run_distill(opts.replace(student_name="drop3", distil_epochs=1))
+    assert again["student"]["best_substage"] == full["student"]["best_substage"]
+    assert again["student"]["test"] == full["student"]["test"]
+
+
 @pytest.mark.parametrize("override, message", [
     ({"student": "lstm"}, "--student 'lstm' is not one of bilstm, cnn, transformer"),
     ({"student": "transformer", "transformer_hidden": 250, "transformer_heads": 4}, "multiple of --transformer_heads"),
