@@ -216,9 +216,7 @@ def environment(threads: list[int]) -> dict:
 
     model, all_flags = cpu_info()
     cpu = model or platform.processor() or "unknown"
-    # the instruction sets int8/fp16 kernels depend on (AMX and VNNI change int8 speed several-fold)
-    flags = sorted(f for f in all_flags or () if f.startswith(("avx", "amx", "fma")))
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    flags, affinity = _kernel_units(all_flags), _cores()
     return {"cpu": cpu, "cpu_flags": flags, "cores": affinity, "threads": threads, "platform": platform.platform(),
             "python": platform.python_version(), "versions": versions(), "git_commit": _git_commit()}
 
@@ -227,8 +225,17 @@ def environment(threads: list[int]) -> dict:
 def machine_fingerprint() -> str:
     """The CPU model, the instruction sets latency depends on, and the cores this process may use: a
     measurement taken under another fingerprint is not one this machine would give."""
-    env = environment([])
-    return f"{env['cpu']} | {env['cores']} cores | {' '.join(env['cpu_flags'])}"
+    model, flags = cpu_info()
+    return f"{model or 'unknown'} | {_cores()} cores | {' '.join(_kernel_units(flags))}"
+
+
+def _kernel_units(flags) -> list[str]:
+    """The instruction sets int8/fp16 kernels depend on (AMX and VNNI change int8 speed several-fold)."""
+    return sorted(f for f in flags or () if f.startswith(("avx", "amx", "fma")))
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 class WorkerPool:
