@@ -439,8 +439,8 @@ def augment_file(sources_path: str | Path, out_path: str | Path, config: Augment
              "ratio": round(written / max(sources, 1), 2)}
     if config.mentions:
         stats["mentions"] = config.mentions
-    if config.language_counts():
-        stats["language_multipliers"] = config.language_counts()
+    if counts := config.language_counts():
+        stats["language_multipliers"] = counts
     if config.joins:
         stats["joins"] = config.joins
     logger.info("augment: %d source sentences -> %d lines in %s (%.1fx; %d words with neighbours)",

@@ -176,12 +176,11 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
         student_dev = _student_metrics(runner, student, dev, task, "dev")
     phases["stages"] = round(time.time() - t0, 1)
     # What the stages cost over every run that trained them (a resumed run's `stages` is its own sitting only).
-    phases["stages_all_runs"] = round(sum(state["completed"][sub.name].get("seconds", 0.0) for sub in plan), 1)
+    # The records of this plan's sub-stages only: a folder may also hold those of another (--stages 1,2 after
+    # 1,2,3 reuses stages 1-2 and leaves stage 3's records), which this student did not go through.
+    completed = {sub.name: state["completed"][sub.name] for sub in plan}
+    phases["stages_all_runs"] = round(sum(done.get("seconds", 0.0) for done in completed.values()), 1)
     peaks.stop("stages")
-
-    # Sub-stages of this plan only: a folder may also hold those of another (--stages 1,2 after 1,2,3 reuses
-    # stages 1-2 and leaves stage 3's records), which this student did not go through.
-    planned = {sub.name for sub in plan}
 
     # Test is only reported, for the sub-stage chosen on dev.
     test = encode_split(tokenizer, task, "test", run.seq_len)
@@ -197,7 +196,7 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
         # others_cpu_share: the largest share of the CPUs other processes took during one of its epochs
         "substages": {name: {**{k: v[k] for k in ("stage", "dev_metric", "val_loss", "seconds")},
                              "others_cpu_share": worst_share(h.get("others_cpu_share") for h in v.get("history", []))}
-                      for name, v in state["completed"].items() if name in planned},
+                      for name, v in completed.items()},
         "compression": teacher_params / student_params,
         "retention": {split: _ratio(metrics_lib.headline(student_test if split == "test" else student_dev),
                                     metrics_lib.headline(teacher.metrics[split])) for split in ("dev", "test")},
@@ -212,11 +211,11 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
                          "augment_multiplier": options.augment.multiplier, "student_name": run.student_name,
                          **({"augment_mentions": options.augment.mentions} if options.augment.mentions else {}),
                          **({"augment_joins": options.augment.joins} if options.augment.joins else {}),
-                         **({"augment_language_multipliers": options.augment.language_counts()}
-                            if options.augment.language_counts() else {}),
+                         **({"augment_language_multipliers": counts}
+                            if (counts := options.augment.language_counts()) else {}),
                          "unseen_pieces": student_settings.unseen_pieces, "pieces_sent_to_nearest": sent_to_nearest,
                          **({"precision": stage_config.precision} if stage_config.precision != "float32" else {})},
-        "sentences_per_second": _throughput(layout, caches, state, planned),
+        "sentences_per_second": _throughput(layout, caches, completed),
         "seed": run.seed,
     }
     teacher_info = {"checkpoint": options.teacher.pt_teacher_checkpoint, "model_class": options.teacher.pt_teacher,
@@ -229,14 +228,14 @@ def run_distill(options: DistilOptions, on_batch=None) -> dict:
     return metrics
 
 
-def _throughput(layout: RunLayout, caches: dict, state: dict, planned: set[str]) -> dict:
-    """Sentences per second of each phase (teacher epochs, scoring, each planned sub-stage's epochs)."""
+def _throughput(layout: RunLayout, caches: dict, completed: dict) -> dict:
+    """Sentences per second of each phase (teacher epochs, scoring, each sub-stage's epochs)."""
     history = read_json(layout.teacher / SPEC_FILE).get("history", [])
     return {
         "teacher_fine_tune": [h.get("train_sentences_per_second") for h in history],
         "teacher_scoring": {name: cache.sentences_per_second for name, cache in caches.items()},
         "stages": {name: [h.get("sentences_per_second") for h in done["history"]]
-                   for name, done in state["completed"].items() if name in planned},
+                   for name, done in completed.items()},
     }
 
 
